@@ -1,0 +1,48 @@
+"""Backend dispatch: `triton` for CUDA tensors when Triton imports, `chunked` otherwise.
+
+`DCR_BACKEND` in the environment overrides "auto". The Triton backend also runs on CPU tensors under the
+Triton interpreter (`TRITON_INTERPRET=1` set before import), which is how the kernels are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "reference", "chunked", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        importlib.import_module("dcr_kernels.backends.triton")
+    except ImportError:
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve(name: str, device: torch.device, fn: str) -> ModuleType:
+    """The backend module for `name` on `device`, with a clear error if it cannot run there."""
+    if name not in BACKENDS:
+        raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = os.environ.get("DCR_BACKEND", "auto")
+        if name not in BACKENDS:
+            raise ValueError(f"DCR_BACKEND must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = "triton" if device.type == "cuda" and triton_available() else "chunked"
+    if name == "triton":
+        if device.type != "cuda" and not interpreting():
+            raise ValueError(
+                f"{fn}: the triton backend needs CUDA tensors (got {device}); use backend='chunked' on CPU, "
+                "or set TRITON_INTERPRET=1 before importing dcr_kernels to run the kernels in the interpreter"
+            )
+        if not triton_available():
+            raise ImportError(f"{fn}: backend='triton' but Triton is not installed; pip install triton")
+    return importlib.import_module(f"dcr_kernels.backends.{name}")

@@ -1,0 +1,40 @@
+"""What every backend returns: the per-row statistics the functional layer turns into losses.
+
+A backend computes only the nonlinear part of a loss. Given per-row coefficients (the reduction's
+weights), it may also return the weighted total directly, which lets it compute gradients while the data
+is hot; without coefficients it returns differentiable per-row vectors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class SoftmaxStats(NamedTuple):
+    """lse: row log-sum-exp of z = s * S over the candidate set (M,), -inf for an empty set.
+    col_lse: column log-sum-exp (N,) for the symmetric loss, else None.
+    argmax: index of the row's most similar candidate key (M,), -1 if none.
+    total: sum_i coeff_i lse_i + sum_j col_coeff_j col_lse_j when coefficients were given, else None."""
+
+    lse: Tensor
+    col_lse: Tensor | None
+    argmax: Tensor
+    total: Tensor | None
+
+
+class CircleStats(NamedTuple):
+    """row_loss: softplus(LSE_P z + LSE_N z) per row (M,), 0 where P(i) or N(i) is empty.
+    argmax: index of the row's most similar other key (M,), -1 if none.
+    total: sum_i coeff_i row_loss_i when coefficients were given, else None."""
+
+    row_loss: Tensor
+    argmax: Tensor
+    total: Tensor | None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Similarities, statistics and accumulators are fp32 (fp64 for fp64 inputs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

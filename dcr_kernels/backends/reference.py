@@ -1,0 +1,66 @@
+"""Dense reference backend: the full M x N similarity matrix and plain autograd, in any dtype.
+
+The ground truth for tests (run it in float64). Memory O(M N): not for large batches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..losses import argmax_or_minus_one, circle_logits, circle_row_loss, masked_logsumexp, weighted_total
+from .base import CircleStats, SoftmaxStats, compute_dtype
+
+
+def _similarity(q: Tensor, k: Tensor, self_mode: bool) -> tuple[Tensor, Tensor]:
+    dtype = compute_dtype(q.dtype)
+    sim = q.to(dtype) @ k.to(dtype).T
+    candidate = torch.ones_like(sim, dtype=torch.bool)
+    if self_mode:
+        candidate.fill_diagonal_(False)
+    return sim, candidate
+
+
+def softmax_stats(
+    q: Tensor,
+    k: Tensor,
+    scale: Tensor,
+    *,
+    self_mode: bool,
+    columns: bool,
+    coeff: Tensor | None = None,
+    col_coeff: Tensor | None = None,
+) -> SoftmaxStats:
+    sim, candidate = _similarity(q, k, self_mode)
+    z = scale.to(sim.dtype) * sim
+    lse = masked_logsumexp(z, candidate, dim=1)
+    col_lse = masked_logsumexp(z, candidate, dim=0) if columns else None
+    argmax = argmax_or_minus_one(sim.detach().masked_fill(~candidate, float("-inf")))
+    total = None
+    if coeff is not None:
+        total = weighted_total(coeff.to(lse.dtype), lse)
+        if col_lse is not None and col_coeff is not None:
+            total = total + weighted_total(col_coeff.to(lse.dtype), col_lse)
+    return SoftmaxStats(lse, col_lse, argmax, total)
+
+
+def circle_stats(
+    q: Tensor,
+    k: Tensor,
+    q_labels: Tensor,
+    k_labels: Tensor,
+    *,
+    margin: float,
+    gamma: float,
+    self_mode: bool,
+    coeff: Tensor | None = None,
+) -> CircleStats:
+    sim, candidate = _similarity(q, k, self_mode)
+    same = q_labels[:, None] == k_labels[None, :]
+    z_pos, z_neg, _, _ = circle_logits(sim, margin, gamma)
+    lse_pos = masked_logsumexp(z_pos, same & candidate, dim=1)
+    lse_neg = masked_logsumexp(z_neg, ~same, dim=1)
+    row_loss = circle_row_loss(lse_pos, lse_neg)
+    argmax = argmax_or_minus_one(sim.detach().masked_fill(~candidate, float("-inf")))
+    total = weighted_total(coeff.to(row_loss.dtype), row_loss) if coeff is not None else None
+    return CircleStats(row_loss, argmax, total)

@@ -1,0 +1,299 @@
+"""The losses in `torch.nn.functional` style: validate, normalise, dispatch to a backend, reduce.
+
+Notation (DESIGN.md section 3): queries Q (M x D), keys K (N x D); self mode when `key` is None (K is Q
+and the pair (i, i) is never a candidate); S = Q K^T after optional L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _validation as v
+from .backends import resolve
+from .backends.base import compute_dtype
+
+
+class ContrastiveOutput(NamedTuple):
+    """The loss with in-batch metrics (returned when `return_metrics=True`).
+
+    accuracy: fraction of counted rows whose most similar candidate key is a positive (InfoNCE: its
+    positive column; SupCon and Circle: a key with its label), NaN when no row is counted.
+    rows_counted / rows_dropped: rows that enter the loss / rows without a positive (or, for Circle,
+    without a negative), which contribute nothing."""
+
+    loss: Tensor
+    accuracy: Tensor
+    rows_counted: int
+    rows_dropped: int
+
+
+def _prepare(query: Tensor, key: Tensor | None, normalize: bool, fn: str) -> tuple[Tensor, Tensor, bool]:
+    v.check_embeddings("query" if key is not None else "embeddings", query, fn)
+    if key is not None:
+        v.check_embeddings("key", key, fn)
+        v.check_pair(query, key, fn)
+    q = F.normalize(query, dim=-1) if normalize else query
+    if key is None:
+        return q, q, True
+    return q, (F.normalize(key, dim=-1) if normalize else key), False
+
+
+def _scale(temperature: float | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """s = 1 / temperature as a 0-dim tensor; differentiable when the temperature is a tensor."""
+    if isinstance(temperature, Tensor):
+        return (1.0 / temperature.reshape(())).to(dtype=dtype, device=device)
+    return torch.tensor(1.0 / float(temperature), dtype=dtype, device=device)
+
+
+def _coefficients(
+    counted: Tensor, weight: Tensor | None, reduction: str, dtype: torch.dtype
+) -> Tensor | None:
+    """Per-row weights of the reduction: w_i / sum_counted w (mean) or w_i (sum), 0 for rows not counted."""
+    w = counted.to(dtype) if weight is None else weight.to(dtype) * counted
+    if reduction == "sum":
+        return w
+    if reduction == "mean":
+        total = w.sum()
+        if weight is not None and float(total) == 0.0:
+            raise ValueError(
+                "the weights of the counted rows sum to zero, so their weighted mean is undefined"
+            )
+        return w / total
+    return None
+
+
+def _encode_labels(labels: Tensor, key_labels: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Map arbitrary integer labels to contiguous class codes shared by queries and keys."""
+    classes, codes = torch.unique(torch.cat([labels, key_labels]), return_inverse=True)
+    return codes[: labels.shape[0]], codes[labels.shape[0] :], classes.shape[0]
+
+
+def _check_labels(
+    labels: Tensor, key_labels: Tensor | None, q: Tensor, k: Tensor, self_mode: bool, fn: str
+) -> Tensor:
+    v.check_index("labels", labels, q.shape[0], q, fn, "class labels")
+    if self_mode:
+        if key_labels is not None:
+            raise ValueError(f"{fn}: key_labels given without key; pass key= too, or drop key_labels")
+        return labels
+    if key_labels is None:
+        raise ValueError(f"{fn}: key given without key_labels; cross mode needs a label for every key row")
+    v.check_index("key_labels", key_labels, k.shape[0], k, fn, "class labels")
+    return key_labels
+
+
+def _no_rows_counted(fn: str, why: str, reduction: str, inputs: list[Tensor], m: int) -> Tensor:
+    """A zero loss still connected to the inputs' graph, with a warning (documented behaviour)."""
+    warnings.warn(f"{fn}: no row is counted ({why}); returning a zero loss", RuntimeWarning, stacklevel=3)
+    zero = sum(x.sum() for x in inputs) * 0.0
+    return zero.expand(m).clone() if reduction == "none" else zero
+
+
+def _finish(
+    loss: Tensor, correct: Tensor, counted: Tensor, return_metrics: bool
+) -> Tensor | ContrastiveOutput:
+    if not return_metrics:
+        return loss
+    n = int(counted.sum())
+    with torch.no_grad():
+        acc = correct[counted].float().mean() if n else torch.tensor(float("nan"), device=correct.device)
+    return ContrastiveOutput(loss, acc, n, counted.shape[0] - n)
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor | None = None,
+    *,
+    positive: Tensor | None = None,
+    temperature: float | Tensor = 0.07,
+    normalize: bool = True,
+    symmetric: bool = False,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """InfoNCE: L_i = lse_{j in A(i)} z_ij - z_{i,p(i)} with z = S / temperature.
+
+    Cross mode (`key` given): the positive of query i is key row `positive[i]` (default i); key rows
+    beyond the queries act as extra negatives. Self mode (`key=None`): the batch holds two views stacked,
+    [x_1..x_n, x'_1..x'_n], and row i's positive is row (i + B/2) mod B (NT-Xent), unless `positive` says
+    otherwise; the pair (i, i) is never a candidate. `symmetric=True` (cross mode, M = N, default
+    positives) averages the row loss and the column loss, as CLIP does. `temperature` may be a tensor
+    (learnable; its gradient is computed). Returns the loss reduced by `reduction` (weighted by `weight`
+    per row), or a `ContrastiveOutput` with top-1 accuracy when `return_metrics=True`.
+    """
+    fn = "info_nce"
+    q, k, self_mode = _prepare(query, key, normalize, fn)
+    m, n = q.shape[0], k.shape[0]
+    if symmetric:
+        if self_mode or n != m or positive is not None:
+            raise ValueError(
+                f"{fn}: symmetric=True needs key with as many rows as query (got {m} and "
+                f"{'none' if self_mode else n}) and the default positives (row i with row i)"
+            )
+    positive = _positives(positive, m, n, self_mode, q, fn)
+    v.check_weight(weight, m, q, fn)
+    v.check_reduction(reduction, fn)
+    v.check_temperature(temperature, fn)
+    impl = resolve(backend, q.device, fn)
+    dtype = compute_dtype(q.dtype)
+    s = _scale(temperature, dtype, q.device)
+    counted = torch.ones(m, dtype=torch.bool, device=q.device)
+    coeff = _coefficients(counted, weight, reduction, dtype)
+    if coeff is not None and symmetric:
+        coeff = coeff * 0.5
+    stats = impl.softmax_stats(
+        q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
+    )
+    target = s * (q.to(dtype) * k.to(dtype)[positive]).sum(dim=1)
+    if coeff is None:
+        rows = stats.lse - target
+        if symmetric:
+            rows = 0.5 * (rows + stats.col_lse - target)
+        loss = rows if weight is None else rows * weight.to(dtype)
+    else:
+        loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
+    return _finish(loss, stats.argmax == positive, counted, return_metrics)
+
+
+def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str) -> Tensor:
+    rows = torch.arange(m, device=q.device)
+    if positive is None:
+        if self_mode:
+            if m % 2:
+                raise ValueError(
+                    f"{fn}: in self mode the default positive of row i is row (i + B/2) mod B (two stacked "
+                    f"views), which needs an even batch; got B={m}. Pass positive= or key="
+                )
+            return (rows + m // 2) % m
+        if n < m:
+            raise ValueError(
+                f"{fn}: key has {n} rows but query has {m}; the default positive of query i is key i"
+            )
+        return rows
+    v.check_index("positive", positive, m, q, fn, "key row indices")
+    positive = positive.long()
+    if bool(((positive < 0) | (positive >= n)).any()):
+        raise ValueError(f"{fn}: positive indices must lie in [0, {n}) (the key rows)")
+    if self_mode and bool((positive == rows).any()):
+        raise ValueError(f"{fn}: in self mode a row cannot be its own positive (positive[i] == i)")
+    return positive
+
+
+def supcon_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    key: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    *,
+    temperature: float | Tensor = 0.1,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """Supervised contrastive loss, the L_out form of Khosla et al. (2020).
+
+    L_i = lse_{j in A(i)} z_ij - (1/|P(i)|) sum_{j in P(i)} z_ij with z = S / temperature and
+    P(i) = {j in A(i): y_j = y_i}. Self mode (`key=None`) excludes (i, i); cross mode scores labelled
+    queries against separately labelled keys. Rows without a positive are not counted (see
+    `return_metrics`); if no row is counted the loss is zero and a RuntimeWarning is raised.
+    """
+    fn = "supcon_loss"
+    q, k, self_mode = _prepare(embeddings, key, normalize, fn)
+    key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
+    v.check_weight(weight, q.shape[0], q, fn)
+    v.check_reduction(reduction, fn)
+    v.check_temperature(temperature, fn)
+    impl = resolve(backend, q.device, fn)
+    dtype = compute_dtype(q.dtype)
+    q_codes, k_codes, n_classes = _encode_labels(labels, key_labels)
+    n_pos = torch.bincount(k_codes, minlength=n_classes)[q_codes] - int(self_mode)
+    counted = n_pos > 0
+    s = _scale(temperature, dtype, q.device)
+    if not bool(counted.any()):
+        loss = _no_rows_counted(
+            fn, "every class occurs once, so no row has a positive", reduction, [q, k, s], q.shape[0]
+        )
+        if not return_metrics:
+            return loss
+        with torch.no_grad():
+            argmax = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False).argmax
+        return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
+    coeff = _coefficients(counted, weight, reduction, dtype)
+    stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff)
+    qd, kd = q.to(dtype), k.to(dtype)
+    class_sum = torch.zeros(n_classes, q.shape[1], dtype=dtype, device=q.device).index_add(0, k_codes, kd)
+    positive_sum = class_sum[q_codes] - qd if self_mode else class_sum[q_codes]
+    target = s * (qd * positive_sum).sum(dim=1) / n_pos.clamp(min=1)
+    if coeff is None:
+        rows = stats.lse - target
+        rows = rows if weight is None else rows * weight.to(dtype)
+        loss = torch.where(counted, rows, 0.0)
+    else:
+        loss = stats.total - (coeff * target).sum()
+    return _finish(loss, _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
+
+
+def _label_hits(argmax: Tensor, q_codes: Tensor, k_codes: Tensor) -> Tensor:
+    """Whether each row's most similar candidate key has the row's label (False without candidates)."""
+    return (k_codes[argmax.clamp(min=0)] == q_codes) & (argmax >= 0)
+
+
+def circle_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    key: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    *,
+    margin: float = 0.4,
+    gamma: float = 80.0,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """Circle loss (Sun et al., 2020) with class labels: L_i = softplus(LSE_P z + LSE_N z).
+
+    Positives P(i): other keys with label y_i; negatives N(i): keys with another label. With cosine
+    similarities S (`normalize=True`), z_ij = -gamma a_ij (S_ij - (1 - m)) on positives with
+    a_ij = relu(1 + m - S_ij), and z_ij = gamma a_ij (S_ij - m) on negatives with a_ij = relu(S_ij + m);
+    the a_ij are detached. Defaults follow pytorch-metric-learning (m = 0.4, gamma = 80). Rows without a
+    positive or a negative are not counted; if none is counted the loss is zero with a RuntimeWarning.
+    """
+    fn = "circle_loss"
+    v.check_circle_params(margin, gamma, fn)
+    q, k, self_mode = _prepare(embeddings, key, normalize, fn)
+    key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
+    v.check_weight(weight, q.shape[0], q, fn)
+    v.check_reduction(reduction, fn)
+    impl = resolve(backend, q.device, fn)
+    dtype = compute_dtype(q.dtype)
+    q_codes, k_codes, n_classes = _encode_labels(labels, key_labels)
+    same = torch.bincount(k_codes, minlength=n_classes)[q_codes]
+    counted = (same - int(self_mode) > 0) & (k.shape[0] - same > 0)
+    args = dict(margin=float(margin), gamma=float(gamma), self_mode=self_mode)
+    if not bool(counted.any()):
+        why = "no row has both a positive and a negative (a single class, or singletons only)"
+        loss = _no_rows_counted(fn, why, reduction, [q, k], q.shape[0])
+        if not return_metrics:
+            return loss
+        with torch.no_grad():
+            argmax = impl.circle_stats(q, k, q_codes, k_codes, **args).argmax
+        return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
+    coeff = _coefficients(counted, weight, reduction, dtype)
+    stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff)
+    if coeff is None:
+        rows = stats.row_loss if weight is None else stats.row_loss * weight.to(dtype)
+        loss = torch.where(counted, rows, 0.0)
+    else:
+        loss = stats.total
+    return _finish(loss, _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
