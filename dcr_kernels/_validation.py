@@ -34,9 +34,7 @@ def check_pair(query: Tensor, key: Tensor, fn: str) -> None:
     if key.device != query.device:
         raise ValueError(f"{fn}: query is on {query.device} but key is on {key.device}; move them together")
     if key.shape[1] != query.shape[1]:
-        raise ValueError(
-            f"{fn}: query has dim {query.shape[1]} but key has dim {key.shape[1]}; they must match"
-        )
+        raise ValueError(f"{fn}: query has dim {query.shape[1]} but key has dim {key.shape[1]}; they must match")
 
 
 def check_index(name: str, idx: Tensor, length: int, like: Tensor, fn: str, what: str) -> None:
@@ -46,9 +44,7 @@ def check_index(name: str, idx: Tensor, length: int, like: Tensor, fn: str, what
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
         raise TypeError(f"{fn}: {name} must hold integers ({what}), got {idx.dtype}")
     if idx.dim() != 1 or idx.shape[0] != length:
-        raise ValueError(
-            f"{fn}: {name} must have shape ({length},), one entry per row; got {tuple(idx.shape)}"
-        )
+        raise ValueError(f"{fn}: {name} must have shape ({length},), one entry per row; got {tuple(idx.shape)}")
     if idx.device != like.device:
         raise ValueError(f"{fn}: {name} is on {idx.device} but the embeddings are on {like.device}")
 
@@ -74,16 +70,12 @@ def check_reduction(reduction: str, fn: str) -> None:
 def check_temperature(temperature: float | Tensor, fn: str) -> None:
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1:
-            raise ValueError(
-                f"{fn}: temperature tensor must hold one value, got shape {tuple(temperature.shape)}"
-            )
+            raise ValueError(f"{fn}: temperature tensor must hold one value, got shape {tuple(temperature.shape)}")
         value = float(temperature.detach())
     else:
         value = float(temperature)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{fn}: temperature must be finite and > 0, got {value}; typical values are 0.01 to 1"
-        )
+        raise ValueError(f"{fn}: temperature must be finite and > 0, got {value}; typical values are 0.01 to 1")
 
 
 def check_circle_params(margin: float, gamma: float, fn: str) -> None:

@@ -50,9 +50,7 @@ def _scale(temperature: float | Tensor, dtype: torch.dtype, device: torch.device
     return torch.tensor(1.0 / float(temperature), dtype=dtype, device=device)
 
 
-def _coefficients(
-    counted: Tensor, weight: Tensor | None, reduction: str, dtype: torch.dtype
-) -> Tensor | None:
+def _coefficients(counted: Tensor, weight: Tensor | None, reduction: str, dtype: torch.dtype) -> Tensor | None:
     """Per-row weights of the reduction: w_i / sum_counted w (mean) or w_i (sum), 0 for rows not counted."""
     w = counted.to(dtype) if weight is None else weight.to(dtype) * counted
     if reduction == "sum":
@@ -60,9 +58,7 @@ def _coefficients(
     if reduction == "mean":
         total = w.sum()
         if weight is not None and float(total) == 0.0:
-            raise ValueError(
-                "the weights of the counted rows sum to zero, so their weighted mean is undefined"
-            )
+            raise ValueError("the weights of the counted rows sum to zero, so their weighted mean is undefined")
         return w / total
     return None
 
@@ -73,9 +69,7 @@ def _encode_labels(labels: Tensor, key_labels: Tensor) -> tuple[Tensor, Tensor, 
     return codes[: labels.shape[0]], codes[labels.shape[0] :], classes.shape[0]
 
 
-def _check_labels(
-    labels: Tensor, key_labels: Tensor | None, q: Tensor, k: Tensor, self_mode: bool, fn: str
-) -> Tensor:
+def _check_labels(labels: Tensor, key_labels: Tensor | None, q: Tensor, k: Tensor, self_mode: bool, fn: str) -> Tensor:
     v.check_index("labels", labels, q.shape[0], q, fn, "class labels")
     if self_mode:
         if key_labels is not None:
@@ -94,9 +88,7 @@ def _no_rows_counted(fn: str, why: str, reduction: str, inputs: list[Tensor], m:
     return zero.expand(m).clone() if reduction == "none" else zero
 
 
-def _finish(
-    loss: Tensor, correct: Tensor, counted: Tensor, return_metrics: bool
-) -> Tensor | ContrastiveOutput:
+def _finish(loss: Tensor, correct: Tensor, counted: Tensor, return_metrics: bool) -> Tensor | ContrastiveOutput:
     if not return_metrics:
         return loss
     n = int(counted.sum())
@@ -173,9 +165,7 @@ def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tens
                 )
             return (rows + m // 2) % m
         if n < m:
-            raise ValueError(
-                f"{fn}: key has {n} rows but query has {m}; the default positive of query i is key i"
-            )
+            raise ValueError(f"{fn}: key has {n} rows but query has {m}; the default positive of query i is key i")
         return rows
     v.check_index("positive", positive, m, q, fn, "key row indices")
     positive = positive.long()

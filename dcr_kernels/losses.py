@@ -27,9 +27,7 @@ def circle_logits(sim: Tensor, margin: float, gamma: float) -> tuple[Tensor, Ten
 def masked_logsumexp(z: Tensor, mask: Tensor, dim: int) -> Tensor:
     """log sum exp over the entries where `mask` is true; -inf where no entry is; gradient-safe."""
     any_valid = mask.any(dim=dim, keepdim=True)
-    safe = torch.where(
-        mask, z, torch.where(any_valid, torch.full_like(z, float("-inf")), torch.zeros_like(z))
-    )
+    safe = torch.where(mask, z, torch.where(any_valid, torch.full_like(z, float("-inf")), torch.zeros_like(z)))
     lse = torch.logsumexp(safe, dim=dim)
     return torch.where(any_valid.squeeze(dim), lse, torch.full_like(lse, float("-inf")))
 

@@ -40,9 +40,7 @@ def info_nce(
     return _reduce(rows, torch.ones(len(qn), dtype=torch.bool), weight, reduction)
 
 
-def supcon(
-    x, labels, k=None, key_labels=None, temperature=0.1, normalize=True, weight=None, reduction="mean"
-):
+def supcon(x, labels, k=None, key_labels=None, temperature=0.1, normalize=True, weight=None, reduction="mean"):
     qn = _normalized(x, normalize)
     kn = qn if k is None else _normalized(k, normalize)
     key_labels = labels if k is None else key_labels
@@ -64,9 +62,7 @@ def supcon(
     return _reduce(torch.stack(rows), torch.tensor(counted), weight, reduction)
 
 
-def circle(
-    x, labels, k=None, key_labels=None, margin=0.4, gamma=80.0, normalize=True, weight=None, reduction="mean"
-):
+def circle(x, labels, k=None, key_labels=None, margin=0.4, gamma=80.0, normalize=True, weight=None, reduction="mean"):
     qn = _normalized(x, normalize)
     kn = qn if k is None else _normalized(k, normalize)
     key_labels = labels if k is None else key_labels

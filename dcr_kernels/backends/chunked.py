@@ -217,9 +217,7 @@ class _CircleRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode, chunk):
         qc, kc = _upcast(q, k, self_mode)
-        row_loss, argmax, _ = _circle_pass(
-            qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=None
-        )
+        row_loss, argmax, _ = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=None)
         ctx.save_for_backward(q, k, q_labels, k_labels)
         ctx.args = (margin, gamma, self_mode, chunk)
         ctx.mark_non_differentiable(argmax)
@@ -244,9 +242,7 @@ class _CircleFused(torch.autograd.Function):
     def forward(ctx, q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk):
         qc, kc = _upcast(q, k, self_mode)
         coeff = coeff.to(qc.dtype)
-        row_loss, argmax, grads = _circle_pass(
-            qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=coeff
-        )
+        row_loss, argmax, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=coeff)
         ctx.grads, ctx.self_mode = grads, self_mode
         ctx.dtypes = (q.dtype, k.dtype)
         ctx.mark_non_differentiable(row_loss, argmax)
@@ -307,9 +303,7 @@ def circle_stats(
     itemsize = torch.finfo(compute_dtype(q.dtype)).bits // 8
     chunk = chunk_rows(k.shape[0], _CIRCLE_TEMPORARIES, itemsize)
     if coeff is not None and _wants_grad(q, k):
-        total, row_loss, argmax = _CircleFused.apply(
-            q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk
-        )
+        total, row_loss, argmax = _CircleFused.apply(q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk)
         return CircleStats(row_loss, argmax, total)
     row_loss, argmax = _CircleRows.apply(q, k, q_labels, k_labels, margin, gamma, self_mode, chunk)
     total = weighted_total(coeff.to(row_loss.dtype), row_loss) if coeff is not None else None
