@@ -19,6 +19,8 @@ def _reduce(rows: Tensor, counted: Tensor, weight: Tensor | None, reduction: str
         return rows
     if reduction == "sum":
         return rows.sum()
+    if not counted.any():
+        return rows.sum()  # documented convention: zero loss when no row is counted
     return rows.sum() / (w * counted).sum()
 
 
