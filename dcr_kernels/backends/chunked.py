@@ -207,7 +207,6 @@ class _SoftmaxFused(torch.autograd.Function):
     def backward(ctx, grad_total, *_):
         q, k, scale = ctx.saved_tensors
         grads = _cast_grads(ctx, ctx.grads, q, k, ctx.self_mode, scale, grad_total)
-        del ctx.grads
         return (*grads, None, None, None, None)
 
 
@@ -251,7 +250,6 @@ class _CircleFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, *_):
         grads = ctx.grads
-        del ctx.grads
         dq = (grads.dq * grad_total).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         dk = None
         if ctx.needs_input_grad[1] and not ctx.self_mode:

@@ -1,0 +1,146 @@
+"""Triton backend: fused kernels for CUDA tensors (and CPU tensors under TRITON_INTERPRET=1).
+
+Cost in B^2 D matmul units (one unit = one M x N x D product), derived from the launches below:
+- forward: 1 (one pass over S); the symmetric loss adds 1 for the column statistics (a second pass with
+  the roles of queries and keys swapped: deterministic, no atomics, no M x N buffer).
+- backward, self mode: 2 (recompute S, accumulate (W + W^T) X in one pass).
+- backward, cross mode (symmetric or not): 4 (two passes, dQ and dK, each recomputing S).
+So the symmetric CLIP loss costs 2 + 4 = 6 units, against Inf-CL's 10.
+float64 inputs are routed to the chunked backend (no fp64 tensor-core path).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...losses import circle_row_loss, safe_lse, weighted_total
+from .. import chunked
+from ..base import CircleStats, SoftmaxStats
+from .launch import CIRCLE, SOFTMAX, rows_backward, rows_forward
+
+
+def _contiguous(*xs: Tensor) -> list[Tensor]:
+    return [x.contiguous() for x in xs]
+
+
+class _SoftmaxLSE(torch.autograd.Function):
+    """Row (and column) log-sum-exp of z = s * Q K^T over the candidates, with fused backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, scale, self_mode, columns):
+        q, k = _contiguous(q, k)
+        s = scale.detach().reshape(1).float()
+        lse, _, argmax = rows_forward(q, q if self_mode else k, loss=SOFTMAX, self_mode=self_mode, scale=s)
+        col_lse = torch.empty(0, device=q.device)
+        if columns:
+            col_lse, _, _ = rows_forward(k, q, loss=SOFTMAX, self_mode=False, scale=s)
+        ctx.save_for_backward(q, k, s, lse, col_lse)
+        ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
+        ctx.mark_non_differentiable(argmax)
+        return lse, col_lse, argmax
+
+    @staticmethod
+    def backward(ctx, grad_lse, grad_col, _grad_argmax):
+        q, k, s, lse, col_lse = ctx.saved_tensors
+        row = (safe_lse(lse), None, _coef(grad_lse, lse))
+        col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
+        if ctx.self_mode:
+            dq, ds = rows_backward(q, q, loss=SOFTMAX, self_mode=True, row_term=row, col_term=row, scale=s)
+            return dq, None, ds.to(ctx.scale_dtype), None, None
+        dq, ds = rows_backward(q, k, loss=SOFTMAX, self_mode=False, row_term=row, col_term=col, scale=s)
+        dk = None
+        if ctx.needs_input_grad[1]:
+            dk, _ = rows_backward(k, q, loss=SOFTMAX, self_mode=False, row_term=col, col_term=row, scale=s)
+        return dq, dk, ds.to(ctx.scale_dtype), None, None
+
+
+def _coef(grad: Tensor | None, stat: Tensor) -> Tensor:
+    return torch.zeros_like(stat) if grad is None else grad.float().contiguous()
+
+
+class _CircleRows(torch.autograd.Function):
+    """Per-row Circle loss softplus(LSE_P + LSE_N) with fused backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode):
+        q, k = _contiguous(q, k)
+        kw = dict(loss=CIRCLE, margin=margin, gamma=gamma)
+        lse_pos, lse_neg, argmax = rows_forward(
+            q, q if self_mode else k, self_mode=self_mode, labels_a=q_labels, labels_b=k_labels, **kw
+        )
+        ctx.save_for_backward(q, k, q_labels, k_labels, lse_pos, lse_neg)
+        ctx.self_mode, ctx.kw = self_mode, kw
+        ctx.mark_non_differentiable(argmax)
+        return circle_row_loss(lse_pos, lse_neg), argmax
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_argmax):
+        q, k, q_labels, k_labels, lse_pos, lse_neg = ctx.saved_tensors
+        total = lse_pos + lse_neg
+        counted = torch.isfinite(total)
+        coef = torch.where(counted, torch.sigmoid(torch.where(counted, total, 0.0)) * grad_rows.float(), 0.0)
+        term = (
+            torch.where(counted, lse_pos, float("inf")),
+            torch.where(counted, lse_neg, float("inf")),
+            coef.contiguous(),
+        )
+        if ctx.self_mode:
+            dq, _ = rows_backward(
+                q, q, self_mode=True, row_term=term, col_term=term, labels_a=q_labels, labels_b=q_labels, **ctx.kw
+            )
+            return dq, None, None, None, None, None, None
+        dq, _ = rows_backward(
+            q, k, self_mode=False, row_term=term, col_term=None, labels_a=q_labels, labels_b=k_labels, **ctx.kw
+        )
+        dk = None
+        if ctx.needs_input_grad[1]:
+            dk, _ = rows_backward(
+                k, q, self_mode=False, row_term=None, col_term=term, labels_a=k_labels, labels_b=q_labels, **ctx.kw
+            )
+        return dq, dk, None, None, None, None, None
+
+
+def softmax_stats(
+    q: Tensor,
+    k: Tensor,
+    scale: Tensor,
+    *,
+    self_mode: bool,
+    columns: bool,
+    coeff: Tensor | None = None,
+    col_coeff: Tensor | None = None,
+) -> SoftmaxStats:
+    if q.dtype == torch.float64:
+        return chunked.softmax_stats(
+            q, k, scale, self_mode=self_mode, columns=columns, coeff=coeff, col_coeff=col_coeff
+        )
+    lse, col_lse, argmax = _SoftmaxLSE.apply(q, k, scale, self_mode, columns)
+    col_lse = col_lse if columns else None
+    total = None
+    if coeff is not None:
+        total = weighted_total(coeff.float(), lse)
+        if col_lse is not None:
+            total = total + weighted_total(col_coeff.float(), col_lse)
+    return SoftmaxStats(lse, col_lse, argmax, total)
+
+
+def circle_stats(
+    q: Tensor,
+    k: Tensor,
+    q_labels: Tensor,
+    k_labels: Tensor,
+    *,
+    margin: float,
+    gamma: float,
+    self_mode: bool,
+    coeff: Tensor | None = None,
+) -> CircleStats:
+    if q.dtype == torch.float64:
+        return chunked.circle_stats(
+            q, k, q_labels, k_labels, margin=margin, gamma=gamma, self_mode=self_mode, coeff=coeff
+        )
+    yq, yk = q_labels.to(torch.int32).contiguous(), k_labels.to(torch.int32).contiguous()
+    row_loss, argmax = _CircleRows.apply(q, k, yq, yk, margin, gamma, self_mode)
+    total = weighted_total(coeff.float(), row_loss) if coeff is not None else None
+    return CircleStats(row_loss, argmax, total)
