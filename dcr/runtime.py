@@ -1,0 +1,33 @@
+"""Device, mixed precision and attention backend choices for training and embedding."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import torch
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def attn_implementation(spec: str, device: torch.device) -> str:
+    """``auto``: flash-attention 2 on CUDA when `flash_attn` is installed, otherwise PyTorch SDPA."""
+    if spec != "auto":
+        return spec
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for ``auto``/``bf16`` (and on CPU only for ``bf16``); fp32 otherwise."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
