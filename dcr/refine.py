@@ -80,7 +80,10 @@ def refine(config: RefineConfig, data=None) -> Path:
     if min(labels.count(c) for c in range(len(classes))) < 2:
         raise DataError(f"the training split needs two prompts of every class {classes}; lower val_fraction")
     ids = encode_prompts(tokenizer, train["text"], chat_template=config.chat_template, max_length=config.max_length)
-    sampler = BalancedBatchSampler(labels, config.batch_size, seed=config.seed)
+    try:
+        sampler = BalancedBatchSampler(labels, config.batch_size, seed=config.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
     freeze_above(model, layer, train_embeddings=config.train_embeddings)
     if config.lora:
@@ -110,7 +113,7 @@ def refine(config: RefineConfig, data=None) -> Path:
     loss_fn = make_loss(config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature)
     micro = config.micro_batch_size or config.batch_size
     val_args = (validation["text"], validation["label"], layer, config, device)
-    can_validate = len(set(validation["label"])) == len(classes) and len(validation) >= 10
+    can_validate = all(validation["label"].count(c) >= 2 for c in range(len(classes)))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="dcr refine", unit="step")

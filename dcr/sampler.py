@@ -47,5 +47,5 @@ class BalancedBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            yield self.batch(self.step)
             self.step += 1
+            yield self.batch(self.step - 1)
