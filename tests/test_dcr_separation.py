@@ -40,7 +40,7 @@ def test_probe_separates_separable_and_not_noise():
     x = torch.randn(80, 16)
     assert 0.2 < probe_auroc(x, y) < 0.8, "noise: no better than chance"
     x[:, 0] += 4.0 * y
-    assert probe_auroc(x, y) > 0.98
+    assert probe_auroc(x, y) > 0.95
     report = separation_report(x, y)
     assert set(report) == {"cross_class_cosine", "nn_accuracy", "probe_auroc"}
     with pytest.raises(ValueError, match="exactly two classes"):
