@@ -160,19 +160,24 @@ def _library(case: Case, backend, q, k, t, weight, mv):
     return dk.circle_loss(*args, margin=case.margin, gamma=case.gamma, **common)
 
 
-def rel_err(a: Tensor, b: Tensor) -> float:
-    """||a - b|| / ||b||, with an absolute floor for (near-)zero references."""
+def rel_err(a: Tensor, b: Tensor, floor: float = 1e-4) -> float:
+    """||a - b|| / max(||b||, floor): relative error, absolute for (near-)zero references."""
     a, b = a.double().cpu(), b.double().cpu()
-    return float((a - b).norm() / max(float(b.norm()), 1e-4))
+    return float((a - b).norm() / max(float(b.norm()), floor))
 
 
 def assert_close_to_oracle(case: Case, backend: str, dtype: torch.dtype, tol: float, device: str = "cpu") -> None:
     loss, grads = run(case, backend, dtype, device)
     ref_loss, ref_grads = run(case, None, dtype)
     assert torch.isfinite(loss).all(), f"non-finite loss {loss}"
-    assert rel_err(loss, ref_loss) < tol, f"loss {loss} vs {ref_loss}"
+    # a loss near 0 is a difference of terms of size ~ 1/temperature: judge it on that scale
+    floor = 1e-4 if dtype == torch.float64 else 1.0
+    assert rel_err(loss, ref_loss, floor) < tol, f"loss {loss} vs {ref_loss}"
     for name, ref in ref_grads.items():
         g = grads[name]
         assert g.dtype == (ref.dtype if name == "temperature" else dtype), f"{name} grad dtype {g.dtype}"
         assert torch.isfinite(g).all(), f"non-finite {name} gradient"
-        assert rel_err(g, ref) < tol, f"{name} gradient rel err {rel_err(g, ref):.2e} > {tol}"
+        # the temperature gradient carries a factor 1/t^2 (~200): judge a near-zero one on the loss's scale
+        g_floor = 1e-4 if dtype == torch.float64 else (1.0 if name == "temperature" else 1e-2)
+        err = rel_err(g, ref, g_floor)
+        assert err < tol, f"{name} gradient rel err {err:.2e} > {tol}"

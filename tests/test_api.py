@@ -44,7 +44,10 @@ def _x(b=6, d=4, dtype=torch.float64, **kw):
         (lambda: dk.supcon_loss(torch.randn(4, 3), torch.tensor([0, 1, 0])), r"shape \(4,\)"),
         (lambda: dk.supcon_loss(torch.randn(4, 3), torch.tensor([[0, 1, 0, 1]])), r"shape \(4,\)"),
         (lambda: dk.supcon_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.randn(4, 3)), "key_labels"),
-        (lambda: dk.supcon_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), key_labels=torch.zeros(4)), "without key"),
+        (
+            lambda: dk.supcon_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), key_labels=torch.zeros(4)),
+            "without key",
+        ),
         (lambda: dk.circle_loss(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), margin=1.5), "margin"),
         (lambda: dk.circle_loss(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), gamma=0), "gamma"),
         (lambda: dk.circle_loss("x", torch.tensor([0, 1])), "torch.Tensor"),
@@ -99,8 +102,9 @@ def test_metrics_count_rows_and_top1(backend):
     q = torch.randn(9, 5, dtype=torch.float64)
     out = dk.info_nce(q, q + 1e-3 * torch.randn_like(q), backend=backend, return_metrics=True)
     assert out.accuracy.item() == 1.0 and out.rows_counted == 9
-    out = dk.info_nce(q, q.flip(0) + 1e-3 * torch.randn_like(q), positive=torch.arange(9), backend=backend,
-                      return_metrics=True)
+    out = dk.info_nce(
+        q, q.flip(0) + 1e-3 * torch.randn_like(q), positive=torch.arange(9), backend=backend, return_metrics=True
+    )
     assert out.accuracy.item() == pytest.approx(1 / 9)  # only the middle row finds its positive
 
 

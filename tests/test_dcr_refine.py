@@ -22,9 +22,21 @@ LAYER = 2
 @pytest.fixture
 def config(tmp_path):
     data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    return RefineConfig(model=str(tiny_model_dir("llama")), layer=LAYER, data=str(data), batch_size=8,
-                        micro_batch_size=3, steps=4, lr=1e-3, warmup_steps=1, save_every=2, val_fraction=0.2,
-                        eval_every=2, output_dir=str(tmp_path / "run"), progress=False)
+    return RefineConfig(
+        model=str(tiny_model_dir("llama")),
+        layer=LAYER,
+        data=str(data),
+        batch_size=8,
+        micro_batch_size=3,
+        steps=4,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=2,
+        val_fraction=0.2,
+        eval_every=2,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
 
 
 def _weights(path):
@@ -110,8 +122,20 @@ def test_cli_reads_config_file_and_flags(config, tmp_path, capsys):
     ],
 )
 def test_cli_bad_settings_give_clear_errors(config, tmp_path, capsys, args, message):
-    base = ["refine", "--model", config.model, "--data", config.data, "--output-dir", str(tmp_path / "x"),
-            "--steps", "1", "--no-progress", "--batch-size", "8"]
+    base = [
+        "refine",
+        "--model",
+        config.model,
+        "--data",
+        config.data,
+        "--output-dir",
+        str(tmp_path / "x"),
+        "--steps",
+        "1",
+        "--no-progress",
+        "--batch-size",
+        "8",
+    ]
     assert main(base + args) == 2
     assert message in capsys.readouterr().err
 

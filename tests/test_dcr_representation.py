@@ -47,8 +47,10 @@ def test_left_and_right_padding_agree_and_match_unpadded(tiny):
             a = represent(model, *right, 3, pooling)
             b = represent(model, *left, 3, pooling)
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-            alone = [represent(model, ids[m.bool()][None], m[m.bool()][None], 3, pooling)
-                     for ids, m in zip(*right, strict=True)]
+            alone = [
+                represent(model, ids[m.bool()][None], m[m.bool()][None], 3, pooling)
+                for ids, m in zip(*right, strict=True)
+            ]
             torch.testing.assert_close(a, torch.cat(alone), rtol=1e-4, atol=1e-5)
 
 

@@ -1,0 +1,95 @@
+"""The Triton kernels against the float64 oracle: on a GPU when there is one, else in the interpreter
+(TRITON_INTERPRET=1, set by conftest.py before the kernels are imported)."""
+
+import itertools
+import os
+
+import pytest
+import torch
+from cases import LOSS_MODES, assert_close_to_oracle, make_case
+
+triton = pytest.importorskip("triton")
+from dcr_kernels.backends.triton import launch  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and the Triton interpreter is off", allow_module_level=True)
+
+FP32_TOL = 1e-4 if not ON_GPU else 5e-3  # the interpreter's fp32 dots are exact; the GPU's default to tf32
+LOW_TOL = 2e-2
+SHAPES = list(itertools.product([1, 17, 64, 200], [16, 48, 130]))
+LAYOUTS = ("two_classes", "many_classes", "singletons")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _seed() -> int:
+    return int(torch.randint(0, 2**31, ()))
+
+
+def _skip_impossible(loss, mode, b):
+    if loss == "info_nce" and mode == "self" and b == 1:
+        pytest.skip("self-mode InfoNCE needs a second row for the positive")
+
+
+@pytest.mark.parametrize("loss,mode", LOSS_MODES)
+@pytest.mark.parametrize("b,d", SHAPES)
+def test_fp32_matches_oracle(loss, mode, b, d):
+    _skip_impossible(loss, mode, b)
+    i = SHAPES.index((b, d))
+    case = make_case(
+        loss, mode, b, d, seed=_seed(), layout=LAYOUTS[i % 3], reduction=REDUCTIONS[i % 3], weighted=bool(i % 2)
+    )
+    assert_close_to_oracle(case, "triton", torch.float32, FP32_TOL, DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss,mode", LOSS_MODES)
+@pytest.mark.parametrize("b,d", [(17, 48), (200, 130)])
+def test_half_precision_matches_oracle(dtype, loss, mode, b, d):
+    case = make_case(loss, mode, b, d, seed=_seed(), layout="many_classes", reduction="none")
+    assert_close_to_oracle(case, "triton", dtype, LOW_TOL, DEVICE)
+
+
+@pytest.mark.parametrize("loss,mode", LOSS_MODES)
+def test_extreme_scales_stay_finite(loss, mode):
+    """gamma = 256 and temperature = 0.01: every exp is taken after subtracting the running max."""
+    for dtype, tol in [(torch.float32, FP32_TOL), (torch.float16, 1e-1), (torch.bfloat16, 1e-1)]:
+        case = make_case(loss, mode, 40, 32, seed=_seed(), temperature=0.01, gamma=256.0)
+        assert_close_to_oracle(case, "triton", dtype, tol, DEVICE)
+
+
+def test_poisoned_outputs_are_fully_written(monkeypatch):
+    """Every kernel output starts as NaN (or a bogus index) and must be overwritten completely."""
+
+    def poisoned(shape, dtype, device):
+        fill = float("nan") if dtype.is_floating_point else -7
+        return torch.full(shape, fill, dtype=dtype, device=device)
+
+    monkeypatch.setattr(launch, "new_output", poisoned)
+    for loss, mode in LOSS_MODES:
+        for b, d in [(1, 16), (33, 20)]:
+            if loss == "info_nce" and mode == "self" and b == 1:
+                continue
+            case = make_case(loss, mode, b, d, seed=_seed(), reduction="none")
+            assert_close_to_oracle(case, "triton", torch.float32, FP32_TOL, DEVICE)
+
+
+def test_argmax_metrics_agree_with_chunked():
+    import dcr_kernels as dk
+
+    x = torch.randn(50, 24, device=DEVICE)
+    y = torch.randint(0, 4, (50,), device=DEVICE)
+    for fn in (dk.supcon_loss, dk.circle_loss):
+        a = fn(x, y, backend="triton", return_metrics=True)
+        c = fn(x.cpu(), y.cpu(), backend="chunked", return_metrics=True)
+        assert (a.rows_counted, a.rows_dropped) == (c.rows_counted, c.rows_dropped)
+        assert a.accuracy.item() == pytest.approx(c.accuracy.item())
+
+
+def test_dimension_limit_is_a_clear_error():
+    x = torch.randn(4, launch.MAX_DIM + 1, device=DEVICE)
+    import dcr_kernels as dk
+
+    with pytest.raises(ValueError, match="dim <="):
+        dk.info_nce(x, backend="triton")
