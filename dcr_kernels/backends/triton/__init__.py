@@ -31,10 +31,11 @@ class _SoftmaxLSE(torch.autograd.Function):
     def forward(ctx, q, k, scale, self_mode, columns):
         q, k = _contiguous(q, k)
         s = scale.detach().reshape(1).float()
-        lse, _, argmax = rows_forward(q, q if self_mode else k, loss=SOFTMAX, self_mode=self_mode, scale=s)
+        diag = 0 if self_mode else None
+        lse, _, argmax = rows_forward(q, q if self_mode else k, loss=SOFTMAX, exclude_offset=diag, scale=s)
         col_lse = torch.empty(0, device=q.device)
         if columns:
-            col_lse, _, _ = rows_forward(k, q, loss=SOFTMAX, self_mode=False, scale=s)
+            col_lse, _, _ = rows_forward(k, q, loss=SOFTMAX, exclude_offset=None, scale=s)
         ctx.save_for_backward(q, k, s, lse, col_lse)
         ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
         ctx.mark_non_differentiable(argmax)
@@ -46,12 +47,12 @@ class _SoftmaxLSE(torch.autograd.Function):
         row = (safe_lse(lse), None, _coef(grad_lse, lse))
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
-            dq, ds = rows_backward(q, q, loss=SOFTMAX, self_mode=True, row_term=row, col_term=row, scale=s)
+            dq, ds = rows_backward(q, q, loss=SOFTMAX, exclude_offset=0, row_term=row, col_term=row, scale=s)
             return dq, None, ds.to(ctx.scale_dtype), None, None
-        dq, ds = rows_backward(q, k, loss=SOFTMAX, self_mode=False, row_term=row, col_term=col, scale=s)
+        dq, ds = rows_backward(q, k, loss=SOFTMAX, exclude_offset=None, row_term=row, col_term=col, scale=s)
         dk = None
         if ctx.needs_input_grad[1]:
-            dk, _ = rows_backward(k, q, loss=SOFTMAX, self_mode=False, row_term=col, col_term=row, scale=s)
+            dk, _ = rows_backward(k, q, loss=SOFTMAX, exclude_offset=None, row_term=col, col_term=row, scale=s)
         return dq, dk, ds.to(ctx.scale_dtype), None, None
 
 
@@ -67,7 +68,12 @@ class _CircleRows(torch.autograd.Function):
         q, k = _contiguous(q, k)
         kw = dict(loss=CIRCLE, margin=margin, gamma=gamma)
         lse_pos, lse_neg, argmax = rows_forward(
-            q, q if self_mode else k, self_mode=self_mode, labels_a=q_labels, labels_b=k_labels, **kw
+            q,
+            q if self_mode else k,
+            exclude_offset=0 if self_mode else None,
+            labels_a=q_labels,
+            labels_b=k_labels,
+            **kw,
         )
         ctx.save_for_backward(q, k, q_labels, k_labels, lse_pos, lse_neg)
         ctx.self_mode, ctx.kw = self_mode, kw
@@ -87,16 +93,16 @@ class _CircleRows(torch.autograd.Function):
         )
         if ctx.self_mode:
             dq, _ = rows_backward(
-                q, q, self_mode=True, row_term=term, col_term=term, labels_a=q_labels, labels_b=q_labels, **ctx.kw
+                q, q, exclude_offset=0, row_term=term, col_term=term, labels_a=q_labels, labels_b=q_labels, **ctx.kw
             )
             return dq, None, None, None, None, None, None
         dq, _ = rows_backward(
-            q, k, self_mode=False, row_term=term, col_term=None, labels_a=q_labels, labels_b=k_labels, **ctx.kw
+            q, k, exclude_offset=None, row_term=term, col_term=None, labels_a=q_labels, labels_b=k_labels, **ctx.kw
         )
         dk = None
         if ctx.needs_input_grad[1]:
             dk, _ = rows_backward(
-                k, q, self_mode=False, row_term=None, col_term=term, labels_a=k_labels, labels_b=q_labels, **ctx.kw
+                k, q, exclude_offset=None, row_term=None, col_term=term, labels_a=k_labels, labels_b=q_labels, **ctx.kw
             )
         return dq, dk, None, None, None, None, None
 

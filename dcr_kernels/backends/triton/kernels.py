@@ -6,8 +6,9 @@ other column. Backward (`rows_backward_kernel`): recompute each S tile, form W =
 saved statistics, and accumulate dA = W B in registers; no atomics, so results are deterministic.
 W has a row term (the losses of A's rows) and a column term (the losses of B's rows, whose candidate
 sets contain A's rows): in self mode both terms in one pass give dX = (W + W^T) X; in cross mode a second
-launch with A and B swapped gives dK. Whole rows (D padded to a power of two, DMAX) are held per tile,
-as attention kernels hold a head, which bounds D (see `launch.MAX_DIM`).
+launch with A and B swapped gives dK. A pair (i, i + offset) can be excluded (self mode: offset 0; a rank's
+own block inside a gathered global batch: offset = the rank's first row). Whole rows (D padded to a power
+of two, DMAX) are held per tile, as attention kernels hold a head, which bounds D (see `launch.MAX_DIM`).
 
 Interpreter rules (DESIGN.md section 4): tiles are upcast to fp32 when interpreting (UPCAST), dots are
 at least 16 x 16, offsets are 64-bit, no atomics, no block pointers.
@@ -62,8 +63,8 @@ def rows_forward_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # inputs: A (M, D), B (N, D), int32 labels, scale pointer (fp32)
     STAT1, STAT2, ARGMAX,  # outputs (M,): softmax lse | Circle lse over positives, lse over negatives; best column
     M, N, D, stride_a, stride_b,
-    margin, gamma,
-    LOSS: tl.constexpr, SELF_MODE: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    margin, gamma, diag_offset,  # the pair (i, i + diag_offset) is excluded when EXCLUDE_DIAG
+    LOSS: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     DMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -86,8 +87,8 @@ def rows_forward_kernel(
         b = _load_rows(B, offs_n, mask_n, stride_b, D, DMAX, UPCAST)
         sim = _dot(a, tl.trans(b), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), INPUT_PRECISION)
         valid = mask_n[None, :] & mask_m[:, None]
-        if SELF_MODE:
-            valid = valid & (offs_m[:, None] != offs_n[None, :])
+        if EXCLUDE_DIAG:
+            valid = valid & (offs_m[:, None] + diag_offset != offs_n[None, :])
         sim_valid = tl.where(valid, sim, float("-inf"))
         tile_best = tl.max(sim_valid, 1)
         tile_idx = tl.argmax(sim_valid, 1).to(tl.int64) + n0
@@ -124,8 +125,9 @@ def rows_backward_kernel(
     STAT1_B, STAT2_B, COEF_B,  # column term: statistics and upstream coefficients of B's rows
     DA, DSCALE,  # outputs: dA (M, D) in A's dtype; per-program partial d loss / d scale (fp32)
     M, N, D, stride_a, stride_b, stride_da,
-    margin, gamma,
-    LOSS: tl.constexpr, SELF_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
+    margin, gamma, diag_offset,  # the pair (i, i + diag_offset) is excluded when EXCLUDE_DIAG
+    LOSS: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, SAME_ROWS: tl.constexpr,  # SAME_ROWS: A is B
+    ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     DMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -151,8 +153,8 @@ def rows_backward_kernel(
         b = _load_rows(B, offs_n, mask_n, stride_b, D, DMAX, UPCAST)
         sim = _dot(a, tl.trans(b), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), INPUT_PRECISION)
         valid = mask_n[None, :] & mask_m[:, None]
-        if SELF_MODE:
-            valid = valid & (offs_m[:, None] != offs_n[None, :])
+        if EXCLUDE_DIAG:
+            valid = valid & (offs_m[:, None] + diag_offset != offs_n[None, :])
         if LOSS == SOFTMAX:
             z = tl.where(valid, sim * scale, float("-inf"))
             z_neg = z
@@ -178,7 +180,7 @@ def rows_backward_kernel(
                 stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))
             w_col = _dlogits(z, z_neg, slope_pos, slope_neg, coef_b[None, :], stat1_b[None, :], stat2_b[None, :], LOSS)
             w += w_col
-            if LOSS == SOFTMAX and not SELF_MODE:  # in self mode entry (j, i) is visited by row j's program
+            if LOSS == SOFTMAX and not SAME_ROWS:  # when A is B, entry (j, i) is visited by row j's program
                 dscale += tl.sum(w_col * sim, 1)
         if LOSS == SOFTMAX:
             w = w * scale

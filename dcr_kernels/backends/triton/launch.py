@@ -58,7 +58,7 @@ def _tuned(kernel_name: str, bucket: str):
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in _GPU_CONFIGS[bucket]
     ]
-    return triton.autotune(configs=configs, key=["DMAX", "SELF_MODE", "LOSS"])(kernel)
+    return triton.autotune(configs=configs, key=["DMAX", "EXCLUDE_DIAG", "LOSS"])(kernel)
 
 
 def _launch(kernel_name: str, rows: int, dmax: int, *args, **constexprs) -> None:
@@ -85,14 +85,15 @@ def rows_forward(
     b: Tensor,
     *,
     loss: int,
-    self_mode: bool,
+    exclude_offset: int | None,
     scale: Tensor | None = None,
     labels_a: Tensor | None = None,
     labels_b: Tensor | None = None,
     margin: float = 0.0,
     gamma: float = 0.0,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Row statistics of S = a b^T: (lse, None, argmax) for softmax, (lse_pos, lse_neg, argmax) for Circle."""
+    """Row statistics of S = a b^T: (lse, None, argmax) for softmax, (lse_pos, lse_neg, argmax) for Circle.
+    Pairs (i, i + exclude_offset) are not candidates (self mode: 0; None: every pair is)."""
     m, d = a.shape
     stat1 = new_output((m,), torch.float32, a.device)
     stat2 = new_output((m,), torch.float32, a.device) if loss == CIRCLE else stat1
@@ -103,8 +104,8 @@ def rows_forward(
         a, b, dummy if labels_a is None else labels_a, dummy if labels_b is None else labels_b,
         dummy if scale is None else scale,
         stat1, stat2, argmax,
-        m, b.shape[0], d, a.stride(0), b.stride(0), float(margin), float(gamma),
-        LOSS=loss, SELF_MODE=self_mode, DMAX=_dmax(d), **_common(),
+        m, b.shape[0], d, a.stride(0), b.stride(0), float(margin), float(gamma), exclude_offset or 0,
+        LOSS=loss, EXCLUDE_DIAG=exclude_offset is not None, DMAX=_dmax(d), **_common(),
     )  # fmt: skip
     return stat1, (stat2 if loss == CIRCLE else None), argmax
 
@@ -114,7 +115,7 @@ def rows_backward(
     b: Tensor,
     *,
     loss: int,
-    self_mode: bool,
+    exclude_offset: int | None,
     row_term: tuple[Tensor, Tensor | None, Tensor] | None,
     col_term: tuple[Tensor, Tensor | None, Tensor] | None,
     scale: Tensor | None = None,
@@ -124,7 +125,8 @@ def rows_backward(
     gamma: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """dA = W b for W = d loss / d S, and d loss / d scale. Each term is (stat1, stat2, coefficients)
-    for the rows of a (row_term) or of b (col_term); statistics must already be +inf where not counted."""
+    for the rows of a (row_term) or of b (col_term); statistics must already be +inf where not counted.
+    When `a is b` both terms are taken in one pass and d loss / d scale counts each pair once."""
     m, d = a.shape
     block_rows = _INTERPRETER_META["BLOCK_M"] if interpreting() else 16  # smallest BLOCK_M of any config
     da = new_output((m, d), a.dtype, a.device)
@@ -138,8 +140,9 @@ def rows_backward(
         dummy if scale is None else scale,
         r1, r1 if r2 is None else r2, rc, c1, c1 if c2 is None else c2, cc,
         da, dscale,
-        m, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), float(margin), float(gamma),
-        LOSS=loss, SELF_MODE=self_mode, ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
+        m, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), float(margin), float(gamma), exclude_offset or 0,
+        LOSS=loss, EXCLUDE_DIAG=exclude_offset is not None, SAME_ROWS=a is b,
+        ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
         DMAX=_dmax(d), **_common(),
     )  # fmt: skip
     return da, dscale.sum()
