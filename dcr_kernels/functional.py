@@ -32,6 +32,12 @@ class ContrastiveOutput(NamedTuple):
     rows_dropped: int
 
 
+def _no_autocast(x: Tensor):
+    """Backends choose their own precision (fp32 statistics, input-dtype dots): autocast must not recast
+    their matmuls."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _prepare(query: Tensor, key: Tensor | None, normalize: bool, fn: str) -> tuple[Tensor, Tensor, bool]:
     v.check_embeddings("query" if key is not None else "embeddings", query, fn)
     if key is not None:
@@ -140,9 +146,10 @@ def info_nce(
     coeff = _coefficients(counted, weight, reduction, dtype)
     if coeff is not None and symmetric:
         coeff = coeff * 0.5
-    stats = impl.softmax_stats(
-        q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
-    )
+    with _no_autocast(q):
+        stats = impl.softmax_stats(
+            q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
+        )
     target = s * (q.to(dtype) * k.to(dtype)[positive]).sum(dim=1)
     if coeff is None:
         rows = stats.lse - target
@@ -214,11 +221,12 @@ def supcon_loss(
         )
         if not return_metrics:
             return loss
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             argmax = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False).argmax
         return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype)
-    stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff)
+    with _no_autocast(q):
+        stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff)
     qd, kd = q.to(dtype), k.to(dtype)
     class_sum = torch.zeros(n_classes, q.shape[1], dtype=dtype, device=q.device).index_add(0, k_codes, kd)
     positive_sum = class_sum[q_codes] - qd if self_mode else class_sum[q_codes]
@@ -276,11 +284,12 @@ def circle_loss(
         loss = _no_rows_counted(fn, why, reduction, [q, k], q.shape[0])
         if not return_metrics:
             return loss
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(q):
             argmax = impl.circle_stats(q, k, q_codes, k_codes, **args).argmax
         return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype)
-    stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff)
+    with _no_autocast(q):
+        stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff)
     if coeff is None:
         rows = stats.row_loss if weight is None else stats.row_loss * weight.to(dtype)
         loss = torch.where(counted, rows, 0.0)
