@@ -52,13 +52,15 @@ def _bucket(dmax: int) -> str:
 
 
 @functools.cache
-def _tuned(kernel_name: str, bucket: str):
+def _tuned(kernel_name: str, bucket: str, autotune: bool):
+    """The kernel autotuned over its bucket's configs, or fixed to the first config when `autotune` is
+    off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
     kernel = getattr(kernels, kernel_name)
     configs = [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w, s in _GPU_CONFIGS[bucket]
     ]
-    return triton.autotune(configs=configs, key=["DMAX", "EXCLUDE_DIAG", "LOSS"])(kernel)
+    return triton.autotune(configs=configs if autotune else configs[:1], key=["DMAX", "EXCLUDE_DIAG", "LOSS"])(kernel)
 
 
 def _launch(kernel_name: str, rows: int, dmax: int, *args, **constexprs) -> None:
@@ -67,7 +69,8 @@ def _launch(kernel_name: str, rows: int, dmax: int, *args, **constexprs) -> None
         getattr(kernels, kernel_name)[(triton.cdiv(rows, meta["BLOCK_M"]),)](*args, **constexprs, **meta)
         return
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
-    _tuned(kernel_name, _bucket(dmax))[grid](*args, **constexprs)
+    autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
+    _tuned(kernel_name, _bucket(dmax), autotune)[grid](*args, **constexprs)
 
 
 def _dmax(d: int) -> int:
