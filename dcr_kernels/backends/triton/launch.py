@@ -33,11 +33,13 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-# (BLOCK_M, BLOCK_N, warps, stages): a few shapes per padded dim; the autotuner keeps the fastest.
+# (BLOCK_M, BLOCK_N, warps, stages): a few shapes per padded dim; the autotuner keeps the fastest and
+# drops those that do not fit. The backward's fp32 accumulator holds BLOCK_M x DMAX values, so large DMAX
+# takes small BLOCK_M and more warps to stay near 128 registers per thread.
 _GPU_CONFIGS = {
     "small": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3)],  # DMAX <= 128
-    "medium": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],  # DMAX 256
-    "large": [(32, 32, 4, 1), (64, 32, 8, 1), (32, 64, 8, 1)],  # DMAX 512 - 1024
+    "medium": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],  # DMAX 256
+    "large": [(32, 32, 4, 2), (16, 64, 4, 2), (32, 64, 8, 2), (16, 32, 4, 1)],  # DMAX 512 - 1024
     "huge": [(16, 32, 4, 1), (16, 16, 4, 1)],  # DMAX 2048 - 4096
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32}
