@@ -1,0 +1,347 @@
+"""InfoNCE, SupCon and Circle over the global batch of all ranks (see the package docstring for the
+gradient convention): validate on every rank, bring the keys to the rows (gather or ring), reduce."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _validation as v
+from ..backends import blocks
+from ..backends.base import compute_dtype
+from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
+from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
+from .rows import BlockRows, RowSpec
+from .world import World, agree, require_same
+
+STRATEGIES = ("gather", "ring")
+REDUCTIONS = ("mean", "sum")
+_LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss")
+_FIELDS = (
+    "m", "n", "dim", "dtype", "loss", "strategy", "self_mode", "symmetric", "reduction", "weighted", "normalize",
+    "positive", "positive_min", "positive_max", "param1", "param2",
+)  # fmt: skip
+_SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max"))
+_NAMES = {"dtype": v.FLOAT_DTYPES, "loss": _LOSSES, "strategy": STRATEGIES, "reduction": REDUCTIONS}
+
+
+def _show(name: str, value: float) -> str:
+    if name in _NAMES:
+        return str(_NAMES[name][int(value)])
+    return repr(int(value)) if value.is_integer() else repr(value)
+
+
+class _Call:
+    """The agreed layout of one call: the world, every rank's query and key row counts, this rank's offsets."""
+
+    def __init__(self, fn: str, group: dist.ProcessGroup | None, check) -> None:
+        self.world = World.of(group)
+        self.table = agree(self.world, fn, _FIELDS, check)
+        require_same(self.table, _SHARED, fn, _show)
+        self.q_sizes = [int(row["m"]) for row in self.table]
+        self.k_sizes = [int(row["n"]) for row in self.table]
+        self.q_start = offsets(self.q_sizes)[self.world.rank]
+        self.k_start = offsets(self.k_sizes)[self.world.rank]
+
+
+def _describe(
+    fn: str,
+    query: Tensor,
+    key: Tensor | None,
+    *,
+    weight: Tensor | None,
+    reduction: str,
+    strategy: str,
+    backend: str,
+    normalize: bool,
+    params: tuple[float, float],
+    symmetric: bool = False,
+    positive: Tensor | None = None,
+) -> dict[str, float]:
+    """This rank's checks, and its row of the table every rank compares."""
+    v.check_embeddings("query" if key is not None else "embeddings", query, fn)
+    if key is not None:
+        v.check_embeddings("key", key, fn)
+        v.check_pair(query, key, fn)
+    v.check_weight(weight, query.shape[0], query, fn)
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}; per-row losses ('none') have no "
+            "single gradient convention across ranks: weight the rows and use 'sum' instead"
+        )
+    if strategy not in STRATEGIES:
+        raise ValueError(f"{fn}: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    blocks.use_triton(query, backend)
+    if positive is not None:
+        v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
+    pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)
+    return dict(
+        m=query.shape[0], n=(query if key is None else key).shape[0], dim=query.shape[1],
+        dtype=v.FLOAT_DTYPES.index(query.dtype), loss=_LOSSES.index(fn), strategy=STRATEGIES.index(strategy),
+        self_mode=key is None, symmetric=symmetric, reduction=REDUCTIONS.index(reduction),
+        weighted=weight is not None, normalize=normalize, positive=positive is not None,
+        positive_min=int(pos.min()), positive_max=int(pos.max()),
+        param1=params[0], param2=params[1],
+    )  # fmt: skip
+
+
+def _temperature_value(temperature: float | Tensor) -> float:
+    return float(temperature.detach()) if isinstance(temperature, Tensor) else float(temperature)
+
+
+def _normalized(query: Tensor, key: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor]:
+    q = F.normalize(query, dim=-1) if normalize else query
+    if key is None:
+        return q, q
+    return q, (F.normalize(key, dim=-1) if normalize else key)
+
+
+def _block_rows(
+    call: _Call, strategy: str, a: Tensor, b: Tensor, b_sizes: list[int], self_mode: bool, scale: Tensor, spec: RowSpec
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(value, t, best column) of the local rows `a` against the keys of every rank (rank r holds b_sizes[r])."""
+    world = call.world
+    if strategy == "gather":
+        keys = gather_with_grad(b, b_sizes, world)
+        source = OneBlock(offsets(b_sizes)[world.rank] if self_mode else None)
+    else:
+        keys, source = b, Ring(world, b_sizes, 0 if self_mode else None)
+    with torch.autocast(a.device.type, enabled=False):
+        return BlockRows.apply(a, keys, scale, spec, source)
+
+
+def _global_codes(call: _Call, labels: Tensor, key_labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Class codes of every query and every key of the global batch, identical on every rank."""
+    world = call.world
+    all_labels = gather_rows(labels.long(), call.q_sizes, world)
+    if key_labels is None:
+        _, codes = torch.unique(all_labels, return_inverse=True)
+        return codes, codes
+    all_keys = gather_rows(key_labels.long(), call.k_sizes, world)
+    _, codes = torch.unique(torch.cat([all_labels, all_keys]), return_inverse=True)
+    return codes[: all_labels.shape[0]], codes[all_labels.shape[0] :]
+
+
+def _reduce(
+    call: _Call,
+    rows: Tensor,
+    counted: Tensor,
+    hits: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    fn: str,
+    return_metrics: bool,
+) -> Tensor | ContrastiveOutput:
+    """world_size * (this rank's share of the global loss), carrying the global loss as its value."""
+    world = call.world
+    dtype = rows.dtype
+    w = counted.to(dtype) if weight is None else weight.to(dtype) * counted
+    local = (w * torch.where(counted, rows, 0.0)).sum()
+    parts = (local.detach(), w.sum(), counted.sum(), (hits & counted).sum(), torch.tensor(rows.shape[0]))
+    sums = torch.stack([x.to(device=rows.device, dtype=torch.float64) for x in parts])
+    if world.size > 1:
+        dist.all_reduce(sums, group=world.group)
+    total, weight_sum, n_counted, n_hits, n_rows = sums.tolist()
+    denom = 1.0
+    if reduction == "mean":
+        if weight is not None and weight_sum == 0.0:
+            raise ValueError(f"{fn}: the weights of the counted rows sum to zero, so their weighted mean is undefined")
+        denom = weight_sum
+    share = world.size * local / denom
+    loss = share + (total / denom - share).detach()
+    if not return_metrics:
+        return loss
+    accuracy = torch.tensor(n_hits / n_counted if n_counted else float("nan"), device=rows.device)
+    return ContrastiveOutput(loss, accuracy, int(n_counted), int(n_rows - n_counted))
+
+
+def _nothing_counted(
+    call: _Call, fn: str, why: str, reduction: str, inputs: list[Tensor], return_metrics: bool
+) -> Tensor | ContrastiveOutput:
+    loss = _no_rows_counted(fn, why, reduction, inputs, inputs[0].shape[0])
+    if not return_metrics:
+        return loss
+    nan = torch.tensor(float("nan"), device=loss.device)
+    return ContrastiveOutput(loss, nan, 0, sum(call.q_sizes))
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor | None = None,
+    *,
+    positive: Tensor | None = None,
+    temperature: float | Tensor = 0.07,
+    normalize: bool = True,
+    symmetric: bool = False,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    strategy: str = "gather",
+    group: dist.ProcessGroup | None = None,
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """InfoNCE over the global batch: every rank's queries against every rank's keys.
+
+    `positive` holds global key indices (the keys of all ranks concatenated in rank order), so a positive
+    may live on any rank. Defaults: cross mode, the positive of local query i is local key i; self mode
+    (`key=None`), each rank's batch is two stacked views [x_1..x_n, x'_1..x'_n] and local row i's positive
+    is local row (i + n) mod 2n. `symmetric=True` (cross mode, as many keys as queries on every rank) averages
+    the row and column losses, as CLIP does. Other arguments as in `functional.info_nce`; `strategy`:
+    "gather" or "ring"; `group`: the process group (default: all ranks)."""
+    fn = _LOSSES[0]
+
+    def check() -> dict[str, float]:
+        meta = _describe(
+            fn, query, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
+            normalize=normalize, params=(_temperature_value(temperature), 0.0), symmetric=symmetric,
+            positive=positive,
+        )  # fmt: skip
+        v.check_temperature(temperature, fn)
+        m, n = int(meta["m"]), int(meta["n"])
+        if symmetric and (key is None or n != m or positive is not None):
+            raise ValueError(
+                f"{fn}: symmetric=True needs key with as many rows as query on every rank (got {m} and "
+                f"{'none' if key is None else n}) and the default positives"
+            )
+        if positive is None and key is None and m % 2:
+            raise ValueError(
+                f"{fn}: in self mode the default positive of local row i is row (i + B/2) mod B (two stacked "
+                f"views per rank), which needs an even local batch; got B={m}. Pass positive= or key="
+            )
+        if positive is None and key is not None and n < m:
+            raise ValueError(f"{fn}: key has {n} rows but query has {m}; the default positive of query i is key i")
+        return meta
+
+    call = _Call(fn, group, check)
+    self_mode = key is None
+    m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
+    rows_here = torch.arange(m, device=query.device)
+    if positive is None:
+        positive = call.k_start + ((rows_here + m // 2) % m if self_mode else rows_here)
+    else:
+        for r, row in enumerate(call.table):
+            if row["positive_min"] < 0 or row["positive_max"] >= n_keys:
+                raise ValueError(f"{fn}: rank {r} has positive indices outside [0, {n_keys}) (the global key rows)")
+        positive = positive.long()
+        if self_mode:
+            agree(call.world, fn, (), lambda: _no_self_positive(positive, call.q_start, fn))
+    q, k = _normalized(query, key, normalize)
+    dtype = compute_dtype(q.dtype)
+    s = _scale(temperature, dtype, q.device)
+    every_key = torch.arange(n_keys, device=q.device)
+    spec = RowSpec(blocks.SOFTMAX, positive, every_key, targets=True, backend=backend)
+    value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
+    rows = value - s * (q.to(dtype) * t).sum(dim=1)
+    if symmetric:
+        own = call.k_start + torch.arange(k.shape[0], device=q.device)
+        spec = RowSpec(blocks.SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), True, backend=backend)
+        col_value, col_t, _ = _block_rows(call, strategy, k, q, call.q_sizes, False, s, spec)
+        rows = 0.5 * (rows + col_value - s * (k.to(dtype) * col_t).sum(dim=1))
+    counted = torch.ones(m, dtype=torch.bool, device=q.device)
+    return _reduce(call, rows, counted, best == positive, weight, reduction, fn, return_metrics)
+
+
+def _no_self_positive(positive: Tensor, start: int, fn: str) -> dict[str, float]:
+    if bool((positive == start + torch.arange(positive.shape[0], device=positive.device)).any()):
+        raise ValueError(f"{fn}: in self mode a row cannot be its own positive (positive[i] == global row index)")
+    return {}
+
+
+def _label_hits(best: Tensor, q_codes: Tensor, key_codes: Tensor) -> Tensor:
+    return (key_codes[best.clamp(min=0)] == q_codes) & (best >= 0)
+
+
+def supcon_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    key: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    *,
+    temperature: float | Tensor = 0.1,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    strategy: str = "gather",
+    group: dist.ProcessGroup | None = None,
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """Supervised contrastive loss (L_out) over the global batch: positives are the keys of every rank with
+    the row's label. Arguments as in `functional.supcon_loss`, plus `strategy` and `group` (see `info_nce`)."""
+    fn = _LOSSES[1]
+
+    def check() -> dict[str, float]:
+        meta = _describe(
+            fn, embeddings, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
+            normalize=normalize, params=(_temperature_value(temperature), 0.0),
+        )  # fmt: skip
+        v.check_temperature(temperature, fn)
+        _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
+        return meta
+
+    call = _Call(fn, group, check)
+    self_mode = key is None
+    all_codes, key_codes = _global_codes(call, labels, key_labels)
+    n_pos_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes] - int(self_mode)
+    q, k = _normalized(embeddings, key, normalize)
+    if not bool((n_pos_all > 0).any()):
+        why = "every class occurs once, so no row has a positive"
+        return _nothing_counted(call, fn, why, reduction, [q, k], return_metrics)
+    dtype = compute_dtype(q.dtype)
+    s = _scale(temperature, dtype, q.device)
+    local = slice(call.q_start, call.q_start + q.shape[0])
+    q_codes, n_pos = all_codes[local], n_pos_all[local]
+    spec = RowSpec(blocks.SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
+    value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
+    rows = value - s * (q.to(dtype) * t).sum(dim=1) / n_pos.clamp(min=1)
+    counted = n_pos > 0
+    return _reduce(call, rows, counted, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
+
+
+def circle_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    key: Tensor | None = None,
+    key_labels: Tensor | None = None,
+    *,
+    margin: float = 0.4,
+    gamma: float = 80.0,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    strategy: str = "gather",
+    group: dist.ProcessGroup | None = None,
+    backend: str = "auto",
+    return_metrics: bool = False,
+) -> Tensor | ContrastiveOutput:
+    """Circle loss over the global batch: positives and negatives are the keys of every rank with the row's
+    label and with another label. Arguments as in `functional.circle_loss`, plus `strategy` and `group`."""
+    fn = _LOSSES[2]
+
+    def check() -> dict[str, float]:
+        v.check_circle_params(margin, gamma, fn)
+        meta = _describe(
+            fn, embeddings, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
+            normalize=normalize, params=(float(margin), float(gamma)),
+        )  # fmt: skip
+        _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
+        return meta
+
+    call = _Call(fn, group, check)
+    self_mode = key is None
+    all_codes, key_codes = _global_codes(call, labels, key_labels)
+    same_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes]
+    counted_all = (same_all - int(self_mode) > 0) & (key_codes.shape[0] - same_all > 0)
+    q, k = _normalized(embeddings, key, normalize)
+    if not bool(counted_all.any()):
+        why = "no row has both a positive and a negative (a single class, or singletons only)"
+        return _nothing_counted(call, fn, why, reduction, [q, k], return_metrics)
+    local = slice(call.q_start, call.q_start + q.shape[0])
+    q_codes = all_codes[local]
+    one = torch.ones((), dtype=compute_dtype(q.dtype), device=q.device)
+    spec = RowSpec(blocks.CIRCLE, q_codes, key_codes, False, float(margin), float(gamma), backend)
+    value, _, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, one, spec)
+    hits = _label_hits(best, q_codes, key_codes)
+    return _reduce(call, value, counted_all[local], hits, weight, reduction, fn, return_metrics)
