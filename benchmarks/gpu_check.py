@@ -1,0 +1,267 @@
+"""The GPU check, one call of at most 8 minutes on a CUDA machine:
+
+1. the Triton tests on the GPU (tests/test_triton.py, tests/test_compile_autocast.py);
+2. the device's bf16 matmul peak, measured in the same run;
+3. the kernel sweep: forward and forward+backward of each loss at B in {4096, 16384, 65536},
+   D in {256, 1024}, bf16 and fp32, against eager dense PyTorch and (symmetric InfoNCE) Inf-CL's
+   `cal_inf_loss` when it imports, with peak memory above the inputs;
+4. the checks of the kernel issue: forward at B = 65536, D = 1024, bf16 against half the matmul peak;
+   symmetric forward+backward against Inf-CL; peak memory linear in B.
+
+Results go to benchmarks/results/gpu_<date>.json and .md with the GPU's name and the versions. Work is
+ordered by priority and stops before the time budget runs out, so a partial run still writes its file.
+
+    python benchmarks/gpu_check.py [--budget-s 450]
+
+Inf-CL is an optional peer: `pip download inf-cl==1.2.1 --no-deps -d .wheels` beforehand, carry `.wheels`
+to the machine and `pip install --no-deps .wheels/*.whl` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import baselines  # noqa: E402
+
+import dcr_kernels as dk  # noqa: E402
+
+SIZES = (4096, 16384, 65536)
+DIMS = (256, 1024)
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+TEMPERATURE, MARGIN, GAMMA = 0.07, 0.4, 80.0
+
+
+class Clock:
+    """Seconds left before the budget runs out."""
+
+    def __init__(self, budget_s: float):
+        self.deadline = time.monotonic() + budget_s
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def environment(device: torch.device) -> dict:
+    import triton
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def run_tests(clock: Clock, limit_s: float) -> dict:
+    """The Triton tests on this device, first config only (compiles stay quick)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+           "tests/test_triton.py", "tests/test_compile_autocast.py"]  # fmt: skip
+    env = dict(os.environ, DCR_TRITON_AUTOTUNE="0")
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=min(limit_s, clock.left())
+        )
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        return {"returncode": done.returncode, "seconds": round(time.monotonic() - t0, 1), "tail": tail}
+    except subprocess.TimeoutExpired:
+        return {"returncode": None, "seconds": round(time.monotonic() - t0, 1), "tail": ["timed out"]}
+
+
+def bench_ms(fn, grads: list[torch.Tensor], device: torch.device) -> float:
+    """Median milliseconds of `fn` (gradients reset before each call)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=10, rep=60, grad_to_none=grads, return_mode="median"))
+    times = []
+    for _ in range(3):
+        for g in grads:
+            g.grad = None
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[1]
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ b, [], device)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def _peak_bytes(fn, device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _providers(loss: str, backend: str):
+    """name -> fn(q, k, labels) returning the loss, for our kernels and the peers."""
+    if loss == "clip":
+        out = {
+            "ours": lambda q, k, y: dk.info_nce(q, k, temperature=TEMPERATURE, symmetric=True, backend=backend),
+            "dense": lambda q, k, y: 0.5 * (baselines.dense_info_nce(q, k, TEMPERATURE)
+                                            + baselines.dense_info_nce(k, q, TEMPERATURE)),
+        }  # fmt: skip
+        try:
+            from inf_cl import cal_inf_loss
+
+            def inf_cl(q, k, y):
+                qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+                return 0.5 * (cal_inf_loss(qn, kn, scale=1 / TEMPERATURE) + cal_inf_loss(kn, qn, scale=1 / TEMPERATURE))
+
+            out["inf-cl"] = inf_cl
+        except ImportError:
+            pass
+        return out
+    if loss == "supcon":
+        return {
+            "ours": lambda q, k, y: dk.supcon_loss(q, y, temperature=TEMPERATURE, backend=backend),
+            "dense": lambda q, k, y: baselines.dense_supcon(q, y, TEMPERATURE),
+        }
+    return {
+        "ours": lambda q, k, y: dk.circle_loss(q, y, margin=MARGIN, gamma=GAMMA, backend=backend),
+        "dense": lambda q, k, y: baselines.dense_circle(q, y, MARGIN, GAMMA),
+    }
+
+
+def measure(loss: str, provider: str, fn, b: int, d: int, dtype: torch.dtype, device: torch.device) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(b, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    k = torch.randn(b, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    y = torch.arange(b, device=device) % max(1, b // 4)
+    row = {"loss": loss, "provider": provider, "B": b, "D": d, "dtype": str(dtype).removeprefix("torch.")}
+    try:
+        with torch.no_grad():
+            row["forward_ms"] = bench_ms(lambda: fn(q, k, y), [], device)
+        row["forward_backward_ms"] = bench_ms(lambda: fn(q, k, y).backward(), [q, k], device)
+        q.grad = k.grad = None
+        row["peak_bytes"] = _peak_bytes(lambda: fn(q, k, y).backward(), device)
+    except torch.OutOfMemoryError:
+        row["error"] = "out of memory"
+    except Exception as e:  # a peer failing must not stop the sweep
+        row["error"] = f"{type(e).__name__}: {e}"[:300]
+    return row
+
+
+def sweep(device: torch.device, backend: str, sizes, dims, dtypes, clock: Clock, reserve_s: float) -> list[dict]:
+    rows = []
+    plan = [(loss, b, d, dt_name) for dt_name in dtypes for d in reversed(dims) for b in reversed(sizes)
+            for loss in ("clip", "circle", "supcon")]  # fmt: skip
+    for loss, b, d, dt_name in plan:
+        for provider, fn in _providers(loss, backend).items():
+            if clock.left() < reserve_s:
+                return rows
+            rows.append(measure(loss, provider, fn, b, d, DTYPES[dt_name], device))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def checks(rows: list[dict], peak_tflops: float) -> dict:
+    """The kernel issue's GPU criteria, computed from the measured rows."""
+
+    def find(**kw):
+        return next((r for r in rows if all(r.get(k) == v for k, v in kw.items()) and "error" not in r), None)
+
+    out = {"matmul_peak_bf16_tflops": round(peak_tflops, 1)}
+    big = find(loss="circle", provider="ours", B=65536, D=1024, dtype="bfloat16")
+    if big:
+        tflops = 2 * 65536**2 * 1024 / (big["forward_ms"] * 1e-3) / 1e12
+        out["forward_65536x1024_bf16_tflops"] = round(tflops, 1)
+        out["forward_fraction_of_peak"] = round(tflops / peak_tflops, 3)
+    ratios = {}
+    for r in rows:
+        if r["provider"] == "ours" and r["loss"] == "clip" and "error" not in r:
+            peer = find(loss="clip", provider="inf-cl", B=r["B"], D=r["D"], dtype=r["dtype"])
+            if peer:
+                ratios[f"{r['B']}x{r['D']}_{r['dtype']}"] = round(
+                    peer["forward_backward_ms"] / r["forward_backward_ms"], 2
+                )
+    out["clip_fwd_bwd_speedup_vs_inf_cl"] = ratios
+    memory = {}
+    for r in rows:
+        if r["provider"] == "ours" and r.get("peak_bytes") and r["D"] == 1024 and r["dtype"] == "bfloat16":
+            memory.setdefault(r["loss"], {})[r["B"]] = round(r["peak_bytes"] / r["B"], 1)
+    out["peak_bytes_per_row_bf16_D1024"] = memory  # linear in B <=> constant per row
+    return out
+
+
+def write(result: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"gpu_{result['environment']['date'][:10]}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    fence = "```"
+    lines = [
+        f"# GPU check {result['environment']['date']}", "",
+        fence, json.dumps(result["environment"], indent=1), fence, "",
+        "## Tests", "", fence, *result["tests"]["tail"], fence, "",
+        "## Checks", "", fence, json.dumps(result["checks"], indent=1), fence, "",
+        "## Sweep", "",
+        "| loss | provider | B | D | dtype | forward ms | fwd+bwd ms | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in result["sweep"]:
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-"
+        fwd, fwd_bwd = r.get("forward_ms", r.get("error", "-")), r.get("forward_backward_ms", "-")
+        lines.append(
+            f"| {r['loss']} | {r['provider']} | {r['B']} | {r['D']} | {r['dtype']} | {fwd} | {fwd_bwd} | {peak} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return stem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-s", type=float, default=450, help="stop starting new work after this many seconds")
+    parser.add_argument("--tests-s", type=float, default=200, help="time limit of the GPU test run")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes B")
+    parser.add_argument("--dims", default=",".join(map(str, DIMS)), help="embedding dims D")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="input dtypes")
+    parser.add_argument("--device", default="cuda", help="cuda (cpu only to check this script)")
+    parser.add_argument("--backend", default="auto", help="loss backend for 'ours'")
+    parser.add_argument("--skip-tests", action="store_true", help="skip the pytest step")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    clock = Clock(args.budget_s)
+    device = torch.device(args.device)
+    result = {"environment": environment(device)}
+    print(json.dumps(result["environment"]), flush=True)
+    result["tests"] = {"tail": ["skipped"]} if args.skip_tests else run_tests(clock, args.tests_s)
+    print("\n".join(result["tests"]["tail"]), flush=True)
+    peak = matmul_peak_tflops(device)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dims = [int(s) for s in args.dims.split(",")]
+    result["sweep"] = sweep(device, args.backend, sizes, dims, args.dtypes.split(","), clock, reserve_s=10)
+    result["checks"] = checks(result["sweep"], peak)
+    print(json.dumps(result["checks"], indent=1))
+    print("wrote", write(result, args.out))
+
+
+if __name__ == "__main__":
+    main()
