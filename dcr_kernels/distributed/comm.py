@@ -143,7 +143,7 @@ class _RingBack:
         # Messages between two neighbours are received in the order they are sent (NCCL ignores tags):
         # block t's gradient, then block t + 1's keys.
         ring, size, d = self.ring, self.ring.world.size, self.own.shape[1]
-        current, sending = self.own.contiguous(), []
+        current, last_sent = self.own.contiguous(), (None, [])  # the last gradient sent, and its work
         for step in range(size):
             src = ring._source(step)
             if step > 0:
@@ -160,7 +160,8 @@ class _RingBack:
             if size == 1:
                 self.total = part
             else:
-                sending.append((part, ring._start([part], [], _GRADS)))
+                _wait(last_sent[1])  # the previous block's gradient has left: at most one in flight
+                last_sent = (part, ring._start([part], [], _GRADS))
             if step < size - 1:
                 _wait(pending)
                 current = incoming
@@ -168,8 +169,7 @@ class _RingBack:
             home = self.own.new_empty(ring.sizes[ring.world.rank], d, dtype=self.dtype)
             _wait(ring._start([], [home], _GRADS))
             self.total = home
-        for _, pending in sending:
-            _wait(pending)
+        _wait(last_sent[1])
 
 
 def _wait(works: list) -> None:
