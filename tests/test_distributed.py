@@ -238,3 +238,25 @@ def test_module_forms_learn_the_temperature():
     x = torch.randn(6, 8, dtype=torch.float64)
     module.double()(x, x.flip(0)).backward()
     assert module.temp.log_scale.grad is not None and torch.isfinite(module.temp.log_scale.grad)
+
+
+def test_nothing_counted_gives_a_zero_loss_with_a_warning():
+    x = torch.randn(4, 8, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="no row is counted"):
+        out = dd.supcon_loss(x, torch.arange(4), strategy="ring", return_metrics=True)
+    assert out.loss.item() == 0.0 and (out.rows_counted, out.rows_dropped) == (0, 4)
+    out.loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(reduction="none"), "per-row losses"),
+        (dict(strategy="allgather"), "strategy must be one of"),
+        (dict(backend="dense"), "backend must be one of"),
+    ],
+)
+def test_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dd.info_nce(torch.randn(4, 8), **kwargs)

@@ -5,12 +5,13 @@ sums every rank's gradient of the gathered tensor (all_reduce) and keeps this ra
 gradient of the sum of all ranks' losses. Ring: blocks move from rank r to r + 1 with point-to-point
 sends; the next block is in flight while the caller computes on the current one. Walking backwards, each
 block's gradient travels with it, every rank adding its part, and arrives home after a full turn.
-Both are `KeySource`s: they yield (source rank, block) and say which pair of a block is excluded.
+Both are `KeySource`s: they yield (source, block) and say which pair of a block is excluded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,31 @@ from torch import Tensor
 from .world import World
 
 _KEYS, _GRADS = 1, 2  # point-to-point tags: key blocks, travelling gradients
+
+
+class BackWalk(Iterable[tuple[int, Tensor]], Protocol):
+    """Blocks to visit while computing gradients: `give` each yielded block's gradient; then `total` holds
+    the gradient of this rank's own block, summed over every rank."""
+
+    total: Tensor | None
+
+    def give(self, grad: Tensor) -> None: ...
+
+
+class KeySource(Protocol):
+    """Where key blocks come from: `offsets[src]` is the first global key row of block `src`."""
+
+    offsets: list[int]
+
+    def exclude(self, src: int) -> int | None:
+        """The offset of the excluded pair (i, i + offset) in block `src`, or None."""
+        ...
+
+    def walk(self, own: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """(src, block) for every block, given this rank's own block."""
+        ...
+
+    def walk_back(self, own: Tensor, grad_dtype: torch.dtype) -> BackWalk: ...
 
 
 def offsets(sizes: list[int]) -> list[int]:
@@ -77,7 +103,7 @@ class OneBlock:
 
 
 class _OneBack:
-    """The single block to visit while computing gradients: `give` its gradient, then read `total`."""
+    """The single block to visit while computing gradients (a `BackWalk`)."""
 
     def __init__(self, own: Tensor):
         self.own, self.total = own, None
@@ -129,8 +155,8 @@ class Ring:
 
 
 class _RingBack:
-    """The ring walked for gradients: the gradient of each block (`give`) is added to the sum that arrived
-    with it and sent on with the block; after a full turn each rank receives its own block's total."""
+    """The ring walked for gradients (a `BackWalk`): the gradient of each block (`give`) is added to the sum
+    that arrived with it and sent on with the block; after a full turn each rank receives its own block's total."""
 
     def __init__(self, ring: Ring, own: Tensor, grad_dtype: torch.dtype):
         self.ring, self.own, self.dtype = ring, own, grad_dtype

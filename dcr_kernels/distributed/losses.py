@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validation as v
-from ..backends import blocks
+from ..backends import blocks, resolve
 from ..backends.base import compute_dtype
 from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
@@ -73,7 +73,10 @@ def _describe(
         )
     if strategy not in STRATEGIES:
         raise ValueError(f"{fn}: strategy must be one of {STRATEGIES}, got {strategy!r}")
-    blocks.use_triton(query, backend)
+    if backend not in blocks.BACKENDS:
+        raise ValueError(f"{fn}: backend must be one of {blocks.BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        resolve(backend, query.device, fn)  # CUDA, or the interpreter
     if positive is not None:
         v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
     pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)
@@ -236,7 +239,9 @@ def info_nce(
     rows = value - s * (q.to(dtype) * t).sum(dim=1)
     if symmetric:
         own = call.k_start + torch.arange(k.shape[0], device=q.device)
-        spec = RowSpec(blocks.SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), True, backend=backend)
+        spec = RowSpec(
+            blocks.SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend
+        )
         col_value, col_t, _ = _block_rows(call, strategy, k, q, call.q_sizes, False, s, spec)
         rows = 0.5 * (rows + col_value - s * (k.to(dtype) * col_t).sum(dim=1))
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
@@ -341,7 +346,9 @@ def circle_loss(
     local = slice(call.q_start, call.q_start + q.shape[0])
     q_codes = all_codes[local]
     one = torch.ones((), dtype=compute_dtype(q.dtype), device=q.device)
-    spec = RowSpec(blocks.CIRCLE, q_codes, key_codes, False, float(margin), float(gamma), backend)
+    spec = RowSpec(
+        blocks.CIRCLE, q_codes, key_codes, targets=False, margin=float(margin), gamma=float(gamma), backend=backend
+    )
     value, _, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, one, spec)
     hits = _label_hits(best, q_codes, key_codes)
     return _reduce(call, value, counted_all[local], hits, weight, reduction, fn, return_metrics)

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..backends import blocks
 from ..backends.base import compute_dtype
 from ..losses import circle_row_loss, safe_lse
+from .comm import KeySource
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class BlockRows(torch.autograd.Function):
     candidate key, -1 if none. Differentiable in a, b and the scale s (softmax)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, scale: Tensor, spec: RowSpec, source) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx, a: Tensor, b: Tensor, scale: Tensor, spec: RowSpec, source: KeySource
+    ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = compute_dtype(a.dtype)
         m = a.shape[0]
         stat1 = torch.full((m,), float("-inf"), dtype=dtype, device=a.device)
