@@ -21,15 +21,18 @@ REDUCTIONS = ("mean", "sum")
 _LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss")
 _FIELDS = (
     "m", "n", "dim", "dtype", "loss", "strategy", "self_mode", "symmetric", "reduction", "weighted", "normalize",
-    "positive", "positive_min", "positive_max", "param1", "param2",
+    "positive", "positive_min", "positive_max", "temperature or margin", "gamma",
 )  # fmt: skip
 _SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max"))
 _NAMES = {"dtype": v.FLOAT_DTYPES, "loss": _LOSSES, "strategy": STRATEGIES, "reduction": REDUCTIONS}
+_FLAGS = ("self_mode", "symmetric", "weighted", "normalize", "positive")
 
 
 def _show(name: str, value: float) -> str:
     if name in _NAMES:
         return str(_NAMES[name][int(value)])
+    if name in _FLAGS:
+        return str(bool(value))
     return repr(int(value)) if value.is_integer() else repr(value)
 
 
@@ -86,7 +89,7 @@ def _describe(
         self_mode=key is None, symmetric=symmetric, reduction=REDUCTIONS.index(reduction),
         weighted=weight is not None, normalize=normalize, positive=positive is not None,
         positive_min=int(pos.min()), positive_max=int(pos.max()),
-        param1=params[0], param2=params[1],
+        **{"temperature or margin": params[0], "gamma": params[1]},
     )  # fmt: skip
 
 
