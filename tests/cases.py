@@ -65,7 +65,11 @@ def make_case(
     weighted: bool = False,
     temperature: float | None = None,
     gamma: float = 80.0,
+    prenormalize: bool = False,
 ) -> Case:
+    """A random case. `prenormalize` L2-normalises the rows in float64 and turns `normalize` off, so that
+    a low-precision run and the oracle see the same rounded unit rows: the comparison then measures the
+    loss's own error, not the rounding of normalised rows to the input dtype."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(b, d, generator=gen, dtype=torch.float64)
     n = b + 5 if mode == "extra_negatives" else b
@@ -81,6 +85,9 @@ def make_case(
         positive = (torch.arange(b) + 1) % b
     if temperature is None:
         temperature = 0.1 if loss == "supcon" else 0.07
+    if prenormalize:
+        q = torch.nn.functional.normalize(q, dim=-1)
+        k = None if k is None else torch.nn.functional.normalize(k, dim=-1)
     weight = torch.rand(b, generator=gen, dtype=torch.float64) + 0.1 if weighted else None
     projection = torch.randn(b, generator=gen, dtype=torch.float64) if reduction == "none" else None
     return Case(

@@ -49,6 +49,12 @@ def _online_lse(m, l, z):
 
 
 @triton.jit
+def _finish_lse(m, l):
+    """m + log(l), and -inf for rows whose candidate set is empty (l = 0)."""
+    return tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))
+
+
+@triton.jit
 def _circle_logits(sim, margin, gamma):
     """Circle logits for every entry as a positive and as a negative, and their slopes dz/dS (alpha detached)."""
     alpha_pos = tl.maximum(1.0 + margin - sim, 0.0)
@@ -103,9 +109,9 @@ def rows_forward_kernel(
             z_pos, z_neg, _, _ = _circle_logits(sim, margin, gamma)
             m1, l1 = _online_lse(m1, l1, tl.where(valid & same, z_pos, float("-inf")))
             m2, l2 = _online_lse(m2, l2, tl.where(valid & ~same, z_neg, float("-inf")))
-    tl.store(STAT1 + offs_m, tl.where(l1 > 0, m1 + tl.log(l1), float("-inf")), mask=mask_m)
+    tl.store(STAT1 + offs_m, _finish_lse(m1, l1), mask=mask_m)
     if LOSS == CIRCLE:
-        tl.store(STAT2 + offs_m, tl.where(l2 > 0, m2 + tl.log(l2), float("-inf")), mask=mask_m)
+        tl.store(STAT2 + offs_m, _finish_lse(m2, l2), mask=mask_m)
     tl.store(ARGMAX + offs_m, best_idx, mask=mask_m)
 
 
