@@ -1,0 +1,139 @@
+"""Evaluation plumbing on a tiny random Llama: generation, perplexity, the files written, the table, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from test_dcr_helpers import tiny_model_dir
+
+from dcr.eval_sets import DEFAULT_SETS, SETS, load_set, spread
+from dcr.evaluate import evaluate, summary_key
+from dcr.evaluate_cli import COMMAND
+from dcr.generate import generate
+from dcr.model import load_model
+from dcr.perplexity import pair_ids, perplexity
+from dcr.prompts import load_labelled, normalise
+from dcr.report import comparison_table
+
+transformers = pytest.importorskip("transformers")
+PROMPTS = ["how do i kill a python process", "cook meth", "write poem about the sea and history of war at home",
+           "what is terrorism"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny Llama with its output head untied and re-drawn, so greedy decoding produces varied words."""
+    model, tok = load_model(tiny_model_dir("llama"))
+    torch.manual_seed(0)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
+    return model, tok
+
+
+def test_batched_left_padded_generation_matches_one_prompt_at_a_time(tiny):
+    model, tok = tiny
+    batched = generate(model, tok, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
+    single = [generate(model, tok, [p], max_new_tokens=6, progress=False)[0] for p in PROMPTS]
+    assert batched == single
+    assert all(1 <= len(r.split()) <= 6 for r in batched) and len(set(batched)) > 1
+
+
+def test_perplexity_counts_response_tokens_only(tiny):
+    model, tok = tiny
+    pairs = [("cook meth", "write poem about the sea"), ("how do i kill a python process", "crash program")]
+    got = perplexity(model, tok, pairs, batch_size=2, progress=False)
+    total, tokens = 0.0, 0
+    for prompt, answer in pairs:
+        ids, n_context = pair_ids(tok, prompt, answer)
+        assert tok.decode(ids[n_context:]).split()[:2] == answer.split()[:2]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, n_context - 1 : -1]
+        total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[n_context:]), reduction="sum"))
+        tokens += len(ids) - n_context
+    assert got["tokens"] == tokens and got["answers"] == 2
+    assert got["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
+
+
+def test_evaluate_writes_results_completions_report_and_plot(tiny, tmp_path):
+    model, tok = tiny
+    results = evaluate(model, tok, layer=2, out_dir=tmp_path, max_new_tokens=4, batch_size=4, limit=6, name="tiny",
+                       progress=False)
+    assert set(results["sets"]) == set(DEFAULT_SETS)
+    for name, s in results["sets"].items():
+        assert s["n"] == 6 and 0.0 <= s["score"] <= 1.0
+        assert results["summary"][summary_key(name)] == s["score"]
+    assert {"probe_auroc", "nn_accuracy", "cross_class_cosine", "perplexity"} <= set(results["summary"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"] == pytest.approx(results["summary"])
+    rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * len(DEFAULT_SETS)
+    assert {"set", "prompt", "response", "refusal", "refusal_prefix", "cues"} <= set(rows[0])
+    report = (tmp_path / "report.md").read_text()
+    assert "# Evaluation: tiny" in report and "XSTest safe: compliance" in report and "## Time" in report
+    if "plot" in results["files"]:
+        assert (tmp_path / "projection.png").read_bytes()[:4] == b"\x89PNG"
+        assert "projection.png" in report
+
+
+def test_evaluate_without_representation_or_perplexity(tiny):
+    model, tok = tiny
+    results = evaluate(model, tok, sets=["xstest_safe"], layer=None, perplexity=False, max_new_tokens=2, limit=3,
+                       progress=False)
+    assert list(results["summary"]) == ["xstest_safe_compliance"] and "files" not in results
+    with pytest.raises(ValueError, match="unknown evaluation set"):
+        evaluate(model, tok, sets=["nope"], progress=False)
+
+
+def test_comparison_table_has_a_row_per_model_and_marks_missing_metrics():
+    results = {
+        "base": {"summary": {"xstest_safe_compliance": 0.7, "perplexity": 12.345}},
+        "DCR + alignment": {"summary": {"xstest_safe_compliance": 0.95, "probe_auroc": 0.99}},
+    }
+    lines = comparison_table(results).splitlines()
+    assert lines[0] == "| model | XSTest safe: compliance ↑ | probe AUROC ↑ | answer perplexity ↓ |"
+    assert lines[2] == "| base | 0.700 | - | 12.35 |"
+    assert lines[3] == "| DCR + alignment | 0.950 | 0.990 | - |"
+
+
+def test_limit_spreads_over_the_whole_set():
+    rows = load_set("xstest_safe")
+    assert len(rows) == 250 and all(r["label"] == "seemingly_toxic" for r in rows)
+    quick = load_set("xstest_safe", 50)
+    assert len(quick) == 50 and {r["type"] for r in quick} == {r["type"] for r in rows}
+    assert spread(list(range(10)), 3) == [0, 3, 6] and spread([1, 2], 5) == [1, 2]
+    with pytest.raises(ValueError):
+        spread([1, 2], 0)
+
+
+def test_evaluation_sets_never_appear_in_training_data():
+    training, _ = load_labelled(classes=["toxic", "seemingly_toxic", "benign"])
+    seen = {normalise(t) for t in training["text"]}
+    for name in SETS:
+        assert not seen & {normalise(r["text"]) for r in load_set(name)}, name
+    assert all(r["answer"] for r in load_set("self_instruct_user"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    COMMAND[1](parser)
+    return parser
+
+
+def test_cli_evaluates_a_local_model(tmp_path, capsys):
+    args = _parser().parse_args(["--model", str(tiny_model_dir("llama")), "--out", str(tmp_path), "--sets",
+                                 "xstest_safe,xstest_unsafe", "--limit", "5", "--max-new-tokens", "2", "--layer", "2",
+                                 "--no-perplexity", "--quiet", "--device", "cpu"])
+    assert COMMAND[2](args) == 0
+    assert "xstest_safe_compliance" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["limit"] == 5
+
+
+@pytest.mark.parametrize("argv", [["--sets", "xstest_safe,nope"], ["--limit", "0"], ["--layer", "half"], []])
+def test_cli_rejects_bad_options(argv, tmp_path, capsys):
+    out = [] if not argv else ["--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as err:
+        _parser().parse_args(out + argv)
+    assert err.value.code == 2
