@@ -29,7 +29,7 @@ def _layer(value: str) -> int | float:
     try:
         return float(value) if any(c in value for c in ".eE") else int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layer must be an index (e.g. 15) or a fraction (e.g. 0.5), got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"layer must be an index (15) or a fraction (0.5), got {value!r}") from None
 
 
 def _positive(value: str) -> int:
