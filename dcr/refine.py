@@ -48,11 +48,34 @@ def _check_output_dir(out: Path, config: RefineConfig) -> list[Path]:
     return checkpoints
 
 
-def _validate(model, tokenizer, texts, labels, layer, config, device) -> dict[str, float]:
-    reps = embed_texts(model, tokenizer, texts, layer, pooling=config.pooling, chat_template=config.chat_template,
-                       max_length=config.max_length, batch_size=max(config.micro_batch_size, 16), device=device,
-                       precision=config.precision)
-    return separation_report(reps, torch.tensor(labels))
+def _training_data(config: RefineConfig, data, tokenizer):
+    """Token ids and labels of the training split, the validation split and the class names."""
+    labelled, classes = load_labelled(data if data is not None else config.data, classes=config.classes,
+                                      text_column=config.text_column, label_column=config.label_column,
+                                      sources=config.sources)
+    splits = split(labelled, config.val_fraction)
+    train, validation = splits["train"], splits["validation"]
+    labels = train["label"]
+    if min(labels.count(c) for c in range(len(classes))) < 2:
+        raise DataError(f"the training split needs two prompts of every class {classes}; lower val_fraction")
+    ids = encode_prompts(tokenizer, train["text"], chat_template=config.chat_template, max_length=config.max_length)
+    return ids, labels, validation, classes
+
+
+def _trainable_model(model, layer: int, config: RefineConfig):
+    """Freeze everything above ``layer`` (optionally add LoRA); return the model, optimizer and scheduler."""
+    from transformers import get_scheduler
+
+    freeze_above(model, layer, train_embeddings=config.train_embeddings)
+    if config.lora:
+        model = add_lora(model, layer, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                         target_modules=config.lora_target_modules)
+    model.train()
+    optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = get_scheduler(_SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.steps)
+    return model, optimizer, scheduler
 
 
 def refine(config: RefineConfig, data=None) -> Path:
@@ -60,6 +83,8 @@ def refine(config: RefineConfig, data=None) -> Path:
 
     ``data`` may be a ``datasets.Dataset`` to train on instead of ``config.data``.
     """
+    from tqdm.auto import tqdm
+
     config.validate()
     out = Path(config.output_dir)
     checkpoints = _check_output_dir(out, config)
@@ -70,35 +95,15 @@ def refine(config: RefineConfig, data=None) -> Path:
         layer = resolve_layer(config.layer, num_layers(model))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-    labelled, classes = load_labelled(data if data is not None else config.data, classes=config.classes,
-                                      text_column=config.text_column, label_column=config.label_column,
-                                      sources=config.sources)
-    splits = split(labelled, config.val_fraction)
-    train, validation = splits["train"], splits["validation"]
-    labels = train["label"]
-    if min(labels.count(c) for c in range(len(classes))) < 2:
-        raise DataError(f"the training split needs two prompts of every class {classes}; lower val_fraction")
-    ids = encode_prompts(tokenizer, train["text"], chat_template=config.chat_template, max_length=config.max_length)
+    ids, labels, validation, classes = _training_data(config, data, tokenizer)
     try:
         sampler = BalancedBatchSampler(labels, config.batch_size, seed=config.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-    freeze_above(model, layer, train_embeddings=config.train_embeddings)
-    if config.lora:
-        model = add_lora(model, layer, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                         target_modules=config.lora_target_modules)
-    model.train()
+    model, optimizer, scheduler = _trainable_model(model, layer, config)
     params = list(trainable_parameters(model).values())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(_SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
 
     settings = _trajectory_settings(config)
-    meta = {"settings": settings, "layer": layer, "classes": classes}
     start = 0
     if config.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
@@ -112,16 +117,20 @@ def refine(config: RefineConfig, data=None) -> Path:
                            precision=config.precision)
     loss_fn = make_loss(config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature)
     micro = config.micro_batch_size or config.batch_size
-    val_args = (validation["text"], validation["label"], layer, config, device)
     can_validate = all(validation["label"].count(c) >= 2 for c in range(len(classes)))
-    from tqdm.auto import tqdm
+
+    def validate(step: int) -> None:
+        reps = embed_texts(model, tokenizer, validation["text"], layer, pooling=config.pooling,
+                           chat_template=config.chat_template, max_length=config.max_length,
+                           batch_size=max(micro, 16), device=device, precision=config.precision)
+        log.write({"step": step, "split": "validation", **separation_report(reps, torch.tensor(validation["label"]))})
 
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="dcr refine", unit="step")
     if can_validate and config.eval_every and start == 0:
-        log.write({"step": 0, "split": "validation", **_validate(model, tokenizer, *val_args)})
+        validate(0)
     for step in range(start, config.steps):
         began = time.perf_counter()
-        rows = sorted(sampler.batch(step), key=lambda i: len(ids[i]))
+        rows = sorted(sampler.batch(step), key=lambda i: len(ids[i]))  # length-sorted: little padding
         y = torch.tensor([labels[i] for i in rows], device=device)
         chunks = [[ids[i] for i in rows[k : k + micro]] for k in range(0, len(rows), micro)]
         result, reps = contrastive_backward(embed, chunks, y, loss_fn, cache=len(chunks) > 1)
@@ -130,19 +139,18 @@ def refine(config: RefineConfig, data=None) -> Path:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": result.loss.item(), "nn_accuracy": result.accuracy.item(),
-                  "cross_class_cosine": cross_class_cosine(reps, y), "grad_norm": float(grad_norm), "lr": lr,
-                  "seconds": time.perf_counter() - began}
-        log.write(record)
-        bar.update()
-        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['nn_accuracy']:.3f}")
         done = step + 1
+        log.write({"step": done, "loss": result.loss.item(), "nn_accuracy": result.accuracy.item(),
+                   "cross_class_cosine": cross_class_cosine(reps, y), "grad_norm": float(grad_norm), "lr": lr,
+                   "seconds": time.perf_counter() - began})
+        bar.update()
+        bar.set_postfix(loss=f"{result.loss.item():.4f}", acc=f"{result.accuracy.item():.3f}")
         if can_validate and (done == config.steps or (config.eval_every and done % config.eval_every == 0)):
-            log.write({"step": done, "split": "validation", **_validate(model, tokenizer, *val_args)})
+            validate(done)
         if config.save_every and (done % config.save_every == 0 or done == config.steps):
-            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, meta,
-                            keep=config.keep_checkpoints)
+            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler,
+                            {"settings": settings, "layer": layer, "classes": classes}, keep=config.keep_checkpoints)
     bar.close()
-    meta_out = {"layer": layer, "pooling": config.pooling, "classes": classes, "chat_template": config.chat_template,
-                "loss": config.loss, "steps": config.steps, "base_model": config.model}
-    return save_refined(model, tokenizer, out / "model", meta_out)
+    meta = {"layer": layer, "pooling": config.pooling, "classes": classes, "chat_template": config.chat_template,
+            "loss": config.loss, "steps": config.steps, "base_model": config.model}
+    return save_refined(model, tokenizer, out / "model", meta)

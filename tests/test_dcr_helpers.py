@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("datasets")
 
 WORDS = (
     "how do i kill a python process make bomb at home steal car write poem about the sea shoot photo "
@@ -76,6 +79,7 @@ def tiny_model_dir(arch: str = "llama", layers: int = 4, dropout: float = 0.0) -
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
     path = Path(tempfile.mkdtemp(prefix=f"dcr-tiny-{arch}-"))
+    atexit.register(shutil.rmtree, path, True)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -164,3 +164,24 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for name in RefineConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from dcr.config import build
+
+    files = sorted((Path(__file__).parents[1] / "configs").glob("dcr_*.yaml"))
+    assert files
+    for path in files:
+        build(RefineConfig, path, {})
+
+
+def test_lora_without_peft_is_a_clear_error(monkeypatch):
+    import sys
+
+    from dcr.trainable import add_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match="optional dependency peft"):
+        add_lora(torch.nn.Linear(2, 2), 1)

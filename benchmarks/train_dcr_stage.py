@@ -1,0 +1,224 @@
+"""Measure the DCR stage on the embedded SmolLM2-135M-Instruct (CPU by default).
+
+  speed       time of the truncated forward (layers 1..l only) against a full forward with all hidden
+              states, forward-only and forward+backward of the Circle loss, at the same batch
+  memory      peak RSS of one contrastive step over a large batch with gradient caching against the same
+              step without caching, each in a fresh subprocess (resource.getrusage ru_maxrss); both split
+              the batch into the same length-sorted micro-batches, so padding is identical and only caching
+              differs (uncached keeps every micro-batch's activations for one backward)
+  separation  XSTest (safe vs unsafe) separation at layer l before and after a short refinement:
+              1-NN label accuracy, cross-class cosine and a cross-validated linear probe's AUROC
+
+Every subcommand prints one JSON object. Example: python benchmarks/train_dcr_stage.py speed --layer 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def _prompts(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """``n`` shipped training prompts, half toxic and half seemingly toxic."""
+    from dcr.prompts import load_labelled
+    from dcr.sampler import BalancedBatchSampler
+
+    ds, _ = load_labelled()
+    rows = BalancedBatchSampler(ds["label"], n, seed=seed).batch(0)
+    return [ds["text"][i] for i in rows], torch.tensor([ds["label"][i] for i in rows])
+
+
+def _model_and_batch(n: int):
+    from dcr.chat import collate, encode_prompts, pad_id
+    from dcr.model import load_model
+
+    model, tokenizer = load_model("default")
+    texts, labels = _prompts(n)
+    ids = encode_prompts(tokenizer, texts)
+    return model, tokenizer, ids, labels, collate(ids, pad_id(tokenizer))
+
+
+def speed(args: argparse.Namespace) -> dict:
+    from dcr.losses import make_loss
+    from dcr.representation import pool, represent
+    from dcr.trainable import freeze_above
+
+    model, _, _, labels, (input_ids, mask) = _model_and_batch(args.batch)
+    freeze_above(model, args.layer)
+    loss_fn = make_loss("circle")
+
+    def truncated(grad: bool) -> None:
+        with torch.set_grad_enabled(grad):
+            rep = represent(model, input_ids, mask, args.layer)
+            if grad:
+                loss_fn(rep, labels).loss.backward()
+
+    def full(grad: bool) -> None:
+        with torch.set_grad_enabled(grad):
+            states = model(input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            if grad:
+                loss_fn(pool(states[args.layer], mask), labels).loss.backward()
+
+    result = {
+        "batch": args.batch,
+        "tokens_per_prompt": float(mask.sum(1).float().mean()),
+        "layer": args.layer,
+        "depth": model.config.num_hidden_layers,
+        "threads": torch.get_num_threads(),
+    }
+    for grad in (False, True):
+        kind = "train_step" if grad else "forward"
+        variants = (("truncated", truncated), ("full", full))
+        times: dict[str, list[float]] = {name: [] for name, _ in variants}
+        for rep in range(args.repeats + 1):  # round 0 warms up; variants alternate so load hits both alike
+            for name, fn in variants:
+                model.zero_grad(set_to_none=True)
+                began = time.perf_counter()
+                fn(grad)
+                if rep:
+                    times[name].append(time.perf_counter() - began)
+        for name, _ in variants:
+            result[f"{name}_{kind}_s"] = statistics.median(times[name])
+    for kind in ("forward", "train_step"):
+        result[f"{kind}_ratio_truncated_over_full"] = result[f"truncated_{kind}_s"] / result[f"full_{kind}_s"]
+    return result
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def memory_child(args: argparse.Namespace) -> dict:
+    from dcr.embedding import batch_embedder
+    from dcr.gradcache import contrastive_backward
+    from dcr.losses import make_loss
+    from dcr.trainable import freeze_above
+
+    model, tokenizer, ids, labels, _ = _model_and_batch(args.batch)
+    freeze_above(model, args.layer)
+    model.train()
+    embed = batch_embedder(model, tokenizer, args.layer, precision="fp32")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    ids, labels = [ids[i] for i in order], labels[order]
+    chunks = [ids[k : k + args.micro] for k in range(0, len(ids), args.micro)]
+    before = _max_rss_mb()
+    began = time.perf_counter()
+    out, _ = contrastive_backward(embed, chunks, labels, make_loss("circle"), cache=args.cache)
+    return {
+        "cache": args.cache,
+        "micro_batch": args.micro,
+        "batch": args.batch,
+        "layer": args.layer,
+        "tokens": sum(len(c) * max(len(x) for x in c) for c in chunks),
+        "loss": out.loss.item(),
+        "peak_rss_before_step_mb": before,
+        "peak_rss_mb": _max_rss_mb(),
+        "step_s": time.perf_counter() - began,
+    }
+
+
+def memory(args: argparse.Namespace) -> dict:
+    runs = {}
+    for cache in ("--cache", "--no-cache"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "memory-child",
+            "--batch",
+            str(args.batch),
+            "--micro",
+            str(args.micro),
+            "--layer",
+            str(args.layer),
+            cache,
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        runs[cache[2:]] = json.loads(out.strip().splitlines()[-1])
+    runs["cached"], runs["uncached"] = runs.pop("cache"), runs.pop("no-cache")
+    runs["peak_ratio_cached_over_uncached"] = runs["cached"]["peak_rss_mb"] / runs["uncached"]["peak_rss_mb"]
+    growth = [runs[k]["peak_rss_mb"] - runs[k]["peak_rss_before_step_mb"] for k in ("cached", "uncached")]
+    runs["step_growth_ratio_cached_over_uncached"] = growth[0] / growth[1]
+    return runs
+
+
+def separation(args: argparse.Namespace) -> dict:
+    from dcr.config import RefineConfig
+    from dcr.embedding import embed_texts
+    from dcr.model import load_model
+    from dcr.prompts import load_xstest
+    from dcr.refine import refine
+    from dcr.separation import separation_report
+
+    xstest = load_xstest()
+    labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
+
+    def report(path: str) -> dict:
+        model, tokenizer = load_model(path)
+        reps = embed_texts(model, tokenizer, xstest["text"], args.layer, batch_size=32)
+        return separation_report(reps, labels)
+
+    before = report("default")
+    with tempfile.TemporaryDirectory() as out:
+        config = RefineConfig(
+            layer=args.layer,
+            steps=args.steps,
+            batch_size=args.batch,
+            micro_batch_size=args.micro,
+            lr=args.lr,
+            warmup_steps=max(1, args.steps // 10),
+            save_every=0,
+            output_dir=out,
+            eval_every=0,
+            progress=False,
+        )
+        began = time.perf_counter()
+        refined = refine(config)
+        seconds = time.perf_counter() - began
+        after = report(str(refined))
+        log = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    return {
+        "settings": {
+            k: getattr(config, k)
+            for k in ("layer", "steps", "batch_size", "micro_batch_size", "lr", "loss", "margin", "gamma", "pooling")
+        },
+        "xstest_before": before,
+        "xstest_after": after,
+        "refine_seconds": seconds,
+        "train_first_last": [log[0], [r for r in log if "split" not in r][-1]],
+        "validation_end": [r for r in log if r.get("split") == "validation"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, batch in (("speed", 16), ("memory", 512), ("memory-child", 512), ("separation", 32)):
+        p = sub.add_parser(name)
+        p.add_argument("--batch", type=int, default=batch, help="prompts per contrastive batch")
+        p.add_argument("--layer", type=int, default=15, help="layer l (SmolLM2 has 30)")
+        p.add_argument("--micro", type=int, default=16, help="micro-batch size")
+        p.add_argument(
+            "--cache",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="gradient caching on or off (memory-child)",
+        )
+        p.add_argument("--repeats", type=int, default=3, help="timed repetitions (speed)")
+        p.add_argument("--steps", type=int, default=30, help="refinement steps (separation)")
+        p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    run = {"speed": speed, "memory": memory, "memory-child": memory_child, "separation": separation}[args.command]
+    print(json.dumps(run(args), indent=None if args.command == "memory-child" else 2))
+
+
+if __name__ == "__main__":
+    main()
