@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..losses import weighted_total
+
 
 class SoftmaxStats(NamedTuple):
     """lse: row log-sum-exp of z = s * S over the candidate set (M,), -inf for an empty set.
@@ -33,6 +35,18 @@ class CircleStats(NamedTuple):
     row_loss: Tensor
     argmax: Tensor
     total: Tensor | None
+
+
+def softmax_total(
+    lse: Tensor, col_lse: Tensor | None, coeff: Tensor | None, col_coeff: Tensor | None
+) -> Tensor | None:
+    """sum_i coeff_i lse_i (+ sum_j col_coeff_j col_lse_j), or None without coefficients."""
+    if coeff is None:
+        return None
+    total = weighted_total(coeff.to(lse.dtype), lse)
+    if col_lse is not None and col_coeff is not None:
+        total = total + weighted_total(col_coeff.to(lse.dtype), col_lse)
+    return total
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

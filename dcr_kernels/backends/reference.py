@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..losses import argmax_or_minus_one, circle_logits, circle_row_loss, masked_logsumexp, weighted_total
-from .base import CircleStats, SoftmaxStats, compute_dtype
+from .base import CircleStats, SoftmaxStats, compute_dtype, softmax_total
 
 
 def _similarity(q: Tensor, k: Tensor, self_mode: bool) -> tuple[Tensor, Tensor]:
@@ -36,12 +36,7 @@ def softmax_stats(
     lse = masked_logsumexp(z, candidate, dim=1)
     col_lse = masked_logsumexp(z, candidate, dim=0) if columns else None
     argmax = argmax_or_minus_one(sim.detach().masked_fill(~candidate, float("-inf")))
-    total = None
-    if coeff is not None:
-        total = weighted_total(coeff.to(lse.dtype), lse)
-        if col_lse is not None and col_coeff is not None:
-            total = total + weighted_total(col_coeff.to(lse.dtype), col_lse)
-    return SoftmaxStats(lse, col_lse, argmax, total)
+    return SoftmaxStats(lse, col_lse, argmax, softmax_total(lse, col_lse, coeff, col_coeff))
 
 
 def circle_stats(

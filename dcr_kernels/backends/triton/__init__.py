@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ...losses import circle_row_loss, safe_lse, weighted_total
 from .. import chunked
-from ..base import CircleStats, SoftmaxStats
+from ..base import CircleStats, SoftmaxStats, softmax_total
 from .launch import CIRCLE, SOFTMAX, rows_backward, rows_forward
 
 
@@ -123,12 +123,7 @@ def softmax_stats(
         )
     lse, col_lse, argmax = _SoftmaxLSE.apply(q, k, scale, self_mode, columns)
     col_lse = col_lse if columns else None
-    total = None
-    if coeff is not None:
-        total = weighted_total(coeff.float(), lse)
-        if col_lse is not None:
-            total = total + weighted_total(col_coeff.float(), col_lse)
-    return SoftmaxStats(lse, col_lse, argmax, total)
+    return SoftmaxStats(lse, col_lse, argmax, softmax_total(lse, col_lse, coeff, col_coeff))
 
 
 def circle_stats(
