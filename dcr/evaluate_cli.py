@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="weights dtype; auto: bfloat16 on CUDA, float32 on CPU (default: %(default)s)")
+    parser.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice); on a "
+                        "CPU shared with other jobs, 1 avoids thread oversubscription, which slows decoding many-fold")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from dcr.model import load_model
     from dcr.runtime import pick_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
