@@ -97,6 +97,7 @@ def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
     layer = settings["refine"].get("layer", 0.5)
+    _check_evaluate(settings["evaluate"])
     common = {"model": model, "device": device, "progress": progress}
     evaluated: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
@@ -106,17 +107,15 @@ def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline
         return run_step(folder, step, lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer,
                                                         device, progress), log)
 
+    plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
     evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
-    for seed in settings["seeds"]:
+    for seed, (refine_cfg, align_cfgs) in plan.items():
         root = out / f"seed-{seed}"
-        refine_cfg = from_mapping(RefineConfig, {**settings["refine"], **common, "seed": seed,
-                                                 "output_dir": str(root / "dcr")})
         refined = run_step(root / "dcr", _config_settings(refine_cfg),
                            lambda c=refine_cfg: {"model": str(refine(_resumable(c)))}, log)
-        for arm, start in (("align-only", model), ("dcr-align", refined["model"])):
-            cfg = from_mapping(AlignConfig, {**settings["align"], **common, "model": start, "seed": seed,
-                                             "retention_layer": settings["align"].get("retention_layer", layer),
-                                             "output_dir": str(root / arm)})
+        for arm, cfg in align_cfgs.items():
+            if arm == "dcr-align":
+                cfg = dataclasses.replace(cfg, model=refined["model"])
             aligned = run_step(root / arm, _config_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))},
                                log)
             label = f"{ARMS[arm]}, seed {seed}"
@@ -124,6 +123,30 @@ def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline
     paths = write_comparison(out, {k: v["summary"] for k, v in evaluated.items()}, settings,
                              seconds=time.perf_counter() - tic)
     return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
+
+
+def _stage_configs(settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int,
+                   layer: int | float) -> tuple[RefineConfig, dict[str, AlignConfig]]:
+    """Validated configs of one seed's DCR stage and both alignment arms (the DCR arm's model is set later)."""
+    refine_cfg = from_mapping(RefineConfig, {**settings["refine"], **common, "seed": seed,
+                                             "output_dir": str(root / "dcr")}).validate()
+    align_cfgs = {arm: from_mapping(AlignConfig, {**settings["align"], **common, "seed": seed,
+                                                  "retention_layer": settings["align"].get("retention_layer", layer),
+                                                  "output_dir": str(root / arm)}).validate()
+                  for arm in ARMS}
+    return refine_cfg, align_cfgs
+
+
+def _check_evaluate(options: Mapping[str, Any]) -> None:
+    import inspect
+
+    from dcr.evaluate import evaluate
+
+    allowed = set(inspect.signature(evaluate).parameters) - {"model", "tokenizer", "layer", "out_dir", "name",
+                                                             "progress"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown evaluate setting(s) {unknown}; valid settings: {sorted(allowed)}")
 
 
 def _config_settings(config: Any) -> dict[str, Any]:

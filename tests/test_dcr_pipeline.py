@@ -74,3 +74,31 @@ def test_differences_pair_seeds():
                  "(a) alignment only, seed 1": {"xstest_safe_compliance": 0.6},
                  "(b) DCR + alignment, seed 1": {"xstest_safe_compliance": 0.6}}
     assert differences(summaries)["xstest_safe_compliance"] == pytest.approx([0.2, 0.0])
+
+
+@pytest.mark.parametrize("name", ["pipeline_full_lora.yaml", "pipeline_quick_paper_share.yaml"])
+def test_shipped_pipeline_configs_are_valid(name):
+    from pathlib import Path
+
+    from dcr.align_config import AlignConfig
+    from dcr.config import RefineConfig, from_mapping, read_file
+    from dcr.pipeline import resolve
+
+    overrides = read_file(Path(__file__).parents[1] / "configs" / name)
+    for profile in ("quick", "full"):
+        settings = resolve(profile, overrides)
+        from_mapping(RefineConfig, settings["refine"]).validate()
+        from_mapping(AlignConfig, settings["align"]).validate()
+
+
+def test_cli_errors_exit_with_status_2(tmp_path, capsys):
+    from dcr.pipeline_cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 3\n")
+    assert main(["--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "must be a section" in capsys.readouterr().err
+    bad.write_text("align:\n  stepz: 3\n")
+    assert main(["--config", str(bad), "--model", str(tiny_model_dir("llama")), "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    assert "stepz" in capsys.readouterr().err
