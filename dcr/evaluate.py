@@ -122,7 +122,7 @@ def evaluate(
         index = resolve_layer(layer, num_layers(model))
         plot = out_dir / "projection.png" if out_dir is not None else None
         rep = representation(model, tokenizer, index, pooling=pooling, limit=limit, batch_size=batch_size,
-                             plot_path=plot, title=f"{name}: XSTest prompts at layer {index} ({pooling} token)")
+                             plot_path=plot, title=f"{name}\nXSTest prompts, layer {index}, {pooling} token")
         results["representation"] = rep
         results["summary"].update({k: rep[k] for k in ("probe_auroc", "nn_accuracy", "cross_class_cosine")
                                    if k in rep})
