@@ -2,11 +2,13 @@
 
 Rows are processed in chunks of `chunk` rows against all N keys, so the peak extra memory is
 O(chunk x N) and no M x N buffer ever exists. The chunk size comes from a memory budget
-(`DCR_CHUNK_BYTES`, default 64 MiB). When the caller passes reduction coefficients (mean or sum), the
-gradients are computed in the same pass as the loss, while each chunk is hot, and the backward only
-rescales them; with per-row outputs (reduction "none") the backward recomputes the chunks.
+(`DCR_CHUNK_BYTES`; by default 16 MiB, but at least 64 rows). When the caller passes reduction
+coefficients (mean or sum), the gradients are computed in the same pass as the loss, while each chunk is
+hot, and the backward only rescales them; with per-row outputs (reduction "none") the backward
+recomputes the chunks.
 Cost in B^2 D matmul units: fused forward+backward 3 (S, W K, W^T Q), plus 1 for the column statistics
-of the symmetric loss; the per-row path spends 1 forward and 3 backward.
+of the symmetric loss; the per-row path spends 1 forward and 3 backward. On CPU the elementwise work per
+chunk entry is kept to a few in-place passes, so the matrix products dominate.
 """
 
 from __future__ import annotations
@@ -16,18 +18,31 @@ import os
 import torch
 from torch import Tensor
 
-from ..losses import argmax_or_minus_one, circle_logits, circle_row_loss, safe_lse, weighted_total
+from ..losses import circle_row_loss, safe_lse, weighted_total
 from .base import CircleStats, SoftmaxStats, compute_dtype
 
-DEFAULT_CHUNK_BYTES = 64 << 20
-_SOFTMAX_TEMPORARIES = 5  # sim, z, probabilities, column probabilities, exp scratch
-_CIRCLE_TEMPORARIES = 12  # sim, masks, two alphas, two logits, two slopes, two probabilities, scratch
+DEFAULT_CHUNK_BYTES = 16 << 20
+MIN_DEFAULT_ROWS = 64
+_SOFTMAX_TEMPORARIES = 2  # the chunk's scores (exponentiated in place), the column term of the symmetric loss
+_CIRCLE_TEMPORARIES = 5  # scores, label mask, slope, positive logits, scratch
+_ARGMAX_BLOCK = 64
+# Exponents are clamped here: exp(-60) is 1e-26 of a row's largest term, so no sum or gradient changes
+# beyond rounding, and exp stays off its slow paths (out-of-range inputs, subnormal results: 20-70x slower).
+_EXP_FLOOR = -60.0
 
 
 def chunk_rows(n_cols: int, temporaries: int, itemsize: int, budget: int | None = None) -> int:
-    """Rows per chunk so that `temporaries` buffers of chunk x n_cols elements fit in the budget."""
+    """Rows per chunk so that `temporaries` buffers of chunk x n_cols elements fit in the budget.
+
+    The budget is `DCR_CHUNK_BYTES` when set (then honoured down to one-row chunks). The default is a
+    small, cache-friendly working set, but never fewer than MIN_DEFAULT_ROWS rows: thinner chunks make
+    the matrix products re-read K and rewrite dK for too little work each time."""
     if budget is None:
-        budget = int(os.environ.get("DCR_CHUNK_BYTES", DEFAULT_CHUNK_BYTES))
+        explicit = os.environ.get("DCR_CHUNK_BYTES")
+        if explicit is None:
+            rows = DEFAULT_CHUNK_BYTES // max(1, n_cols * temporaries * itemsize)
+            return max(MIN_DEFAULT_ROWS, rows)
+        budget = int(explicit)
     return max(1, budget // max(1, n_cols * temporaries * itemsize))
 
 
@@ -40,10 +55,31 @@ class _Grads:
         self.dk = self.dq if self_mode else torch.zeros_like(k)
         self.ds = torch.zeros((), dtype=q.dtype, device=q.device)
 
-    def add_chunk(self, r0: int, dlogits: Tensor, qb: Tensor, k: Tensor) -> None:
-        """dQ_rows += W K and dK += W^T Q_rows for W = d loss / d S of one row chunk."""
-        self.dq[r0 : r0 + qb.shape[0]] += dlogits @ k
-        self.dk.addmm_(dlogits.T, qb)
+    def add_chunk(self, r0: int, w: Tensor, qb: Tensor, k: Tensor, row_scale: Tensor) -> Tensor:
+        """dQ_rows += diag(r) W K and dK += W^T diag(r) Q_rows, for d loss / d S = diag(r) W of one row
+        chunk; the row scale r multiplies chunk x D operands, never the chunk x N matrix. Returns W K."""
+        wk = w @ k
+        self.dq[r0 : r0 + qb.shape[0]].addcmul_(wk, row_scale[:, None])
+        self.dk.addmm_(w.T, qb * row_scale[:, None])
+        return wk
+
+
+def _row_max(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Row maximum and its index (-1 for a row of -inf), through the maxima of column blocks: on CPU a
+    max with indices over long rows costs several times as much as a plain max."""
+    n = z.shape[1]
+    width = n // _ARGMAX_BLOCK * _ARGMAX_BLOCK
+    if width == 0:
+        best, idx = z.max(dim=1)
+    else:
+        blocks = z[:, :width].unflatten(1, (-1, _ARGMAX_BLOCK)).amax(dim=2)
+        if width < n:
+            blocks = torch.cat([blocks, z[:, width:].amax(dim=1, keepdim=True)], dim=1)
+        best, block = blocks.max(dim=1)
+        start = block * _ARGMAX_BLOCK
+        cols = (start[:, None] + torch.arange(_ARGMAX_BLOCK, device=z.device)).clamp_(max=n - 1)
+        idx = start + z.gather(1, cols).argmax(dim=1)
+    return best, torch.where(best > float("-inf"), idx, -1)
 
 
 def _softmax_pass(
@@ -59,29 +95,43 @@ def _softmax_pass(
     col_g: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, _Grads | None]:
     """One pass over row chunks. Computes row lse and argmax (unless `lse` is given) and, when `g` is
-    given, accumulates the gradients of sum_i g_i lse_i + sum_j col_g_j col_lse_j."""
+    given, accumulates the gradients of sum_i g_i lse_i + sum_j col_g_j col_lse_j.
+
+    Each chunk x N matrix is one buffer, touched as few times as possible while it is hot: the scale is
+    folded into the query rows, exp(z - max) is taken in place, and the row factors of the gradient
+    (g, s, 1 / row sum) multiply chunk x D operands instead of the chunk x N matrix."""
     m = q.shape[0]
     out_lse = torch.empty(m, dtype=q.dtype, device=q.device) if lse is None else lse
     argmax = torch.empty(m, dtype=torch.long, device=q.device)
     grads = _Grads(q, k, self_mode) if g is not None else None
     col_base = safe_lse(col_lse)[None, :] if col_g is not None else None
     for r0 in range(0, m, chunk):
-        qb = q[r0 : r0 + chunk]
-        sim = qb @ k.T
-        z = sim * s
+        rows = slice(r0, r0 + chunk)
+        qb = q[rows]
+        z = (qb * s) @ k.T
         if self_mode:
             z.diagonal(r0).fill_(float("-inf"))
+        col_w = None
+        if grads is not None and col_base is not None:
+            col_w = (z - col_base).clamp_(min=_EXP_FLOOR).exp_().mul_(col_g[None, :])
         if lse is None:
-            out_lse[r0 : r0 + chunk] = torch.logsumexp(z, dim=1)
-            argmax[r0 : r0 + chunk] = argmax_or_minus_one(z)
+            best, argmax[rows] = _row_max(z)
+            found = best > float("-inf")
+            base = torch.where(found, best, 0.0)
+            total = z.sub_(base[:, None]).clamp_(min=_EXP_FLOOR).exp_().sum(dim=1)
+            out_lse[rows] = torch.where(found, base + total.log(), float("-inf"))
+            factor = None if grads is None else torch.where(found, g[rows] / total, 0.0)
+        elif grads is not None:
+            row_lse = lse[rows]
+            z.sub_(safe_lse(row_lse)[:, None]).clamp_(min=_EXP_FLOOR).exp_()
+            factor = torch.where(torch.isfinite(row_lse), g[rows], 0.0)
         if grads is None:
             continue
-        row_base = safe_lse(out_lse[r0 : r0 + chunk])[:, None]
-        dlogits = torch.exp(z - row_base).mul_(g[r0 : r0 + chunk, None])
-        if col_base is not None:
-            dlogits += torch.exp(z.sub_(col_base)).mul_(col_g[None, :])
-        grads.ds += (dlogits * sim).sum()
-        grads.add_chunk(r0, dlogits.mul_(s), qb, k)
+        if col_w is not None:
+            z = col_w.addcmul_(z, factor[:, None])
+            factor = torch.ones_like(factor)
+        zk = grads.add_chunk(r0, z, qb, k, s * factor)
+        grads.ds += (factor * (qb * zk).sum(dim=1)).sum()
     return out_lse, argmax, grads
 
 
@@ -106,34 +156,52 @@ def _circle_pass(
     g: Tensor | None,
 ) -> tuple[Tensor, Tensor, _Grads | None]:
     """One pass over row chunks: per-row Circle loss and argmax and, when `g` is given, the gradients of
-    sum_i g_i L_i."""
-    m = q.shape[0]
+    sum_i g_i L_i.
+
+    Masks are float arithmetic, not boolean selects (several times slower on CPU): `other` is 1 where
+    the labels differ, and each set's logits get a large finite penalty outside the set, so that
+    exp(z - set max) is at the floor (negligible) there. Rows whose set is empty are known from the label
+    counts."""
+    m, n = q.shape[0], k.shape[0]
     row_loss = torch.empty(m, dtype=q.dtype, device=q.device)
     argmax = torch.empty(m, dtype=torch.long, device=q.device)
     grads = _Grads(q, k, self_mode) if g is not None else None
+    n_same = torch.bincount(k_labels, minlength=int(max(q_labels.max(), k_labels.max())) + 1)[q_labels]
+    has_pos, has_neg = n_same > int(self_mode), n_same < n
+    code = torch.float32 if q.dtype == torch.float32 and n + m < 1 << 24 else torch.float64  # exact codes
+    q_codes, k_codes = q_labels.to(code), k_labels.to(code)
+    penalty = torch.finfo(q.dtype).max / 8
     for r0 in range(0, m, chunk):
-        qb = q[r0 : r0 + chunk]
+        rows = slice(r0, r0 + chunk)
+        qb = q[rows]
         sim = qb @ k.T
-        same = q_labels[r0 : r0 + chunk, None] == k_labels[None, :]
-        positive = same.clone()
-        if self_mode:
-            positive.diagonal(r0).fill_(False)
-        z_pos, z_neg, slope_pos, slope_neg = circle_logits(sim, margin, gamma)
-        z_pos.masked_fill_(~positive, float("-inf"))
-        z_neg.masked_fill_(same, float("-inf"))
-        lse_pos = torch.logsumexp(z_pos, dim=1)
-        lse_neg = torch.logsumexp(z_neg, dim=1)
-        row_loss[r0 : r0 + chunk] = circle_row_loss(lse_pos, lse_neg)
         if self_mode:
             sim.diagonal(r0).fill_(float("-inf"))
-        argmax[r0 : r0 + chunk] = argmax_or_minus_one(sim)
+        argmax[rows] = _row_max(sim)[1]
+        if self_mode:
+            sim.diagonal(r0).fill_(0.0)  # any finite value: the pair is excluded below
+        other = torch.sub(q_codes[rows, None], k_codes[None, :]).abs_().clamp_(max=1).to(q.dtype)
+        alpha_pos = torch.rsub(sim, 1.0 + margin).relu_()
+        slope = torch.add(sim, margin).relu_().add_(alpha_pos).mul_(other).sub_(alpha_pos).mul_(gamma)
+        del alpha_pos  # slope = dz/dS: -gamma relu(1 + m - S) on positives, gamma relu(S + m) on negatives
+        z_pos = torch.sub(sim, 1.0 - margin).mul_(slope).add_(other, alpha=-penalty)
+        z_neg = sim.sub_(margin).mul_(slope).add_(other.sub_(1.0), alpha=penalty)
+        del other
+        if self_mode:
+            z_pos.diagonal(r0).fill_(float("-inf"))
+        lse, inv = [], []
+        for z, valid in ((z_pos, has_pos[rows]), (z_neg, has_neg[rows])):
+            top = z.amax(dim=1)
+            total = z.sub_(top[:, None]).clamp_(min=_EXP_FLOOR).exp_().sum(dim=1)  # exp(z - set max), ~0 outside
+            lse.append(torch.where(valid, top + total.log(), float("-inf")))
+            inv.append(torch.where(valid, 1.0 / total, 0.0)[:, None])
+        row_loss[rows] = circle_row_loss(*lse)
         if grads is None:
             continue
-        total = lse_pos + lse_neg
-        coef = torch.where(torch.isfinite(total), torch.sigmoid(total) * g[r0 : r0 + chunk], 0.0)[:, None]
-        dsim = torch.exp(z_pos.sub_(safe_lse(lse_pos)[:, None])).mul_(slope_pos)
-        dsim += torch.exp(z_neg.sub_(safe_lse(lse_neg)[:, None])).mul_(slope_neg)
-        grads.add_chunk(r0, dsim.mul_(coef), qb, k)
+        both = lse[0] + lse[1]
+        coef = torch.where(torch.isfinite(both), torch.sigmoid(both) * g[rows], 0.0)
+        dsim = z_neg.mul_(inv[1]).add_(z_pos.mul_(inv[0])).mul_(slope)  # softmax within each set x dz/dS
+        grads.add_chunk(r0, dsim, qb, k, coef)
     return row_loss, argmax, grads
 
 
@@ -143,13 +211,21 @@ def _upcast(q: Tensor, k: Tensor, self_mode: bool) -> tuple[Tensor, Tensor]:
     return qc, (qc if self_mode else k.to(dtype))
 
 
+def _scaled(grad: Tensor, factor: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """grad * factor in `dtype`. When that changes nothing (`loss.backward()` passes exactly 1) and no graph
+    of the backward is recorded, `grad` itself is returned, which saves a copy of the size of the input."""
+    if grad.dtype == dtype and not torch.is_grad_enabled() and (factor is None or bool(factor == 1)):
+        return grad
+    return (grad * (1.0 if factor is None else factor)).to(dtype)
+
+
 def _cast_grads(ctx, grads: _Grads, q: Tensor, k: Tensor, self_mode: bool, scale: Tensor, factor=None):
     """Return (dq, dk, dscale) in the inputs' dtypes, scaled by `factor` (an upstream scalar)."""
-    f = 1.0 if factor is None else factor
-    dq = (grads.dq * f).to(q.dtype) if ctx.needs_input_grad[0] else None
+    dq = _scaled(grads.dq, factor, q.dtype) if ctx.needs_input_grad[0] else None
     dk = None
     if not self_mode and ctx.needs_input_grad[1]:
-        dk = (grads.dk * f).to(k.dtype)
+        dk = _scaled(grads.dk, factor, k.dtype)
+    f = 1.0 if factor is None else factor
     ds = (grads.ds * f).to(scale.dtype).reshape(scale.shape) if ctx.needs_input_grad[2] else None
     return dq, dk, ds
 
@@ -250,10 +326,10 @@ class _CircleFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, *_):
         grads = ctx.grads
-        dq = (grads.dq * grad_total).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        dq = _scaled(grads.dq, grad_total, ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         dk = None
         if ctx.needs_input_grad[1] and not ctx.self_mode:
-            dk = (grads.dk * grad_total).to(ctx.dtypes[1])
+            dk = _scaled(grads.dk, grad_total, ctx.dtypes[1])
         return dq, dk, None, None, None, None, None, None, None
 
 
