@@ -19,18 +19,23 @@ from torch import Tensor
 GRADCACHE_MINI_BATCH = 32  # CachedMultipleNegativesRankingLoss's default
 
 
+def _fp32(x: Tensor) -> Tensor:
+    """Half-precision logits go to fp32 for the softmax, as autocast does; fp32 and fp64 stay."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def dense_info_nce(query: Tensor, key: Tensor, temperature: float) -> Tensor:
     """Cross-entropy of each query over all keys, the positive of query i being key i."""
     logits = F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).T
     targets = torch.arange(query.shape[0], device=query.device)
-    return F.cross_entropy(logits.float() / temperature, targets)
+    return F.cross_entropy(_fp32(logits) / temperature, targets)
 
 
 def dense_supcon(embeddings: Tensor, labels: Tensor, temperature: float) -> Tensor:
     """SupCon (L_out): mean log-probability of the positives, self excluded, over rows with a positive."""
     x = F.normalize(embeddings, dim=-1)
     self_pair = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    logits = (x @ x.T).float().div(temperature).masked_fill(self_pair, float("-inf"))
+    logits = _fp32(x @ x.T).div(temperature).masked_fill(self_pair, float("-inf"))
     log_prob = logits.log_softmax(dim=1)
     positive = (labels[:, None] == labels[None, :]) & ~self_pair
     n_pos = positive.sum(dim=1)
@@ -41,7 +46,7 @@ def dense_supcon(embeddings: Tensor, labels: Tensor, temperature: float) -> Tens
 def dense_circle(embeddings: Tensor, labels: Tensor, margin: float, gamma: float) -> Tensor:
     """Circle loss with detached alpha weights, mean over rows with a positive and a negative."""
     x = F.normalize(embeddings, dim=-1)
-    sim = (x @ x.T).float()
+    sim = _fp32(x @ x.T)
     same = labels[:, None] == labels[None, :]
     positive = same & ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     alpha_p = torch.relu(1.0 + margin - sim.detach())
@@ -60,11 +65,11 @@ def gradcache_info_nce(
     q = query.detach().requires_grad_(backward)
     k = key.detach().requires_grad_(backward)
     targets = torch.arange(q.shape[0], device=q.device)
-    total = torch.zeros((), dtype=torch.float32, device=q.device)
+    total = torch.zeros((), dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
     for r0 in range(0, q.shape[0], mini_batch):
         with torch.set_grad_enabled(backward):
             scores = F.normalize(q[r0 : r0 + mini_batch], dim=-1) @ F.normalize(k, dim=-1).T
-            loss = F.cross_entropy(scores.float() / temperature, targets[r0 : r0 + mini_batch], reduction="sum")
+            loss = F.cross_entropy(_fp32(scores) / temperature, targets[r0 : r0 + mini_batch], reduction="sum")
             loss = loss / q.shape[0]
             if backward:
                 loss.backward()

@@ -61,7 +61,8 @@ def plot(rows: list[dict], out_dir: Path, prefix: str = "bench") -> list[Path]:
                 ax.xaxis.set_minor_locator(ticker.NullLocator())
                 ax.xaxis.set_major_formatter(ticker.FuncFormatter(_batch_label))
                 ax.grid(True, which="both", alpha=0.3)
-                ax.legend(fontsize=8)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=8)
             fig.suptitle(f"{quantity}: {device}, {dtype}, D = {dim} (solid: forward+backward, dashed: forward)")
             fig.tight_layout()
             path = out_dir / f"{prefix}_{device.split(':')[0]}_{dtype}_d{dim}_{quantity}.png"

@@ -127,7 +127,7 @@ def _machine(m: dict) -> str:
     return f"{hw}; {m['memory_bytes'] / 2**30:.0f} GiB; Python {m['python']}, {versions}; {m['date']}, {m['commit']}"
 
 
-def render(sweeps: list[dict], budget: dict | None, memory: dict | None) -> str:
+def render(sweeps: list[dict], budget: dict | None, memory: dict | None, sizes=(4096, 16384), target_batch=8192) -> str:
     rows = [r for doc in sweeps for r in doc["rows"]]
     budget_rows = budget["rows"] if budget else []
     parts = []
@@ -137,9 +137,9 @@ def render(sweeps: list[dict], budget: dict | None, memory: dict | None) -> str:
                      f"median of {c['repeats']} x {c['rounds']} runs after {c['warmup']} warm-up.")  # fmt: skip
     dims = sorted({r["dim"] for r in rows})
     for dim in dims:
-        parts.append(f"#### Forward+backward, D = {dim}\n\n{comparison(rows, (4096, 16384), dim)}")
-        parts.append(f"#### Forward only, D = {dim}\n\n{comparison(rows, (4096, 16384), dim, 'fwd')}")
-    parts.append(f"#### Targets (chunked vs eager dense, D = 256)\n\n{targets(rows, budget_rows)}")
+        parts.append(f"#### Forward+backward, D = {dim}\n\n{comparison(rows, sizes, dim)}")
+        parts.append(f"#### Forward only, D = {dim}\n\n{comparison(rows, sizes, dim, 'fwd')}")
+    parts.append(f"#### Targets (chunked vs eager dense, D = 256)\n\n{targets(rows, budget_rows, target_batch)}")
     if budget:
         gib = budget["config"]["budget_gib"]
         parts.append(f"#### Largest batch within {gib:g} GiB ({budget['criterion']})\n\n{largest(budget_rows)}")
@@ -154,12 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=Path)
     p.add_argument("--memory", type=Path)
     p.add_argument("--into", type=Path, help="file with the markers; without it the tables are printed")
+    p.add_argument("--sizes", type=lambda t: tuple(int(x) for x in t.split(",")), default=(4096, 16384))
+    p.add_argument("--target-batch", type=int, default=8192)
     args = p.parse_args(argv)
 
     def load(path: Path | None) -> dict | None:
         return json.loads(path.read_text()) if path else None
 
-    text = render([load(s) for s in args.sweep], load(args.budget), load(args.memory))
+    text = render([load(s) for s in args.sweep], load(args.budget), load(args.memory), args.sizes, args.target_batch)
     if not args.into:
         print(text)
         return
