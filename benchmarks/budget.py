@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import memory
 import probe
 import providers
 import torch
@@ -66,7 +67,7 @@ def _prober(args: argparse.Namespace, loss: str, provider: str, log: list[dict])
         t0 = time.monotonic()
         res = probe.spawn(loss, provider, batch, args.dim, args.dtype, args.device, "fwd_bwd", warmup=0,
                           repeats=0, cap_bytes=budget + int(args.margin_gib * GIB),
-                          timeout_s=args.probe_timeout)  # fmt: skip
+                          timeout_s=args.probe_timeout, env=memory.MEASURE_ENV)  # fmt: skip
         error = res.get("error", "")
         if res.get("ok"):
             verdict = "ok" if res["step_bytes"] <= budget else "over"

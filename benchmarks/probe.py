@@ -109,14 +109,16 @@ def spawn(
     repeats: int = 5,
     cap_bytes: int | None = None,
     timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
-    """`measure` in a fresh Python process; a crash or a timeout comes back as ok False."""
+    """`measure` in a fresh Python process (with `env` added to its environment); a crash or a timeout
+    comes back as ok False."""
     cmd = [sys.executable, str(Path(__file__).resolve()), loss, provider, str(batch), str(dim), dtype, device, mode]
     cmd += ["--warmup", str(warmup), "--repeats", str(repeats)]
     if cap_bytes:
         cmd += ["--cap-bytes", str(cap_bytes)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timeout after {timeout_s} s"}
     lines = proc.stdout.strip().splitlines()

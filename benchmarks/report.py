@@ -111,13 +111,16 @@ def largest(budget: list[dict]) -> str:
 def memory_table(doc: dict) -> str:
     """Chunked against the dense reference backend (memory.py's figures)."""
     by = {(r["loss"], r["provider"]): r for r in doc["rows"]}
+    cap = f"over {doc['cap_bytes'] / 2**30:g} GiB"
     out = [
-        f"| loss | chunked (MiB) | reference (MiB) | ratio | B={doc['batch']}, D={doc['dim']}, fwd+bwd |",
-        "|---|---:|---:|---:|---|",
+        f"| loss (B={doc['batch']}, D={doc['dim']}, fwd+bwd) | chunked (MiB) | reference (MiB) | chunked / reference |",
+        "|---|---:|---:|---:|",
     ]
     for loss, title in LOSSES.items():
         c, r = by.get((loss, "chunked")), by.get((loss, "reference"))
-        out.append(f"| {title} | {_fmt_mem(c)} | {_fmt_mem(r)} | {_ratio(c, r, 'extra_bytes')} | |")
+        ref = _fmt_mem(r) if r and r.get("ok") else cap
+        ratio = doc["chunked_over_reference"].get(loss, "-").split(" (")[0]
+        out.append(f"| {title} | {_fmt_mem(c)} | {ref} | {ratio} |")
     return "\n".join(out)
 
 

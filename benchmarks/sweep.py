@@ -19,18 +19,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
+import memory as memory_method
 import probe
 import providers
 import torch
 
 GIB = 1 << 30
 DEFAULT_PROVIDERS = ("chunked", "triton", "dense", "gradcache", "pml", "inf-cl")
-PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
 
 
 def _csv(kind):
@@ -48,12 +47,7 @@ def _measure(args: argparse.Namespace, loss: str, provider: str, batch: int, dim
     kw = dict(cap_bytes=int(args.cap_gib * GIB) if args.cap_gib else None, timeout_s=args.probe_timeout)
     mem = {}
     if memory:
-        os.environ.update(PINNED_MALLOC)
-        try:
-            mem = probe.spawn(*common, warmup=0, repeats=0, **kw)
-        finally:
-            for key in PINNED_MALLOC:
-                os.environ.pop(key)
+        mem = probe.spawn(*common, warmup=0, repeats=0, env=memory_method.MEASURE_ENV, **kw)
         if not mem.get("ok"):
             return mem
     timed = probe.spawn(*common, warmup=args.warmup, repeats=args.repeats, **kw)
