@@ -87,6 +87,7 @@ def _measure_step(step: providers.Step, b: providers.Batch, mode: str, warmup: i
         "step_bytes": inputs + mem["extra_bytes"],
         "times_s": ts,
         "median_s": timing.median(ts),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -110,6 +111,7 @@ def spawn(
     cap_bytes: int | None = None,
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
+    threads: int | None = None,
 ) -> dict:
     """`measure` in a fresh Python process (with `env` added to its environment); a crash or a timeout
     comes back as ok False."""
@@ -117,6 +119,8 @@ def spawn(
     cmd += ["--warmup", str(warmup), "--repeats", str(repeats)]
     if cap_bytes:
         cmd += ["--cap-bytes", str(cap_bytes)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
@@ -169,7 +173,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cap-bytes", type=int, help="CPU: fail any allocation beyond this much more memory")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.cap_bytes and args.device == "cpu":
         _cap_address_space(args.cap_bytes)
     res = measure(args.loss, args.provider, args.batch, args.dim, args.dtype, args.device, args.mode,

@@ -136,7 +136,8 @@ def render(sweeps: list[dict], budget: dict | None, memory: dict | None, sizes=(
     parts = []
     for doc in sweeps:
         c = doc["config"]
-        parts.append(f"Sweep on {_machine(doc['machine'])}: {c['dtype']}, threads {doc['machine']['torch_threads']}, "
+        threads = ",".join(str(t) for t in sorted({r["threads"] for r in doc["rows"] if r.get("threads")}))
+        parts.append(f"Sweep on {_machine(doc['machine'])}: {c['dtype']}, {threads} torch thread(s) per measurement, "
                      f"median of {c['repeats']} x {c['rounds']} runs after {c['warmup']} warm-up.")  # fmt: skip
     dims = sorted({r["dim"] for r in rows})
     for dim in dims:

@@ -44,7 +44,8 @@ def _measure(args: argparse.Namespace, loss: str, provider: str, batch: int, dim
     common = (loss, provider, batch, dim, args.dtype, args.device, mode)
     if args.isolate == "none":
         return probe.measure(*common, warmup=args.warmup, repeats=args.repeats)
-    kw = dict(cap_bytes=int(args.cap_gib * GIB) if args.cap_gib else None, timeout_s=args.probe_timeout)
+    kw = dict(cap_bytes=int(args.cap_gib * GIB) if args.cap_gib else None, timeout_s=args.probe_timeout,
+              threads=args.threads)  # fmt: skip
     mem = {}
     if memory:
         mem = probe.spawn(*common, warmup=0, repeats=0, env=memory_method.MEASURE_ENV, **kw)
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> dict:
         "rows": [],
         "truncated": False,
     }
+    if args.threads and args.isolate == "none":
+        torch.set_num_threads(args.threads)
     start = time.monotonic()
     dropped: set[tuple] = set()  # (loss, provider, dim, mode) that failed or cannot run
     for dim, batch, loss, mode in itertools.product(args.dims, args.sizes, args.losses, args.modes):
@@ -120,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--isolate", choices=("auto", "subprocess", "none"), default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads of each measurement (default: torch's choice)")
     p.add_argument("--cap-gib", type=float, default=11.0, help="CPU subprocesses: fail beyond this much memory")
     p.add_argument("--probe-timeout", type=float, default=600.0, help="seconds per subprocess measurement")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop starting measurements after")
