@@ -65,21 +65,30 @@ class _Grads:
 
 
 def _row_max(z: Tensor) -> tuple[Tensor, Tensor]:
-    """Row maximum and its index (-1 for a row of -inf), through the maxima of column blocks: on CPU a
-    max with indices over long rows costs several times as much as a plain max."""
+    """Row maximum and its index (-1 for a row of -inf). On CPU a max with indices over long rows costs
+    ten times a plain max, so the row is read once as blocks of _ARGMAX_BLOCK columns, reducing across
+    the blocks (a vectorised max per column position); only the winning position is searched again."""
     n = z.shape[1]
     width = n // _ARGMAX_BLOCK * _ARGMAX_BLOCK
     if width == 0:
         best, idx = z.max(dim=1)
     else:
-        blocks = z[:, :width].unflatten(1, (-1, _ARGMAX_BLOCK)).amax(dim=2)
+        best, lane = z[:, :width].unflatten(1, (-1, _ARGMAX_BLOCK)).amax(dim=1).max(dim=1)
+        cols = lane[:, None] + torch.arange(0, width, _ARGMAX_BLOCK, device=z.device)
+        idx = cols.gather(1, z.gather(1, cols).argmax(dim=1, keepdim=True)).squeeze(1)
         if width < n:
-            blocks = torch.cat([blocks, z[:, width:].amax(dim=1, keepdim=True)], dim=1)
-        best, block = blocks.max(dim=1)
-        start = block * _ARGMAX_BLOCK
-        cols = (start[:, None] + torch.arange(_ARGMAX_BLOCK, device=z.device)).clamp_(max=n - 1)
-        idx = start + z.gather(1, cols).argmax(dim=1)
+            tail_best, tail_idx = z[:, width:].max(dim=1)
+            later = tail_best > best
+            best, idx = torch.where(later, tail_best, best), torch.where(later, tail_idx + width, idx)
     return best, torch.where(best > float("-inf"), idx, -1)
+
+
+def _exp_needs_shift(q: Tensor, k: Tensor, s: Tensor) -> bool:
+    """Whether exp(z) must be taken after subtracting the row max. |z_ij| <= s |q_i| |k_j|; while that
+    bound is within -_EXP_FLOOR, exp(z) is a normal number and a row sum of up to 10^12 terms cannot
+    overflow, so two passes over each chunk (subtract, clamp) are saved."""
+    norms = [float(torch.linalg.vector_norm(x, dim=1).max()) for x in (q, k)]
+    return not abs(float(s)) * norms[0] * norms[1] <= -_EXP_FLOOR
 
 
 def _softmax_pass(
@@ -105,6 +114,7 @@ def _softmax_pass(
     argmax = torch.empty(m, dtype=torch.long, device=q.device)
     grads = _Grads(q, k, self_mode) if g is not None else None
     col_base = safe_lse(col_lse)[None, :] if col_g is not None else None
+    shift = lse is None and m > 0 and _exp_needs_shift(q, k, s)
     for r0 in range(0, m, chunk):
         rows = slice(r0, r0 + chunk)
         qb = q[rows]
@@ -117,8 +127,10 @@ def _softmax_pass(
         if lse is None:
             best, argmax[rows] = _row_max(z)
             found = best > float("-inf")
-            base = torch.where(found, best, 0.0)
-            total = z.sub_(base[:, None]).clamp_(min=_EXP_FLOOR).exp_().sum(dim=1)
+            base = torch.where(found, best, 0.0) if shift else torch.zeros_like(best)
+            if shift:
+                z.sub_(base[:, None]).clamp_(min=_EXP_FLOOR)
+            total = z.exp_().sum(dim=1)
             out_lse[rows] = torch.where(found, base + total.log(), float("-inf"))
             factor = None if grads is None else torch.where(found, g[rows] / total, 0.0)
         elif grads is not None:
