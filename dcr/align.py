@@ -57,10 +57,16 @@ def response_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_con
 
 def response_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the labelled (answer) tokens given everything before them."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
-                           reduction="sum")
+    """Summed cross-entropy of the labelled (answer) tokens given everything before them.
+
+    The output head runs only on the positions that predict an answer token: with a large vocabulary the
+    logits of every position would dominate memory and a good part of the time.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][scored])
+    return F.cross_entropy(logits.float(), targets[scored], reduction="sum")
 
 
 def batch_rows(n: int, batch_size: int, seed: int, step: int) -> list[int]:
