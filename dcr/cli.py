@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from dcr import align_cli, pipeline_cli
 from dcr.config import ConfigError, RefineConfig, add_arguments, build
 from dcr.prompts import DataError
 
@@ -36,6 +37,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _add_refine,
         _run_refine,
     ),
+    "align": align_cli.COMMAND,
+    "pipeline": pipeline_cli.COMMAND,
 }
 
 
