@@ -28,7 +28,7 @@ class AlignConfig:
     model: str = _opt("default", "Model to align: a local Hugging Face causal-LM folder (e.g. the output of "
                       "`dcr refine`), or 'default' for the embedded SmolLM2-135M-Instruct.")
     refusal_share: float = _opt(0.05, "Share of (harmful prompt, refusal) pairs in the mix (the DCR paper: "
-                                "about 5%).")
+                                "about 5 percent).")
     examples: int | None = _opt(None, "Size of the SFT mix. Unset: every shipped benign pair plus the matching "
                                 "number of refusal pairs.")
     benign_sources: list[str] = _opt(list(BENIGN_SOURCES), "Shipped benign (prompt, answer) sources.")

@@ -129,3 +129,14 @@ def test_invalid_settings_are_rejected():
         AlignConfig(refusal_share=1.0).validate()
     with pytest.raises(ConfigError, match="needs refusal pairs"):
         AlignConfig(refusal_share=0.0, retention_weight=1.0).validate()
+
+
+def test_cli_help_documents_every_option(capsys):
+    import dataclasses
+
+    from dcr.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["align", "--help"])
+    text = capsys.readouterr().out
+    assert all("--" + f.name.replace("_", "-") in text for f in dataclasses.fields(AlignConfig))
