@@ -1,4 +1,4 @@
-"""The `dcr` command: one subcommand per stage (`dcr refine` today).
+"""The `dcr` command: one subcommand per stage (`refine`, `align`, `evaluate`, `pipeline`).
 
 A stage registers itself in ``COMMANDS`` with a function that adds its arguments to a subparser and a
 function that runs it from the parsed arguments; `main` only dispatches.
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from dcr import align_cli, pipeline_cli
+from dcr import align_cli, evaluate_cli, pipeline_cli
 from dcr.config import ConfigError, RefineConfig, add_arguments, build
 from dcr.prompts import DataError
 
@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _run_refine,
     ),
     "align": align_cli.COMMAND,
+    "evaluate": evaluate_cli.COMMAND,
     "pipeline": pipeline_cli.COMMAND,
 }
 
