@@ -55,11 +55,12 @@ def _training_data(config: RefineConfig, data, tokenizer):
                                       sources=config.sources)
     splits = split(labelled, config.val_fraction)
     train, validation = splits["train"], splits["validation"]
-    labels = train["label"]
+    labels = list(train["label"])
     if min(labels.count(c) for c in range(len(classes))) < 2:
         raise DataError(f"the training split needs two prompts of every class {classes}; lower val_fraction")
-    ids = encode_prompts(tokenizer, train["text"], chat_template=config.chat_template, max_length=config.max_length)
-    return ids, labels, validation, classes
+    ids = encode_prompts(tokenizer, list(train["text"]), chat_template=config.chat_template,
+                         max_length=config.max_length)
+    return ids, labels, {"text": list(validation["text"]), "label": list(validation["label"])}, classes
 
 
 def _trainable_model(model, layer: int, config: RefineConfig):
