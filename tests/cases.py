@@ -102,7 +102,7 @@ def make_case(
         weight,
         reduction,
         gamma=gamma,
-        normalize=d > 1,
+        normalize=d > 1 and not prenormalize,
         projection=projection,
     )
 
