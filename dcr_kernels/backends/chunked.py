@@ -24,7 +24,7 @@ from .base import CircleStats, SoftmaxStats, compute_dtype
 DEFAULT_CHUNK_BYTES = 16 << 20
 MIN_DEFAULT_ROWS = 64
 _SOFTMAX_TEMPORARIES = 2  # the chunk's scores (exponentiated in place), the column term of the symmetric loss
-_CIRCLE_TEMPORARIES = 5  # scores, label mask, slope, positive logits, scratch
+_CIRCLE_TEMPORARIES = 5  # scores, label mask, slope, positive logits, a float64 code difference
 _ARGMAX_BLOCK = 64
 # Exponents are clamped here: exp(-60) is 1e-26 of a row's largest term, so no sum or gradient changes
 # beyond rounding, and exp stays off its slow paths (out-of-range inputs, subnormal results: 20-70x slower).
@@ -91,6 +91,12 @@ def _exp_needs_shift(q: Tensor, k: Tensor, s: Tensor) -> bool:
     return not abs(float(s)) * norms[0] * norms[1] <= -_EXP_FLOOR
 
 
+def _workspace(count: int, rows: int, like: Tensor, cols: int) -> list[Tensor]:
+    """Buffers of rows x cols that every chunk of a pass reuses: one allocation per pass instead of several
+    per chunk, so no chunk faults in fresh pages and the allocator holds no freed chunks resident."""
+    return [torch.empty(rows, cols, dtype=like.dtype, device=like.device) for _ in range(count)]
+
+
 def _softmax_pass(
     q: Tensor,
     k: Tensor,
@@ -115,10 +121,11 @@ def _softmax_pass(
     grads = _Grads(q, k, self_mode) if g is not None else None
     col_base = safe_lse(col_lse)[None, :] if col_g is not None else None
     shift = lse is None and m > 0 and _exp_needs_shift(q, k, s)
+    (scores,) = _workspace(1, min(chunk, m), q, k.shape[0])
     for r0 in range(0, m, chunk):
         rows = slice(r0, r0 + chunk)
         qb = q[rows]
-        z = (qb * s) @ k.T
+        z = torch.mm(qb * s, k.T, out=scores[: qb.shape[0]])
         if self_mode:
             z.diagonal(r0).fill_(float("-inf"))
         col_w = None
@@ -183,22 +190,27 @@ def _circle_pass(
     code = torch.float32 if q.dtype == torch.float32 and n + m < 1 << 24 else torch.float64  # exact codes
     q_codes, k_codes = q_labels.to(code), k_labels.to(code)
     penalty = torch.finfo(q.dtype).max / 8
+    buffers = _workspace(4, min(chunk, m), q, n)
     for r0 in range(0, m, chunk):
         rows = slice(r0, r0 + chunk)
         qb = q[rows]
-        sim = qb @ k.T
+        sim, other, alpha_pos, slope = (b[: qb.shape[0]] for b in buffers)
+        torch.mm(qb, k.T, out=sim)
         if self_mode:
             sim.diagonal(r0).fill_(float("-inf"))
         argmax[rows] = _row_max(sim)[1]
         if self_mode:
             sim.diagonal(r0).fill_(0.0)  # any finite value: the pair is excluded below
-        other = torch.sub(q_codes[rows, None], k_codes[None, :]).abs_().clamp_(max=1).to(q.dtype)
-        alpha_pos = torch.rsub(sim, 1.0 + margin).relu_()
-        slope = torch.add(sim, margin).relu_().add_(alpha_pos).mul_(other).sub_(alpha_pos).mul_(gamma)
-        del alpha_pos  # slope = dz/dS: -gamma relu(1 + m - S) on positives, gamma relu(S + m) on negatives
-        z_pos = torch.sub(sim, 1.0 - margin).mul_(slope).add_(other, alpha=-penalty)
+        if code == q.dtype:
+            torch.sub(q_codes[rows, None], k_codes[None, :], out=other)
+        else:  # float64 codes; a nonzero difference stays nonzero when cast
+            other.copy_(q_codes[rows, None] - k_codes[None, :])
+        other.abs_().clamp_(max=1)
+        torch.neg(sim, out=alpha_pos).add_(1.0 + margin).relu_()
+        # slope = dz/dS: -gamma relu(1 + m - S) on positives, gamma relu(S + m) on negatives
+        torch.add(sim, margin, out=slope).relu_().add_(alpha_pos).mul_(other).sub_(alpha_pos).mul_(gamma)
+        z_pos = torch.sub(sim, 1.0 - margin, out=alpha_pos).mul_(slope).add_(other, alpha=-penalty)
         z_neg = sim.sub_(margin).mul_(slope).add_(other.sub_(1.0), alpha=penalty)
-        del other
         if self_mode:
             z_pos.diagonal(r0).fill_(float("-inf"))
         lse, inv = [], []
