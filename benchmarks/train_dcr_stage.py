@@ -8,6 +8,8 @@
               differs (uncached keeps every micro-batch's activations for one backward)
   separation  XSTest (safe vs unsafe) separation at layer l before and after a short refinement:
               1-NN label accuracy, cross-class cosine and a cross-validated linear probe's AUROC
+  transfer    does the training contrast point the XSTest way? At every layer of the base model, a probe
+              and the class-mean difference fitted on shipped training prompts score XSTest (AUROC)
 
 Every subcommand prints one JSON object. Example: python benchmarks/train_dcr_stage.py speed --layer 15
 """
@@ -176,8 +178,10 @@ def separation(args: argparse.Namespace) -> dict:
             warmup_steps=max(1, args.steps // 10),
             save_every=0,
             output_dir=out,
-            eval_every=0,
+            eval_every=args.steps,
             progress=False,
+            sources=args.sources,
+            lora=args.lora,
         )
         began = time.perf_counter()
         refined = refine(config)
@@ -187,20 +191,84 @@ def separation(args: argparse.Namespace) -> dict:
     return {
         "settings": {
             k: getattr(config, k)
-            for k in ("layer", "steps", "batch_size", "micro_batch_size", "lr", "loss", "margin", "gamma", "pooling")
+            for k in (
+                "layer",
+                "steps",
+                "batch_size",
+                "micro_batch_size",
+                "lr",
+                "loss",
+                "margin",
+                "gamma",
+                "pooling",
+                "sources",
+                "lora",
+            )
         },
         "xstest_before": before,
         "xstest_after": after,
         "refine_seconds": seconds,
         "train_first_last": [log[0], [r for r in log if "split" not in r][-1]],
-        "validation_end": [r for r in log if r.get("split") == "validation"],
+        "validation": [r for r in log if r.get("split") == "validation"],
     }
+
+
+def _all_layers(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Last-prompt-token states of every layer, (depth + 1, N, D), from full forwards."""
+    from dcr.chat import collate, encode_prompts, pad_id
+    from dcr.representation import pool, position_ids
+
+    ids = encode_prompts(tokenizer, texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = None
+    with torch.no_grad():
+        for k in range(0, len(order), 32):
+            rows = order[k : k + 32]
+            input_ids, mask = collate([ids[i] for i in rows], pad_id(tokenizer))
+            states = model(
+                input_ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+            ).hidden_states
+            if out is None:
+                out = torch.empty(len(states), len(ids), states[0].shape[-1])
+            for layer, h in enumerate(states):
+                out[layer, rows] = pool(h, mask)
+    return out
+
+
+def transfer(args: argparse.Namespace) -> dict:
+    from dcr.model import load_model
+    from dcr.prompts import load_xstest
+    from dcr.separation import auroc, fit_logistic, nearest_neighbour_accuracy, probe_auroc
+
+    model, tokenizer = load_model("default")
+    model.eval()
+    texts, labels = _prompts(args.batch)
+    xstest = load_xstest()
+    xs_labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
+    train, test = _all_layers(model, tokenizer, texts), _all_layers(model, tokenizer, list(xstest["text"]))
+    rows = []
+    for layer in range(1, train.shape[0]):
+        x, y, xs = train[layer].double(), labels.double(), test[layer].double()
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-8)
+        w, _ = fit_logistic((x - mean) / std, y, 1e-2, 200)
+        direction = x[y == 1].mean(0) - x[y == 0].mean(0)
+        rows.append(
+            {
+                "layer": layer,
+                "train_probe_on_xstest": auroc(((xs - mean) / std) @ w, xs_labels.bool()),
+                "train_mean_difference_on_xstest": auroc(xs @ direction, xs_labels.bool()),
+                "xstest_nn_accuracy": nearest_neighbour_accuracy(xs, xs_labels),
+                "xstest_probe_auroc": probe_auroc(xs, xs_labels),
+                "train_nn_accuracy": nearest_neighbour_accuracy(x, labels),
+            }
+        )
+    return {"train_prompts": len(texts), "layers": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, batch in (("speed", 16), ("memory", 512), ("memory-child", 512), ("separation", 32)):
+    for name, batch in (("speed", 16), ("memory", 512), ("memory-child", 512), ("separation", 32), ("transfer", 600)):
         p = sub.add_parser(name)
         p.add_argument("--batch", type=int, default=batch, help="prompts per contrastive batch")
         p.add_argument("--layer", type=int, default=15, help="layer l (SmolLM2 has 30)")
@@ -214,9 +282,21 @@ def main() -> None:
         p.add_argument("--repeats", type=int, default=3, help="timed repetitions (speed)")
         p.add_argument("--steps", type=int, default=30, help="refinement steps (separation)")
         p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
+        p.add_argument("--sources", nargs="+", help="shipped training sources (separation; default: all)")
+        p.add_argument("--lora", action="store_true", help="train LoRA adapters (separation)")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    run = {"speed": speed, "memory": memory, "memory-child": memory_child, "separation": separation}[args.command]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    commands = {
+        "speed": speed,
+        "memory": memory,
+        "memory-child": memory_child,
+        "separation": separation,
+        "transfer": transfer,
+    }
+    run = commands[args.command]
     print(json.dumps(run(args), indent=None if args.command == "memory-child" else 2))
 
 

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import torch
 
 
-def encode_prompts(tokenizer, texts: Sequence[str], *, chat_template: bool = True,
-                   max_length: int = 512) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, texts: Sequence[str], *, chat_template: bool = True, max_length: int = 512
+) -> list[list[int]]:
     """Token ids of each prompt (no padding), rendered through the chat template when ``chat_template``."""
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; set chat_template to false to embed raw text")
         rendered = [
-            tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                          tokenize=False)
+            tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
             for t in texts
         ]
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]

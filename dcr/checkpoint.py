@@ -33,8 +33,13 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    meta: dict[str, Any], keep: int = 2,
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    meta: dict[str, Any],
+    keep: int = 2,
 ) -> Path:
     """Write checkpoint ``root/step-<step>`` atomically and keep only the newest ``keep`` (0: keep all)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -59,15 +64,15 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG from ``path``; return its state.json."""
     params = trainable_parameters(model)
     weights = load_file(str(path / "trainable.safetensors"))
     if set(weights) != set(params):
-        raise ValueError(f"checkpoint {path} does not match the trainable parameters of this run "
-                         "(different layer, LoRA setting or model?)")
+        raise ValueError(
+            f"checkpoint {path} does not match the trainable parameters of this run "
+            "(different layer, LoRA setting or model?)"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

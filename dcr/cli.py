@@ -16,8 +16,12 @@ from dcr.prompts import DataError
 
 
 def _add_refine(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (the keys are the option "
-                        "names below with underscores); flags given here override it")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML or JSON file of settings (the keys are the option "
+        "names below with underscores); flags given here override it",
+    )
     add_arguments(parser, RefineConfig)
 
 
@@ -45,8 +49,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per registered command."""
-    parser = argparse.ArgumentParser(prog="dcr", description="Discernment via contrastive refinement (DCR): "
-                                     "reduce over-refusal of language models.")
+    parser = argparse.ArgumentParser(
+        prog="dcr", description="Discernment via contrastive refinement (DCR): reduce over-refusal of language models."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (description, add, run) in COMMANDS.items():
         cmd = sub.add_parser(name, help=description, description=description)

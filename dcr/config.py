@@ -31,34 +31,61 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 class RefineConfig:
     """Everything `dcr refine` needs; defaults reproduce the documented DCR stage on the embedded model."""
 
-    model: str = _opt("default", "Model to refine: a local Hugging Face causal-LM folder, or 'default' for the "
-                      "embedded SmolLM2-135M-Instruct (converted once into the user cache).")
-    layer: int | float = _opt(0.5, "Layer l whose hidden state is refined: an index 1..depth (integer) or a "
-                              "fraction of the depth (a number with a point, e.g. 0.5). Layers above l are "
-                              "frozen and not even computed.")
-    pooling: str = _opt("last", "Token states to one vector: 'last' (the last prompt token, which predicts "
-                        "the first response token) or 'mean' (masked mean over the prompt).", ("last", "mean"))
-    chat_template: bool = _opt(True, "Render each prompt as a user turn through the tokenizer's chat template "
-                               "with the generation prompt.")
+    model: str = _opt(
+        "default",
+        "Model to refine: a local Hugging Face causal-LM folder, or 'default' for the "
+        "embedded SmolLM2-135M-Instruct (converted once into the user cache).",
+    )
+    layer: int | float = _opt(
+        0.5,
+        "Layer l whose hidden state is refined: an index 1..depth (integer) or a "
+        "fraction of the depth (a number with a point, e.g. 0.5). Layers above l are "
+        "frozen and not even computed.",
+    )
+    pooling: str = _opt(
+        "last",
+        "Token states to one vector: 'last' (the last prompt token, which predicts "
+        "the first response token) or 'mean' (masked mean over the prompt).",
+        ("last", "mean"),
+    )
+    chat_template: bool = _opt(
+        True, "Render each prompt as a user turn through the tokenizer's chat template with the generation prompt."
+    )
     max_length: int = _opt(512, "Longest prompt in tokens; longer prompts are cut from the left.")
-    data: str | None = _opt(None, "Training prompts: a CSV/JSONL/JSON/Parquet file or a `datasets` folder with a "
-                            "text and a label column. Unset: the prompt sets shipped with dcr.")
+    data: str | None = _opt(
+        None,
+        "Training prompts: a CSV/JSONL/JSON/Parquet file or a `datasets` folder with a "
+        "text and a label column. Unset: the prompt sets shipped with dcr.",
+    )
     text_column: str = _opt("text", "Column of the data holding the prompt text.")
     label_column: str = _opt("label", "Column of the data holding the class label.")
-    classes: list[str] | None = _opt(None, "Class labels to train on, in class-id order. Default: "
-                                     "seemingly_toxic toxic for the shipped data (add benign for a third class), "
-                                     "every label value for a user file. Rows of other labels are dropped.")
-    sources: list[str] | None = _opt(None, "Shipped sources to use (advbench harmbench jailbreakbench "
-                                     "strongreject simple_safety_tests coconot self_instruct). Default: all.")
+    classes: list[str] | None = _opt(
+        None,
+        "Class labels to train on, in class-id order. Default: "
+        "seemingly_toxic toxic for the shipped data (add benign for a third class), "
+        "every label value for a user file. Rows of other labels are dropped.",
+    )
+    sources: list[str] | None = _opt(
+        None,
+        "Shipped sources to use (advbench harmbench jailbreakbench "
+        "strongreject simple_safety_tests coconot self_instruct). Default: all.",
+    )
     val_fraction: float = _opt(0.1, "Share of prompts held out for validation (fixed hash of the text).")
-    loss: str = _opt("circle", "Contrastive loss from dcr_kernels: circle (as in the DCR paper), supcon, or "
-                     "infonce (positive = another prompt of the same class).", ("circle", "supcon", "infonce"))
+    loss: str = _opt(
+        "circle",
+        "Contrastive loss from dcr_kernels: circle (as in the DCR paper), supcon, or "
+        "infonce (positive = another prompt of the same class).",
+        ("circle", "supcon", "infonce"),
+    )
     margin: float = _opt(0.4, "Circle loss relaxation margin m.")
     gamma: float = _opt(80.0, "Circle loss scale gamma.")
     temperature: float = _opt(0.1, "Temperature of supcon and infonce.")
     batch_size: int = _opt(64, "Prompts per contrastive batch, the same number from every class.")
-    micro_batch_size: int = _opt(16, "Gradient caching: embed the contrastive batch in micro-batches of this "
-                                 "size, so memory does not grow with batch_size; 0 turns caching off.")
+    micro_batch_size: int = _opt(
+        16,
+        "Gradient caching: embed the contrastive batch in micro-batches of this "
+        "size, so memory does not grow with batch_size; 0 turns caching off.",
+    )
     steps: int = _opt(100, "Optimizer steps.")
     lr: float = _opt(1e-5, "Peak AdamW learning rate.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
@@ -66,27 +93,35 @@ class RefineConfig:
     warmup_steps: int = _opt(0, "Linear warm-up steps.")
     max_grad_norm: float = _opt(1.0, "Clip the gradient norm to this value; 0 disables clipping.")
     seed: int = _opt(0, "Seed of initialisation, batch sampling and dropout.")
-    lora: bool = _opt(False, "Train LoRA adapters (needs peft) instead of the full layers below l; they are "
-                      "merged into the saved model.")
+    lora: bool = _opt(
+        False,
+        "Train LoRA adapters (needs peft) instead of the full layers below l; they are merged into the saved model.",
+    )
     lora_r: int = _opt(16, "LoRA rank.")
     lora_alpha: float = _opt(32.0, "LoRA alpha (scale alpha / r).")
     lora_dropout: float = _opt(0.0, "Dropout on the LoRA input.")
-    lora_target_modules: list[str] | None = _opt(None, "Linear layers that get adapters, by short name "
-                                                 "(e.g. q_proj v_proj). Default: all linear layers below l.")
-    train_embeddings: bool = _opt(False, "Also train the input embeddings (refused when they are tied to the "
-                                  "LM head).")
+    lora_target_modules: list[str] | None = _opt(
+        None, "Linear layers that get adapters, by short name (e.g. q_proj v_proj). Default: all linear layers below l."
+    )
+    train_embeddings: bool = _opt(False, "Also train the input embeddings (refused when they are tied to the LM head).")
     device: str = _opt("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    precision: str = _opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU; or force bf16 / fp32.",
-                          ("auto", "bf16", "fp32"))
-    attention: str = _opt("auto", "Attention implementation: auto (flash_attention_2 on CUDA when flash-attn "
-                          "is installed, else sdpa), sdpa, eager, flash_attention_2.")
-    output_dir: str = _opt("runs/dcr", "Run folder: metrics.jsonl, checkpoints/, and the refined model in "
-                           "model/.")
+    precision: str = _opt(
+        "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; or force bf16 / fp32.", ("auto", "bf16", "fp32")
+    )
+    attention: str = _opt(
+        "auto",
+        "Attention implementation: auto (flash_attention_2 on CUDA when flash-attn "
+        "is installed, else sdpa), sdpa, eager, flash_attention_2.",
+    )
+    output_dir: str = _opt("runs/dcr", "Run folder: metrics.jsonl, checkpoints/, and the refined model in model/.")
     save_every: int = _opt(50, "Write a checkpoint every this many steps; 0: only at the end.")
     keep_checkpoints: int = _opt(2, "How many recent checkpoints to keep; 0 keeps all.")
     resume: bool = _opt(False, "Continue from the newest checkpoint in output_dir (same config required).")
-    eval_every: int = _opt(0, "Log validation separation (1-NN accuracy, cross-class cosine, probe AUROC) "
-                           "every this many steps and at the end; 0: only at the end.")
+    eval_every: int = _opt(
+        0,
+        "Log validation separation (1-NN accuracy, cross-class cosine, probe AUROC) "
+        "every this many steps and at the end; 0: only at the end.",
+    )
     progress: bool = _opt(True, "Show a progress bar.")
 
     def validate(self) -> RefineConfig:
@@ -233,8 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             metavar = "L" if kind == "layer" else kind.upper()
             choices = f.metadata.get("choices")
-            parser.add_argument(flag, type=str, metavar="{" + ",".join(choices) + "}" if choices else metavar,
-                                **common)
+            parser.add_argument(flag, type=str, metavar="{" + ",".join(choices) + "}" if choices else metavar, **common)
 
 
 def build(cls: type, config_file: str | Path | None, overrides: dict[str, Any]) -> Any:

@@ -13,7 +13,12 @@ from dcr.runtime import autocast
 
 
 def batch_embedder(
-    model: nn.Module, tokenizer, layer: int, *, pooling: Pooling = "last", device: torch.device | str = "cpu",
+    model: nn.Module,
+    tokenizer,
+    layer: int,
+    *,
+    pooling: Pooling = "last",
+    device: torch.device | str = "cpu",
     precision: str = "auto",
 ) -> Callable[[Sequence[Sequence[int]]], torch.Tensor]:
     """A function from a list of token-id lists to their (B, D) representations at ``layer``."""
@@ -29,8 +34,16 @@ def batch_embedder(
 
 @torch.no_grad()
 def embed_texts(
-    model: nn.Module, tokenizer, texts: Sequence[str], layer: int, *, pooling: Pooling = "last",
-    chat_template: bool = True, max_length: int = 512, batch_size: int = 16, device: torch.device | str = "cpu",
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    pooling: Pooling = "last",
+    chat_template: bool = True,
+    max_length: int = 512,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
     precision: str = "auto",
 ) -> torch.Tensor:
     """fp32 representations (N, D) of ``texts`` in input order, in eval mode and without gradients.

@@ -19,8 +19,11 @@ class JsonlLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if keep_until and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_until]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= keep_until
+            ]
         path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:

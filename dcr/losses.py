@@ -34,6 +34,5 @@ def make_loss(name: str, *, margin: float = 0.4, gamma: float = 80.0, temperatur
     if name == "supcon":
         return lambda e, y: supcon_loss(e, y, temperature=temperature, return_metrics=True)
     if name == "infonce":
-        return lambda e, y: info_nce(e, positive=same_class_partner(y), temperature=temperature,
-                                     return_metrics=True)
+        return lambda e, y: info_nce(e, positive=same_class_partner(y), temperature=temperature, return_metrics=True)
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")

@@ -83,8 +83,11 @@ def _read_user(data: str | Path | datasets.Dataset, text_column: str, label_colu
 
 
 def _load_file(builder: str, path: Path) -> datasets.Dataset:
-    loader = {"csv": datasets.Dataset.from_csv, "json": datasets.Dataset.from_json,
-              "parquet": datasets.Dataset.from_parquet}[builder]
+    loader = {
+        "csv": datasets.Dataset.from_csv,
+        "json": datasets.Dataset.from_json,
+        "parquet": datasets.Dataset.from_parquet,
+    }[builder]
     return loader(str(path))
 
 

@@ -50,16 +50,21 @@ def _check_output_dir(out: Path, config: RefineConfig) -> list[Path]:
 
 def _training_data(config: RefineConfig, data, tokenizer):
     """Token ids and labels of the training split, the validation split and the class names."""
-    labelled, classes = load_labelled(data if data is not None else config.data, classes=config.classes,
-                                      text_column=config.text_column, label_column=config.label_column,
-                                      sources=config.sources)
+    labelled, classes = load_labelled(
+        data if data is not None else config.data,
+        classes=config.classes,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        sources=config.sources,
+    )
     splits = split(labelled, config.val_fraction)
     train, validation = splits["train"], splits["validation"]
     labels = list(train["label"])
     if min(labels.count(c) for c in range(len(classes))) < 2:
         raise DataError(f"the training split needs two prompts of every class {classes}; lower val_fraction")
-    ids = encode_prompts(tokenizer, list(train["text"]), chat_template=config.chat_template,
-                         max_length=config.max_length)
+    ids = encode_prompts(
+        tokenizer, list(train["text"]), chat_template=config.chat_template, max_length=config.max_length
+    )
     return ids, labels, {"text": list(validation["text"]), "label": list(validation["label"])}, classes
 
 
@@ -69,13 +74,19 @@ def _trainable_model(model, layer: int, config: RefineConfig):
 
     freeze_above(model, layer, train_embeddings=config.train_embeddings)
     if config.lora:
-        model = add_lora(model, layer, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                         target_modules=config.lora_target_modules)
+        model = add_lora(
+            model,
+            layer,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
     model.train()
-    optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = get_scheduler(_SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
+    optimizer = torch.optim.AdamW(trainable_parameters(model).values(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
     return model, optimizer, scheduler
 
 
@@ -114,16 +125,24 @@ def refine(config: RefineConfig, data=None) -> Path:
         start = state["step"]
     log = JsonlLog(out / "metrics.jsonl", keep_until=start)
 
-    embed = batch_embedder(model, tokenizer, layer, pooling=config.pooling, device=device,
-                           precision=config.precision)
+    embed = batch_embedder(model, tokenizer, layer, pooling=config.pooling, device=device, precision=config.precision)
     loss_fn = make_loss(config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature)
     micro = config.micro_batch_size or config.batch_size
     can_validate = all(validation["label"].count(c) >= 2 for c in range(len(classes)))
 
     def validate(step: int) -> None:
-        reps = embed_texts(model, tokenizer, validation["text"], layer, pooling=config.pooling,
-                           chat_template=config.chat_template, max_length=config.max_length,
-                           batch_size=max(micro, 16), device=device, precision=config.precision)
+        reps = embed_texts(
+            model,
+            tokenizer,
+            validation["text"],
+            layer,
+            pooling=config.pooling,
+            chat_template=config.chat_template,
+            max_length=config.max_length,
+            batch_size=max(micro, 16),
+            device=device,
+            precision=config.precision,
+        )
         log.write({"step": step, "split": "validation", **separation_report(reps, torch.tensor(validation["label"]))})
 
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="dcr refine", unit="step")
@@ -141,17 +160,39 @@ def refine(config: RefineConfig, data=None) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        log.write({"step": done, "loss": result.loss.item(), "nn_accuracy": result.accuracy.item(),
-                   "cross_class_cosine": cross_class_cosine(reps, y), "grad_norm": float(grad_norm), "lr": lr,
-                   "seconds": time.perf_counter() - began})
+        log.write(
+            {
+                "step": done,
+                "loss": result.loss.item(),
+                "nn_accuracy": result.accuracy.item(),
+                "cross_class_cosine": cross_class_cosine(reps, y),
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+                "seconds": time.perf_counter() - began,
+            }
+        )
         bar.update()
         bar.set_postfix(loss=f"{result.loss.item():.4f}", acc=f"{result.accuracy.item():.3f}")
         if can_validate and (done == config.steps or (config.eval_every and done % config.eval_every == 0)):
             validate(done)
         if config.save_every and (done % config.save_every == 0 or done == config.steps):
-            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler,
-                            {"settings": settings, "layer": layer, "classes": classes}, keep=config.keep_checkpoints)
+            save_checkpoint(
+                out / "checkpoints",
+                done,
+                model,
+                optimizer,
+                scheduler,
+                {"settings": settings, "layer": layer, "classes": classes},
+                keep=config.keep_checkpoints,
+            )
     bar.close()
-    meta = {"layer": layer, "pooling": config.pooling, "classes": classes, "chat_template": config.chat_template,
-            "loss": config.loss, "steps": config.steps, "base_model": config.model}
+    meta = {
+        "layer": layer,
+        "pooling": config.pooling,
+        "classes": classes,
+        "chat_template": config.chat_template,
+        "loss": config.loss,
+        "steps": config.steps,
+        "base_model": config.model,
+    }
     return save_refined(model, tokenizer, out / "model", meta)

@@ -51,7 +51,10 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, iters: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of an L2-regularised logistic regression of 0/1 targets ``y`` on ``x`` (L-BFGS)."""
     w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
     b = torch.zeros((), dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
@@ -67,7 +70,12 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, iters: int) -> tu
 
 
 def probe_auroc(
-    embeddings: torch.Tensor, labels: torch.Tensor, *, folds: int = 5, l2: float = 1e-2, iters: int = 200,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    folds: int = 5,
+    l2: float = 1e-2,
+    iters: int = 200,
     seed: int = 0,
 ) -> float:
     """Cross-validated AUROC of an L2-regularised logistic-regression probe on two classes.
@@ -92,7 +100,7 @@ def probe_auroc(
     for k in range(folds):
         test = fold_of == k
         mean, std = x[~test].mean(0), x[~test].std(0).clamp(min=1e-8)
-        w, b = _fit_logistic((x[~test] - mean) / std, y[~test], l2, iters)
+        w, b = fit_logistic((x[~test] - mean) / std, y[~test], l2, iters)
         scores[test] = ((x[test] - mean) / std) @ w + b
     return auroc(scores, y.bool())
 

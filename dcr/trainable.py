@@ -24,8 +24,10 @@ def freeze_above(model: nn.Module, layer: int, *, train_embeddings: bool = False
         decoder.norm.requires_grad_(True)
     if train_embeddings:
         if getattr(model.config, "tie_word_embeddings", False):
-            raise ValueError("train_embeddings is not allowed for a model with tied input/output embeddings: "
-                             "it would change the frozen LM head")
+            raise ValueError(
+                "train_embeddings is not allowed for a model with tied input/output embeddings: "
+                "it would change the frozen LM head"
+            )
         decoder.embed_tokens.requires_grad_(True)
     return model
 
@@ -49,8 +51,10 @@ def add_lora(
         raise ImportError("LoRA needs the optional dependency peft: pip install 'dcr-kernels[lora]'") from err
     below = {id(m) for block in list(decoder_of(model).layers)[:layer] for m in block.modules()}
     names = [
-        name for name, m in model.named_modules()
-        if id(m) in below and isinstance(m, nn.Linear)
+        name
+        for name, m in model.named_modules()
+        if id(m) in below
+        and isinstance(m, nn.Linear)
         and (not target_modules or name.rsplit(".", 1)[-1] in target_modules)
     ]
     if not names:
