@@ -235,6 +235,14 @@ def _all_layers(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return out
 
 
+def _question_share(texts: list[str]) -> float:
+    """Fraction of prompts phrased as questions (a leading question word or a final question mark)."""
+    import re
+
+    starts = re.compile(r"^(how|what|why|where|when|who|which|can|could|is|are|do|does|should|would|will)\b", re.I)
+    return sum(bool(starts.match(t.strip())) or t.strip().endswith("?") for t in texts) / len(texts)
+
+
 def transfer(args: argparse.Namespace) -> dict:
     from dcr.model import load_model
     from dcr.prompts import load_xstest
@@ -262,7 +270,15 @@ def transfer(args: argparse.Namespace) -> dict:
                 "train_nn_accuracy": nearest_neighbour_accuracy(x, labels),
             }
         )
-    return {"train_prompts": len(texts), "layers": rows}
+    from dcr.prompts import load_labelled
+
+    shipped, _ = load_labelled()
+    share = {
+        f"{name}_{label}": _question_share([t for t, y in zip(ds["text"], ds[key], strict=True) if y == label])
+        for name, ds, key in (("train", shipped, "label_name"), ("xstest", xstest, "label"))
+        for label in ("toxic", "seemingly_toxic")
+    }
+    return {"train_prompts": len(texts), "question_share": share, "layers": rows}
 
 
 def main() -> None:
