@@ -21,6 +21,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import memory as memory_method
@@ -30,16 +31,14 @@ import torch
 
 GIB = 1 << 30
 DEFAULT_PROVIDERS = ("chunked", "triton", "dense", "gradcache", "pml", "inf-cl")
-
-
-def _csv(kind):
-    return lambda text: tuple(kind(x) for x in text.split(",") if x)
-
-
 MEMORY_FIELDS = ("inputs_bytes", "extra_bytes", "step_bytes")
 
 
-def _measure(args: argparse.Namespace, loss: str, provider: str, batch: int, dim: int, mode: str, memory: bool):
+def _csv(kind: type) -> Callable[[str], tuple]:
+    return lambda text: tuple(kind(x) for x in text.split(",") if x)
+
+
+def _measure(args: argparse.Namespace, loss: str, provider: str, batch: int, dim: int, mode: str, memory: bool) -> dict:
     """One timing run of a configuration, preceded (if `memory`) by its memory run."""
     common = (loss, provider, batch, dim, args.dtype, args.device, mode)
     if args.isolate == "none":

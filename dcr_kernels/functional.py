@@ -38,15 +38,25 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _prepare(query: Tensor, key: Tensor | None, normalize: bool, fn: str) -> tuple[Tensor, Tensor, bool]:
+def _check_inputs(query: Tensor, key: Tensor | None, fn: str) -> bool:
+    """Validate the embeddings; return whether this is self mode (no separate keys)."""
     v.check_embeddings("query" if key is not None else "embeddings", query, fn)
     if key is not None:
         v.check_embeddings("key", key, fn)
         v.check_pair(query, key, fn)
+    return key is None
+
+
+def _normalized(query: Tensor, key: Tensor | None, normalize: bool) -> tuple[Tensor, Tensor]:
     q = F.normalize(query, dim=-1) if normalize else query
     if key is None:
-        return q, q, True
-    return q, (F.normalize(key, dim=-1) if normalize else key), False
+        return q, q
+    return q, (F.normalize(key, dim=-1) if normalize else key)
+
+
+def _prepare(query: Tensor, key: Tensor | None, normalize: bool, fn: str) -> tuple[Tensor, Tensor, bool]:
+    self_mode = _check_inputs(query, key, fn)
+    return (*_normalized(query, key, normalize), self_mode)
 
 
 def _scale(temperature: float | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -127,7 +137,8 @@ def info_nce(
     per row), or a `ContrastiveOutput` with top-1 accuracy when `return_metrics=True`.
     """
     fn = "info_nce"
-    q, k, self_mode = _prepare(query, key, normalize, fn)
+    self_mode = _check_inputs(query, key, fn)
+    q, k = query, (query if key is None else key)  # raw until the per-row path normalises them
     m, n = q.shape[0], k.shape[0]
     if symmetric:
         if self_mode or n != m or positive is not None:
@@ -146,11 +157,21 @@ def info_nce(
     coeff = _coefficients(counted, weight, reduction, dtype)
     if coeff is not None and symmetric:
         coeff = coeff * 0.5
+    if coeff is not None and hasattr(impl, "info_nce_total"):
+        default_pairs = not self_mode and bool(torch.equal(positive, torch.arange(m, device=q.device)))
+        with _no_autocast(q):
+            stats = impl.info_nce_total(
+                q, k, s, self_mode=self_mode, positive=None if default_pairs else positive, coeff=coeff,
+                col_coeff=coeff if symmetric else None, normalize=normalize,
+            )  # fmt: skip
+        if stats is not None:
+            return _finish(stats.total, stats.argmax == positive, counted, return_metrics)
+    q, k = _normalized(query, key, normalize)
     with _no_autocast(q):
         stats = impl.softmax_stats(
             q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
         )
-    target = s * (q.to(dtype) * k.to(dtype)[positive]).sum(dim=1)
+    target = s * _row_dots(q.to(dtype), k.to(dtype)[positive])
     if coeff is None:
         rows = stats.lse - target
         if symmetric:
@@ -159,6 +180,11 @@ def info_nce(
     else:
         loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
     return _finish(loss, stats.argmax == positive, counted, return_metrics)
+
+
+def _row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """a_i . b_i per row as a batched matrix product, without an elementwise product buffer of a's size."""
+    return torch.einsum("id,id->i", a, b)
 
 
 def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str) -> Tensor:
@@ -230,7 +256,7 @@ def supcon_loss(
     qd, kd = q.to(dtype), k.to(dtype)
     class_sum = torch.zeros(n_classes, q.shape[1], dtype=dtype, device=q.device).index_add(0, k_codes, kd)
     positive_sum = class_sum[q_codes] - qd if self_mode else class_sum[q_codes]
-    target = s * (qd * positive_sum).sum(dim=1) / n_pos.clamp(min=1)
+    target = s * _row_dots(qd, positive_sum) / n_pos.clamp(min=1)
     if coeff is None:
         rows = stats.lse - target
         rows = rows if weight is None else rows * weight.to(dtype)

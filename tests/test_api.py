@@ -126,6 +126,24 @@ def test_gradcheck_tiny_float64(backend):
         assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda q, k: dk.info_nce(q, k, backend="chunked"),
+        lambda q, k: dk.supcon_loss(q, torch.tensor([0, 1, 0, 1, 2, 2]), backend="chunked"),
+        lambda q, k: dk.circle_loss(q, torch.tensor([0, 1, 0, 1, 2, 2]), backend="chunked"),
+    ],
+)
+def test_fused_gradients_survive_a_second_backward_through_a_retained_graph(loss):
+    """The fused path hands its forward-time gradients on at the first backward; a second one recomputes."""
+    q, k = _x(requires_grad=True), _x(7, 4, requires_grad=True)
+    out = loss(q, k)
+    first = torch.autograd.grad(out, q, retain_graph=True)[0]
+    second = torch.autograd.grad(out, q)[0]
+    assert first.abs().sum() > 0
+    torch.testing.assert_close(first, second, rtol=0, atol=1e-14)
+
+
 def test_learnable_temperature_is_clamped_and_trained():
     loss_fn = dk.InfoNCELoss(temperature=0.07, learnable_temperature=True, max_scale=100.0, symmetric=True)
     assert loss_fn.temperature.item() == pytest.approx(0.07)

@@ -37,9 +37,7 @@ class CircleStats(NamedTuple):
     total: Tensor | None
 
 
-def softmax_total(
-    lse: Tensor, col_lse: Tensor | None, coeff: Tensor | None, col_coeff: Tensor | None
-) -> Tensor | None:
+def softmax_total(lse: Tensor, col_lse: Tensor | None, coeff: Tensor | None, col_coeff: Tensor | None) -> Tensor | None:
     """sum_i coeff_i lse_i (+ sum_j col_coeff_j col_lse_j), or None without coefficients."""
     if coeff is None:
         return None

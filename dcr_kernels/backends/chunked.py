@@ -13,6 +13,7 @@ chunk entry is kept to a few in-place passes, so the matrix products dominate.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -29,6 +30,7 @@ _ARGMAX_BLOCK = 64
 # Exponents are clamped here: exp(-60) is 1e-26 of a row's largest term, so no sum or gradient changes
 # beyond rounding, and exp stays off its slow paths (out-of-range inputs, subnormal results: 20-70x slower).
 _EXP_FLOOR = -60.0
+_NORM_EPS = 1e-12  # F.normalize's default
 
 
 def chunk_rows(n_cols: int, temporaries: int, itemsize: int, budget: int | None = None) -> int:
@@ -282,23 +284,37 @@ class _SoftmaxRows(torch.autograd.Function):
         return (*_cast_grads(ctx, grads, q, k, ctx.self_mode, scale), None, None, None)
 
 
+def _take_grads(ctx) -> _Grads:
+    """The gradients computed in the forward: handed on the first time, so that autograd can adopt them as the
+    inputs' .grad without a copy; a second backward through a retained graph recomputes them."""
+    grads, ctx.grads = ctx.grads, None
+    return grads if grads is not None else ctx.recompute()[-1]
+
+
+def _softmax_fused(q, k, scale, coeff, col_coeff, self_mode, chunk):
+    """(total, lse, col_lse, argmax, grads) of sum_i c_i lse_i (+ columns)."""
+    qc, kc = _upcast(q, k, self_mode)
+    s = scale.to(qc.dtype)
+    coeff = coeff.to(qc.dtype)
+    col_lse = _column_lse(qc, kc, s, chunk) if col_coeff is not None else None
+    col_g = None if col_coeff is None else col_coeff.to(qc.dtype)
+    lse, argmax, grads = _softmax_pass(qc, kc, s, self_mode, chunk, g=coeff, col_lse=col_lse, col_g=col_g)
+    total = weighted_total(coeff, lse)
+    if col_lse is not None:
+        total = total + weighted_total(col_g, col_lse)
+    else:
+        col_lse = torch.empty(0, dtype=qc.dtype)
+    return total, lse, col_lse, argmax, grads
+
+
 class _SoftmaxFused(torch.autograd.Function):
     """The weighted total sum_i c_i lse_i (+ columns) with gradients computed in the forward pass."""
 
     @staticmethod
     def forward(ctx, q, k, scale, coeff, col_coeff, self_mode, chunk):
-        qc, kc = _upcast(q, k, self_mode)
-        s = scale.to(qc.dtype)
-        coeff = coeff.to(qc.dtype)
-        col_lse = _column_lse(qc, kc, s, chunk) if col_coeff is not None else None
-        col_g = None if col_coeff is None else col_coeff.to(qc.dtype)
-        lse, argmax, grads = _softmax_pass(qc, kc, s, self_mode, chunk, g=coeff, col_lse=col_lse, col_g=col_g)
-        total = weighted_total(coeff, lse)
-        if col_lse is not None:
-            total = total + weighted_total(col_g, col_lse)
-        else:
-            col_lse = torch.empty(0, dtype=qc.dtype)
-        ctx.grads, ctx.self_mode = grads, self_mode
+        args = (q, k, scale, coeff, col_coeff, self_mode, chunk)
+        total, lse, col_lse, argmax, ctx.grads = _softmax_fused(*args)
+        ctx.recompute, ctx.self_mode = functools.partial(_softmax_fused, *args), self_mode
         ctx.save_for_backward(q, k, scale)
         ctx.mark_non_differentiable(lse, col_lse, argmax)
         return total, lse, col_lse, argmax
@@ -306,8 +322,79 @@ class _SoftmaxFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, *_):
         q, k, scale = ctx.saved_tensors
-        grads = _cast_grads(ctx, ctx.grads, q, k, ctx.self_mode, scale, grad_total)
-        return (*grads, None, None, None, None)
+        grads = _take_grads(ctx)
+        return (*_cast_grads(ctx, grads, q, k, ctx.self_mode, scale, grad_total), None, None, None, None)
+
+
+def _normalized(x: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """x / max(|x|, eps) per row as F.normalize computes it, and the clamped norms (None if not normalised)."""
+    if not normalize:
+        return x, None
+    norm = torch.linalg.vector_norm(x, dim=1).clamp_(min=_NORM_EPS)
+    return x / norm[:, None], norm
+
+
+def _through_normalize(grad: Tensor, unit: Tensor, norm: Tensor | None) -> Tensor:
+    """d / dx from d / dx_hat for x_hat = x / max(|x|, eps), in place: (g - x_hat (x_hat . g)) / |x|; rows
+    whose norm was clamped to eps get g / eps (the clamp has no gradient)."""
+    if norm is None:
+        return grad
+    dots = torch.einsum("id,id->i", unit, grad) * (norm > _NORM_EPS)
+    return grad.addcmul_(unit, dots[:, None], value=-1.0).div_(norm[:, None])
+
+
+def _info_nce_fused(q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize):
+    """(total, lse, col_lse, argmax, grads) of sum_i w_i (lse_i - z_{i,p(i)}) (+ columns) from raw embeddings,
+    with the gradients carried back through the normalisation."""
+    qc, kc = _upcast(q, k, self_mode)
+    s = scale.to(qc.dtype)
+    coeff = coeff.to(qc.dtype)
+    col_g = None if col_coeff is None else col_coeff.to(qc.dtype)
+    qn, q_norm = _normalized(qc, normalize)
+    kn, k_norm = (qn, q_norm) if self_mode else _normalized(kc, normalize)
+    col_lse = _column_lse(qn, kn, s, chunk) if col_g is not None else None
+    lse, argmax, grads = _softmax_pass(qn, kn, s, self_mode, chunk, g=coeff, col_lse=col_lse, col_g=col_g)
+    pair_w = coeff if col_g is None else coeff + col_g  # symmetric: z_ii is the target of row i and column i
+    paired = kn[: qn.shape[0]] if positive is None else kn[positive]
+    pair_dots = torch.einsum("id,id->i", qn, paired)
+    total = weighted_total(coeff, lse) - s * weighted_total(pair_w, pair_dots)
+    if col_lse is not None:
+        total = total + weighted_total(col_g, col_lse)
+    else:
+        col_lse = torch.empty(0, dtype=qc.dtype)
+    grads.ds -= weighted_total(pair_w, pair_dots)
+    grads.dq.addcmul_(paired, (s * pair_w)[:, None], value=-1.0)
+    del paired
+    if positive is None:
+        grads.dk[: qn.shape[0]].addcmul_(qn, (s * pair_w)[:, None], value=-1.0)
+    else:
+        grads.dk.index_add_(0, positive, qn * (s * pair_w)[:, None], alpha=-1.0)
+    _through_normalize(grads.dq, qn, q_norm)
+    if not self_mode:
+        _through_normalize(grads.dk, kn, k_norm)
+    return total, lse, col_lse, argmax, grads
+
+
+class _InfoNCEFused(torch.autograd.Function):
+    """The whole mean/sum InfoNCE step from raw embeddings: normalisation, row (and column) lse and the
+    positive logits, with every gradient formed in the forward pass and carried back through the
+    normalisation there. The normalised copies are freed when the forward returns; what is kept is one
+    gradient per input, which the backward hands on."""
+
+    @staticmethod
+    def forward(ctx, q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize):
+        args = (q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize)
+        total, lse, col_lse, argmax, ctx.grads = _info_nce_fused(*args)
+        ctx.recompute, ctx.self_mode = functools.partial(_info_nce_fused, *args), self_mode
+        ctx.save_for_backward(q, k, scale)
+        ctx.mark_non_differentiable(lse, col_lse, argmax)
+        return total, lse, col_lse, argmax
+
+    @staticmethod
+    def backward(ctx, grad_total, *_):
+        q, k, scale = ctx.saved_tensors
+        grads = _cast_grads(ctx, _take_grads(ctx), q, k, ctx.self_mode, scale, grad_total)
+        return (*grads, None, None, None, None, None, None)
 
 
 class _CircleRows(torch.autograd.Function):
@@ -334,22 +421,29 @@ class _CircleRows(torch.autograd.Function):
         return dq, dk, None, None, None, None, None, None
 
 
+def _circle_fused(q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk):
+    """(total, row_loss, argmax, grads) of sum_i c_i L_i."""
+    qc, kc = _upcast(q, k, self_mode)
+    coeff = coeff.to(qc.dtype)
+    row_loss, argmax, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=coeff)
+    return weighted_total(coeff, row_loss), row_loss, argmax, grads
+
+
 class _CircleFused(torch.autograd.Function):
     """The weighted total sum_i c_i L_i of the Circle loss with gradients computed in the forward pass."""
 
     @staticmethod
     def forward(ctx, q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk):
-        qc, kc = _upcast(q, k, self_mode)
-        coeff = coeff.to(qc.dtype)
-        row_loss, argmax, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=coeff)
-        ctx.grads, ctx.self_mode = grads, self_mode
+        args = (q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk)
+        total, row_loss, argmax, ctx.grads = _circle_fused(*args)
+        ctx.recompute, ctx.self_mode = functools.partial(_circle_fused, *args), self_mode
         ctx.dtypes = (q.dtype, k.dtype)
         ctx.mark_non_differentiable(row_loss, argmax)
-        return weighted_total(coeff, row_loss), row_loss, argmax
+        return total, row_loss, argmax
 
     @staticmethod
     def backward(ctx, grad_total, *_):
-        grads = ctx.grads
+        grads = _take_grads(ctx)
         dq = _scaled(grads.dq, grad_total, ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         dk = None
         if ctx.needs_input_grad[1] and not ctx.self_mode:
@@ -406,3 +500,27 @@ def circle_stats(
     row_loss, argmax = _CircleRows.apply(q, k, q_labels, k_labels, margin, gamma, self_mode, chunk)
     total = weighted_total(coeff.to(row_loss.dtype), row_loss) if coeff is not None else None
     return CircleStats(row_loss, argmax, total)
+
+
+def info_nce_total(
+    query: Tensor,
+    key: Tensor,
+    scale: Tensor,
+    *,
+    self_mode: bool,
+    positive: Tensor | None,
+    coeff: Tensor,
+    col_coeff: Tensor | None,
+    normalize: bool,
+) -> SoftmaxStats | None:
+    """The reduced InfoNCE loss from raw embeddings in one fused step (see `_InfoNCEFused`), or None when no
+    gradient is wanted (the caller then takes the per-row path). `positive` is None for the default pairs
+    (query i with key i); `col_coeff` is given for the symmetric loss."""
+    if not _wants_grad(query, key, scale):
+        return None
+    itemsize = torch.finfo(compute_dtype(query.dtype)).bits // 8
+    chunk = chunk_rows(key.shape[0], _SOFTMAX_TEMPORARIES, itemsize)
+    total, lse, col_lse, argmax = _InfoNCEFused.apply(
+        query, key, scale, coeff, col_coeff, positive, self_mode, chunk, normalize
+    )
+    return SoftmaxStats(lse, col_lse if col_coeff is not None else None, argmax, total)
