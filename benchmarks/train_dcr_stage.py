@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -28,12 +29,14 @@ import time
 import torch
 
 
-def _prompts(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
-    """``n`` shipped training prompts, half toxic and half seemingly toxic."""
+def _prompts(n: int, seed: int = 0, questions_only: bool = False) -> tuple[list[str], torch.Tensor]:
+    """``n`` shipped training prompts, half toxic and half seemingly toxic (of question form only, if asked)."""
     from dcr.prompts import load_labelled
     from dcr.sampler import BalancedBatchSampler
 
     ds, _ = load_labelled()
+    if questions_only:
+        ds = ds.filter(lambda row: _is_question(row["text"]))
     rows = BalancedBatchSampler(ds["label"], n, seed=seed).batch(0)
     return [ds["text"][i] for i in rows], torch.tensor([ds["label"][i] for i in rows])
 
@@ -169,7 +172,10 @@ def separation(args: argparse.Namespace) -> dict:
 
     before = report("default")
     with tempfile.TemporaryDirectory() as out:
+        data = _question_form_data(args.sources, f"{out}/questions.jsonl") if args.questions_only else None
         config = RefineConfig(
+            data=data,
+            classes=["seemingly_toxic", "toxic"] if data else None,
             layer=args.layer,
             steps=args.steps,
             batch_size=args.batch,
@@ -180,7 +186,7 @@ def separation(args: argparse.Namespace) -> dict:
             output_dir=out,
             eval_every=args.steps,
             progress=False,
-            sources=args.sources,
+            sources=None if data else args.sources,
             lora=args.lora,
         )
         began = time.perf_counter()
@@ -205,6 +211,7 @@ def separation(args: argparse.Namespace) -> dict:
                 "lora",
             )
         },
+        "questions_only": args.questions_only,
         "xstest_before": before,
         "xstest_after": after,
         "refine_seconds": seconds,
@@ -235,12 +242,30 @@ def _all_layers(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return out
 
 
-def _question_share(texts: list[str]) -> float:
-    """Fraction of prompts phrased as questions (a leading question word or a final question mark)."""
-    import re
+_QUESTION_START = re.compile(r"^(how|what|why|where|when|who|which|can|could|is|are|do|does|should|would|will)\b", re.I)
 
-    starts = re.compile(r"^(how|what|why|where|when|who|which|can|could|is|are|do|does|should|would|will)\b", re.I)
-    return sum(bool(starts.match(t.strip())) or t.strip().endswith("?") for t in texts) / len(texts)
+
+def _is_question(text: str) -> bool:
+    """Phrased as a question: a leading question word or a final question mark (XSTest's form)."""
+    return bool(_QUESTION_START.match(text.strip())) or text.strip().endswith("?")
+
+
+def _question_share(texts: list[str]) -> float:
+    """Fraction of prompts phrased as questions."""
+    return sum(map(_is_question, texts)) / len(texts)
+
+
+def _question_form_data(sources: list[str] | None, path: str) -> str:
+    """The shipped training prompts phrased as questions, as a JSONL file for `RefineConfig.data`: both
+    classes then share XSTest's form, so the contrast cannot be learnt from form alone."""
+    from dcr.prompts import load_labelled
+
+    ds, _ = load_labelled(sources=sources)
+    with open(path, "w") as f:
+        for text, label in zip(ds["text"], ds["label_name"], strict=True):
+            if _is_question(text):
+                f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
 
 
 def transfer(args: argparse.Namespace) -> dict:
@@ -250,7 +275,7 @@ def transfer(args: argparse.Namespace) -> dict:
 
     model, tokenizer = load_model("default")
     model.eval()
-    texts, labels = _prompts(args.batch)
+    texts, labels = _prompts(args.batch, questions_only=args.questions_only)
     xstest = load_xstest()
     xs_labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
     train, test = _all_layers(model, tokenizer, texts), _all_layers(model, tokenizer, list(xstest["text"]))
@@ -278,7 +303,7 @@ def transfer(args: argparse.Namespace) -> dict:
         for name, ds, key in (("train", shipped, "label_name"), ("xstest", xstest, "label"))
         for label in ("toxic", "seemingly_toxic")
     }
-    return {"train_prompts": len(texts), "question_share": share, "layers": rows}
+    return {"train_prompts": len(texts), "questions_only": args.questions_only, "question_share": share, "layers": rows}
 
 
 def main() -> None:
@@ -300,6 +325,11 @@ def main() -> None:
         p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
         p.add_argument("--sources", nargs="+", help="shipped training sources (separation; default: all)")
         p.add_argument("--lora", action="store_true", help="train LoRA adapters (separation)")
+        p.add_argument(
+            "--questions-only",
+            action="store_true",
+            help="only the question-form training prompts (separation, transfer)",
+        )
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     torch.manual_seed(0)

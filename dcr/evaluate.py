@@ -88,6 +88,7 @@ def evaluate(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     limit: int | None = None,
+    perplexity_limit: int | None = None,
     name: str = "model",
     progress: bool = True,
 ) -> dict:
@@ -95,7 +96,8 @@ def evaluate(
 
     ``sets`` names the generation sets (see `dcr.eval_sets.SETS`); ``layer`` (an index 1..depth or a fraction
     of the depth; None skips) is where representations are compared; ``perplexity`` toggles the ability proxy;
-    ``limit`` caps the prompts of every set (evenly spread through it) for quick runs. Files written: see
+    ``limit`` caps the prompts of every set (evenly spread through it) for quick runs, and
+    ``perplexity_limit`` the perplexity answers (default: ``limit``). Files written: see
     `dcr.report.write_results`.
     """
     unknown = [s for s in sets if s not in SETS]
@@ -103,8 +105,10 @@ def evaluate(
         raise ValueError(f"unknown evaluation set(s) {unknown}; available: {list(SETS)}")
     out_dir = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
+    perplexity_limit = limit if perplexity_limit is None else perplexity_limit
     results: dict = {"model": name, "settings": {"sets": list(sets), "max_new_tokens": max_new_tokens,
-                                                 "batch_size": batch_size, "limit": limit, "pooling": pooling},
+                                                 "batch_size": batch_size, "limit": limit, "pooling": pooling,
+                                                 "perplexity_limit": perplexity_limit},
                      "sets": {}, "summary": {}, "timing_s": {}}
     completions: list[dict] = []
     for set_name in sets:
@@ -131,7 +135,7 @@ def evaluate(
         from dcr.perplexity import perplexity as answer_perplexity
 
         tic = time.perf_counter()
-        pairs = [(r["text"], r["answer"]) for r in load_set("self_instruct_user", limit)]
+        pairs = [(r["text"], r["answer"]) for r in load_set("self_instruct_user", perplexity_limit)]
         results["perplexity"] = answer_perplexity(model, tokenizer, pairs, batch_size=max(1, batch_size // 2),
                                                   progress=progress)
         results["summary"]["perplexity"] = results["perplexity"]["perplexity"]

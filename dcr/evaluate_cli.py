@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="token states to one vector (default: %(default)s)")
     parser.add_argument("--no-representation", action="store_true", help="skip the representation metrics and plot")
     parser.add_argument("--no-perplexity", action="store_true", help="skip the answer-perplexity proxy")
+    parser.add_argument("--perplexity-limit", type=_positive,
+                        help="at most this many answers for the perplexity proxy (default: --limit)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ... "
                         "(default: %(default)s)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or ("SmolLM2-135M-Instruct" if args.model == "default" else Path(args.model).name)
     results = evaluate(model, tokenizer, sets=args.sets, layer=None if args.no_representation else args.layer,
                        pooling=args.pooling, perplexity=not args.no_perplexity, out_dir=args.out,
-                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit, name=name,
+                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+                       perplexity_limit=args.perplexity_limit, name=name,
                        progress=not args.quiet)
     for key, value in results["summary"].items():
         print(f"{key}: {value:.4f}")

@@ -19,11 +19,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "micro_batch_size": 0, "steps": 16, "lr": 5e-5, "warmup_steps": 2, "max_length": 128,
                    "save_every": 0, "eval_every": 0},
         # 20 steps of 8 pairs see 160 pairs: at the paper's 5% that is 8 refusals, too few to teach refusing,
-        # so the quick profile raises the share (see docs/pipeline.md).
-        "align": {"refusal_share": 0.2, "steps": 20, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
-                  "lr": 3e-5, "warmup_steps": 2, "save_every": 0},
+        # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
+        "align": {"refusal_share": 0.25, "steps": 20, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
+                  "lr": 1e-4, "warmup_steps": 2, "save_every": 0},
         "evaluate": {"sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"], "limit": 40, "max_new_tokens": 32,
-                     "batch_size": 40, "perplexity": True},
+                     "batch_size": 40, "perplexity": True, "perplexity_limit": 20},
     },
     # A GPU and a 0.5B-2B model (e.g. a local Qwen2.5-1.5B-Instruct folder); the paper's 5% refusal share.
     "full": {

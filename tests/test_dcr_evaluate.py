@@ -66,6 +66,7 @@ def test_evaluate_writes_results_completions_report_and_plot(tiny, tmp_path):
         assert s["n"] == 6 and 0.0 <= s["score"] <= 1.0
         assert results["summary"][summary_key(name)] == s["score"]
     assert {"probe_auroc", "nn_accuracy", "cross_class_cosine", "perplexity"} <= set(results["summary"])
+    assert results["perplexity"]["answers"] == 6  # the perplexity answers follow `limit` by default
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"] == pytest.approx(results["summary"])
     rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
@@ -76,6 +77,14 @@ def test_evaluate_writes_results_completions_report_and_plot(tiny, tmp_path):
     if "plot" in results["files"]:
         assert (tmp_path / "projection.png").read_bytes()[:4] == b"\x89PNG"
         assert "projection.png" in report
+
+
+def test_perplexity_limit_caps_the_answers_on_its_own(tiny):
+    model, tok = tiny
+    results = evaluate(model, tok, sets=["xstest_safe"], layer=None, max_new_tokens=2, limit=5, perplexity_limit=2,
+                       progress=False)
+    assert results["sets"]["xstest_safe"]["n"] == 5 and results["perplexity"]["answers"] == 2
+    assert results["settings"]["perplexity_limit"] == 2
 
 
 def test_evaluate_without_representation_or_perplexity(tiny):

@@ -5,7 +5,10 @@ O(chunk x N) and no M x N buffer ever exists. The chunk size comes from a memory
 (`DCR_CHUNK_BYTES`; by default 16 MiB, but at least 64 rows). When the caller passes reduction
 coefficients (mean or sum), the gradients are computed in the same pass as the loss, while each chunk is
 hot, and the backward only rescales them; with per-row outputs (reduction "none") the backward
-recomputes the chunks.
+recomputes the chunks. The reduced InfoNCE loss goes one step further (`info_nce_total`): it takes the raw
+embeddings, normalises them, adds the positive logits' gradients and carries every gradient back through
+the normalisation inside the forward, so that what outlives the forward is one gradient per input, which
+the backward hands to autograd without a copy.
 Cost in B^2 D matmul units: fused forward+backward 3 (S, W K, W^T Q), plus 1 for the column statistics
 of the symmetric loss; the per-row path spends 1 forward and 3 backward. On CPU the elementwise work per
 chunk entry is kept to a few in-place passes, so the matrix products dominate.
