@@ -18,10 +18,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "batch_size": 32,
                    "micro_batch_size": 0, "steps": 16, "lr": 5e-5, "warmup_steps": 2, "max_length": 128,
                    "save_every": 0, "eval_every": 0},
-        # 20 steps of 8 pairs see 160 pairs: at the paper's 5% that is 8 refusals, too few to teach refusing,
+        # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
         # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
-        "align": {"refusal_share": 0.25, "steps": 20, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
-                  "lr": 1e-4, "warmup_steps": 2, "save_every": 0},
+        "align": {"refusal_share": 0.25, "steps": 40, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
+                  "lr": 1e-4, "warmup_steps": 4, "save_every": 0},
         "evaluate": {"sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"], "limit": 40, "max_new_tokens": 32,
                      "batch_size": 40, "perplexity": True, "perplexity_limit": 20},
     },
