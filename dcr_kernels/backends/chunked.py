@@ -248,14 +248,16 @@ def _scaled(grad: Tensor, factor: Tensor | None, dtype: torch.dtype) -> Tensor:
     return (grad * (1.0 if factor is None else factor)).to(dtype)
 
 
-def _cast_grads(ctx, grads: _Grads, q: Tensor, k: Tensor, self_mode: bool, scale: Tensor, factor=None):
-    """Return (dq, dk, dscale) in the inputs' dtypes, scaled by `factor` (an upstream scalar)."""
-    dq = _scaled(grads.dq, factor, q.dtype) if ctx.needs_input_grad[0] else None
+def _cast_grads(needs: tuple[bool, ...], grads: _Grads, q: Tensor, k: Tensor, self_mode: bool, scale: Tensor,
+                factor=None):  # fmt: skip
+    """Return (dq, dk, dscale) in the inputs' dtypes, scaled by `factor` (an upstream scalar); `needs` says
+    which of the three are wanted."""
+    dq = _scaled(grads.dq, factor, q.dtype) if needs[0] else None
     dk = None
-    if not self_mode and ctx.needs_input_grad[1]:
+    if not self_mode and needs[1]:
         dk = _scaled(grads.dk, factor, k.dtype)
     f = 1.0 if factor is None else factor
-    ds = (grads.ds * f).to(scale.dtype).reshape(scale.shape) if ctx.needs_input_grad[2] else None
+    ds = (grads.ds * f).to(scale.dtype).reshape(scale.shape) if needs[2] else None
     return dq, dk, ds
 
 
@@ -284,7 +286,7 @@ class _SoftmaxRows(torch.autograd.Function):
             g=g.to(qc.dtype), lse=lse, col_lse=col_lse if col_g is not None else None,
             col_g=None if col_g is None else col_g.to(qc.dtype),
         )  # fmt: skip
-        return (*_cast_grads(ctx, grads, q, k, ctx.self_mode, scale), None, None, None)
+        return (*_cast_grads(ctx.needs_input_grad, grads, q, k, ctx.self_mode, scale), None, None, None)
 
 
 def _take_grads(ctx) -> _Grads:
@@ -294,7 +296,7 @@ def _take_grads(ctx) -> _Grads:
     return grads if grads is not None else ctx.recompute()[-1]
 
 
-def _softmax_fused(q, k, scale, coeff, col_coeff, self_mode, chunk):
+def _softmax_fused(q, k, scale, self_mode, chunk, coeff, col_coeff):
     """(total, lse, col_lse, argmax, grads) of sum_i c_i lse_i (+ columns)."""
     qc, kc = _upcast(q, k, self_mode)
     s = scale.to(qc.dtype)
@@ -311,13 +313,14 @@ def _softmax_fused(q, k, scale, coeff, col_coeff, self_mode, chunk):
 
 
 class _SoftmaxFused(torch.autograd.Function):
-    """The weighted total sum_i c_i lse_i (+ columns) with gradients computed in the forward pass."""
+    """A weighted total of the softmax family whose gradients `compute(q, k, scale, self_mode, ...)` forms in
+    the forward pass (`_softmax_fused`, `_info_nce_fused`); the backward scales them by the upstream gradient."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, coeff, col_coeff, self_mode, chunk):
-        args = (q, k, scale, coeff, col_coeff, self_mode, chunk)
-        total, lse, col_lse, argmax, ctx.grads = _softmax_fused(*args)
-        ctx.recompute, ctx.self_mode = functools.partial(_softmax_fused, *args), self_mode
+    def forward(ctx, compute, q, k, scale, *args):
+        total, lse, col_lse, argmax, ctx.grads = compute(q, k, scale, *args)
+        ctx.recompute = functools.partial(compute, q, k, scale, *args)
+        ctx.self_mode, ctx.n_args = args[0], len(args)
         ctx.save_for_backward(q, k, scale)
         ctx.mark_non_differentiable(lse, col_lse, argmax)
         return total, lse, col_lse, argmax
@@ -325,8 +328,8 @@ class _SoftmaxFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, *_):
         q, k, scale = ctx.saved_tensors
-        grads = _take_grads(ctx)
-        return (*_cast_grads(ctx, grads, q, k, ctx.self_mode, scale, grad_total), None, None, None, None)
+        grads = _cast_grads(ctx.needs_input_grad[1:], _take_grads(ctx), q, k, ctx.self_mode, scale, grad_total)
+        return (None, *grads, *[None] * ctx.n_args)
 
 
 def _normalized(x: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
@@ -346,25 +349,18 @@ def _through_normalize(grad: Tensor, unit: Tensor, norm: Tensor | None) -> Tenso
     return grad.addcmul_(unit, dots[:, None], value=-1.0).div_(norm[:, None])
 
 
-def _info_nce_fused(q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize):
+def _info_nce_fused(q, k, scale, self_mode, chunk, coeff, col_coeff, positive, normalize):
     """(total, lse, col_lse, argmax, grads) of sum_i w_i (lse_i - z_{i,p(i)}) (+ columns) from raw embeddings,
     with the gradients carried back through the normalisation."""
     qc, kc = _upcast(q, k, self_mode)
-    s = scale.to(qc.dtype)
-    coeff = coeff.to(qc.dtype)
-    col_g = None if col_coeff is None else col_coeff.to(qc.dtype)
     qn, q_norm = _normalized(qc, normalize)
     kn, k_norm = (qn, q_norm) if self_mode else _normalized(kc, normalize)
-    col_lse = _column_lse(qn, kn, s, chunk) if col_g is not None else None
-    lse, argmax, grads = _softmax_pass(qn, kn, s, self_mode, chunk, g=coeff, col_lse=col_lse, col_g=col_g)
-    pair_w = coeff if col_g is None else coeff + col_g  # symmetric: z_ii is the target of row i and column i
+    total, lse, col_lse, argmax, grads = _softmax_fused(qn, kn, scale, self_mode, chunk, coeff, col_coeff)
+    s, coeff = scale.to(qc.dtype), coeff.to(qc.dtype)
+    pair_w = coeff if col_coeff is None else coeff + col_coeff.to(qc.dtype)  # symmetric: z_ii ends row and column i
     paired = kn[: qn.shape[0]] if positive is None else kn[positive]
     pair_dots = torch.einsum("id,id->i", qn, paired)
-    total = weighted_total(coeff, lse) - s * weighted_total(pair_w, pair_dots)
-    if col_lse is not None:
-        total = total + weighted_total(col_g, col_lse)
-    else:
-        col_lse = torch.empty(0, dtype=qc.dtype)
+    total = total - s * weighted_total(pair_w, pair_dots)
     grads.ds -= weighted_total(pair_w, pair_dots)
     grads.dq.addcmul_(paired, (s * pair_w)[:, None], value=-1.0)
     del paired
@@ -376,28 +372,6 @@ def _info_nce_fused(q, k, scale, coeff, col_coeff, positive, self_mode, chunk, n
     if not self_mode:
         _through_normalize(grads.dk, kn, k_norm)
     return total, lse, col_lse, argmax, grads
-
-
-class _InfoNCEFused(torch.autograd.Function):
-    """The whole mean/sum InfoNCE step from raw embeddings: normalisation, row (and column) lse and the
-    positive logits, with every gradient formed in the forward pass and carried back through the
-    normalisation there. The normalised copies are freed when the forward returns; what is kept is one
-    gradient per input, which the backward hands on."""
-
-    @staticmethod
-    def forward(ctx, q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize):
-        args = (q, k, scale, coeff, col_coeff, positive, self_mode, chunk, normalize)
-        total, lse, col_lse, argmax, ctx.grads = _info_nce_fused(*args)
-        ctx.recompute, ctx.self_mode = functools.partial(_info_nce_fused, *args), self_mode
-        ctx.save_for_backward(q, k, scale)
-        ctx.mark_non_differentiable(lse, col_lse, argmax)
-        return total, lse, col_lse, argmax
-
-    @staticmethod
-    def backward(ctx, grad_total, *_):
-        q, k, scale = ctx.saved_tensors
-        grads = _cast_grads(ctx, _take_grads(ctx), q, k, ctx.self_mode, scale, grad_total)
-        return (*grads, None, None, None, None, None, None)
 
 
 class _CircleRows(torch.autograd.Function):
@@ -472,7 +446,9 @@ def softmax_stats(
     chunk = chunk_rows(k.shape[0], _SOFTMAX_TEMPORARIES, itemsize)
     if coeff is not None and _wants_grad(q, k, scale):
         col_coeff = col_coeff if columns else None
-        total, lse, col_lse, argmax = _SoftmaxFused.apply(q, k, scale, coeff, col_coeff, self_mode, chunk)
+        total, lse, col_lse, argmax = _SoftmaxFused.apply(
+            _softmax_fused, q, k, scale, self_mode, chunk, coeff, col_coeff
+        )
         return SoftmaxStats(lse, col_lse if columns else None, argmax, total)
     lse, col_lse, argmax = _SoftmaxRows.apply(q, k, scale, self_mode, columns, chunk)
     col_lse = col_lse if columns else None
@@ -516,14 +492,14 @@ def info_nce_total(
     col_coeff: Tensor | None,
     normalize: bool,
 ) -> SoftmaxStats | None:
-    """The reduced InfoNCE loss from raw embeddings in one fused step (see `_InfoNCEFused`), or None when no
+    """The reduced InfoNCE loss from raw embeddings in one fused step (see `_info_nce_fused`), or None when no
     gradient is wanted (the caller then takes the per-row path). `positive` is None for the default pairs
     (query i with key i); `col_coeff` is given for the symmetric loss."""
     if not _wants_grad(query, key, scale):
         return None
     itemsize = torch.finfo(compute_dtype(query.dtype)).bits // 8
     chunk = chunk_rows(key.shape[0], _SOFTMAX_TEMPORARIES, itemsize)
-    total, lse, col_lse, argmax = _InfoNCEFused.apply(
-        query, key, scale, coeff, col_coeff, positive, self_mode, chunk, normalize
+    total, lse, col_lse, argmax = _SoftmaxFused.apply(
+        _info_nce_fused, query, key, scale, self_mode, chunk, coeff, col_coeff, positive, normalize
     )
     return SoftmaxStats(lse, col_lse if col_coeff is not None else None, argmax, total)
