@@ -188,6 +188,7 @@ def separation(args: argparse.Namespace) -> dict:
             progress=False,
             sources=None if data else args.sources,
             lora=args.lora,
+            loss=args.loss,
         )
         began = time.perf_counter()
         refined = refine(config)
@@ -325,6 +326,7 @@ def main() -> None:
         p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
         p.add_argument("--sources", nargs="+", help="shipped training sources (separation; default: all)")
         p.add_argument("--lora", action="store_true", help="train LoRA adapters (separation)")
+        p.add_argument("--loss", default="circle", choices=("circle", "supcon", "infonce"), help="(separation)")
         p.add_argument(
             "--questions-only",
             action="store_true",
