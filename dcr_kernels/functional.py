@@ -16,6 +16,7 @@ from torch import Tensor
 from . import _validation as v
 from .backends import resolve
 from .backends.base import compute_dtype
+from .losses import row_dots
 
 
 class ContrastiveOutput(NamedTuple):
@@ -171,7 +172,7 @@ def info_nce(
         stats = impl.softmax_stats(
             q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
         )
-    target = s * _row_dots(q.to(dtype), k.to(dtype)[positive])
+    target = s * row_dots(q.to(dtype), k.to(dtype)[positive])
     if coeff is None:
         rows = stats.lse - target
         if symmetric:
@@ -180,11 +181,6 @@ def info_nce(
     else:
         loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
     return _finish(loss, stats.argmax == positive, counted, return_metrics)
-
-
-def _row_dots(a: Tensor, b: Tensor) -> Tensor:
-    """a_i . b_i per row as a batched matrix product, without an elementwise product buffer of a's size."""
-    return torch.einsum("id,id->i", a, b)
 
 
 def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str) -> Tensor:
@@ -256,7 +252,7 @@ def supcon_loss(
     qd, kd = q.to(dtype), k.to(dtype)
     class_sum = torch.zeros(n_classes, q.shape[1], dtype=dtype, device=q.device).index_add(0, k_codes, kd)
     positive_sum = class_sum[q_codes] - qd if self_mode else class_sum[q_codes]
-    target = s * _row_dots(qd, positive_sum) / n_pos.clamp(min=1)
+    target = s * row_dots(qd, positive_sum) / n_pos.clamp(min=1)
     if coeff is None:
         rows = stats.lse - target
         rows = rows if weight is None else rows * weight.to(dtype)

@@ -54,3 +54,8 @@ def argmax_or_minus_one(scores: Tensor) -> Tensor:
     """Row argmax of scores whose masked entries are -inf; -1 where a row has no finite entry."""
     best, idx = scores.max(dim=1)
     return torch.where(best > float("-inf"), idx, torch.full_like(idx, -1))
+
+
+def row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """a_i . b_i per row as a batched matrix product, without an elementwise product buffer of a's size."""
+    return torch.einsum("id,id->i", a, b)

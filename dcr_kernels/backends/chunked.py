@@ -22,7 +22,7 @@ import os
 import torch
 from torch import Tensor
 
-from ..losses import circle_row_loss, safe_lse, weighted_total
+from ..losses import circle_row_loss, row_dots, safe_lse, weighted_total
 from .base import CircleStats, SoftmaxStats, compute_dtype
 
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -345,7 +345,7 @@ def _through_normalize(grad: Tensor, unit: Tensor, norm: Tensor | None) -> Tenso
     whose norm was clamped to eps get g / eps (the clamp has no gradient)."""
     if norm is None:
         return grad
-    dots = torch.einsum("id,id->i", unit, grad) * (norm > _NORM_EPS)
+    dots = row_dots(unit, grad) * (norm > _NORM_EPS)
     return grad.addcmul_(unit, dots[:, None], value=-1.0).div_(norm[:, None])
 
 
@@ -359,9 +359,9 @@ def _info_nce_fused(q, k, scale, self_mode, chunk, coeff, col_coeff, positive, n
     s, coeff = scale.to(qc.dtype), coeff.to(qc.dtype)
     pair_w = coeff if col_coeff is None else coeff + col_coeff.to(qc.dtype)  # symmetric: z_ii ends row and column i
     paired = kn[: qn.shape[0]] if positive is None else kn[positive]
-    pair_dots = torch.einsum("id,id->i", qn, paired)
-    total = total - s * weighted_total(pair_w, pair_dots)
-    grads.ds -= weighted_total(pair_w, pair_dots)
+    pair_total = weighted_total(pair_w, row_dots(qn, paired))  # sum_i w_i S_{i,p(i)}
+    total = total - s * pair_total
+    grads.ds -= pair_total
     grads.dq.addcmul_(paired, (s * pair_w)[:, None], value=-1.0)
     del paired
     if positive is None:
@@ -428,6 +428,11 @@ class _CircleFused(torch.autograd.Function):
         return dq, dk, None, None, None, None, None, None, None
 
 
+def _chunk_for(q: Tensor, k: Tensor, temporaries: int) -> int:
+    """Rows per chunk for a pass of `temporaries` chunk x N buffers in the compute dtype of `q`."""
+    return chunk_rows(k.shape[0], temporaries, torch.finfo(compute_dtype(q.dtype)).bits // 8)
+
+
 def _wants_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -442,8 +447,7 @@ def softmax_stats(
     coeff: Tensor | None = None,
     col_coeff: Tensor | None = None,
 ) -> SoftmaxStats:
-    itemsize = torch.finfo(compute_dtype(q.dtype)).bits // 8
-    chunk = chunk_rows(k.shape[0], _SOFTMAX_TEMPORARIES, itemsize)
+    chunk = _chunk_for(q, k, _SOFTMAX_TEMPORARIES)
     if coeff is not None and _wants_grad(q, k, scale):
         col_coeff = col_coeff if columns else None
         total, lse, col_lse, argmax = _SoftmaxFused.apply(
@@ -471,8 +475,7 @@ def circle_stats(
     self_mode: bool,
     coeff: Tensor | None = None,
 ) -> CircleStats:
-    itemsize = torch.finfo(compute_dtype(q.dtype)).bits // 8
-    chunk = chunk_rows(k.shape[0], _CIRCLE_TEMPORARIES, itemsize)
+    chunk = _chunk_for(q, k, _CIRCLE_TEMPORARIES)
     if coeff is not None and _wants_grad(q, k):
         total, row_loss, argmax = _CircleFused.apply(q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk)
         return CircleStats(row_loss, argmax, total)
@@ -497,8 +500,7 @@ def info_nce_total(
     (query i with key i); `col_coeff` is given for the symmetric loss."""
     if not _wants_grad(query, key, scale):
         return None
-    itemsize = torch.finfo(compute_dtype(query.dtype)).bits // 8
-    chunk = chunk_rows(key.shape[0], _SOFTMAX_TEMPORARIES, itemsize)
+    chunk = _chunk_for(query, key, _SOFTMAX_TEMPORARIES)
     total, lse, col_lse, argmax = _SoftmaxFused.apply(
         _info_nce_fused, query, key, scale, self_mode, chunk, coeff, col_coeff, positive, normalize
     )

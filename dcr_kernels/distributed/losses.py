@@ -12,6 +12,7 @@ from .. import _validation as v
 from ..backends import blocks, resolve
 from ..backends.base import compute_dtype
 from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
+from ..losses import row_dots
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
 from .rows import BlockRows, RowSpec
 from .world import World, agree, require_same
@@ -239,14 +240,14 @@ def info_nce(
     every_key = torch.arange(n_keys, device=q.device)
     spec = RowSpec(blocks.SOFTMAX, positive, every_key, targets=True, backend=backend)
     value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
-    rows = value - s * (q.to(dtype) * t).sum(dim=1)
+    rows = value - s * row_dots(q.to(dtype), t)
     if symmetric:
         own = call.k_start + torch.arange(k.shape[0], device=q.device)
         spec = RowSpec(
             blocks.SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend
         )
         col_value, col_t, _ = _block_rows(call, strategy, k, q, call.q_sizes, False, s, spec)
-        rows = 0.5 * (rows + col_value - s * (k.to(dtype) * col_t).sum(dim=1))
+        rows = 0.5 * (rows + col_value - s * row_dots(k.to(dtype), col_t))
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
     return _reduce(call, rows, counted, best == positive, weight, reduction, fn, return_metrics)
 
@@ -303,7 +304,7 @@ def supcon_loss(
     q_codes, n_pos = all_codes[local], n_pos_all[local]
     spec = RowSpec(blocks.SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
     value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
-    rows = value - s * (q.to(dtype) * t).sum(dim=1) / n_pos.clamp(min=1)
+    rows = value - s * row_dots(q.to(dtype), t) / n_pos.clamp(min=1)
     counted = n_pos > 0
     return _reduce(call, rows, counted, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
 
