@@ -48,6 +48,8 @@ def _ratio(a: dict | None, b: dict | None, field: str) -> str:
     if not (a and b and a.get("ok") and b.get("ok") and b.get(field)):
         return "-"
     r = a[field] / b[field]
+    if r == 0:
+        return "0"
     return f"{r:.2f}" if r >= 0.1 else f"1/{1 / r:.0f}"
 
 

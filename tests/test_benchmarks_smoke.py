@@ -111,3 +111,12 @@ def test_sweep_then_plots_and_report(tmp_path):
     text = results.read_text()
     assert text.startswith("intro\n") and text.endswith("notes\n") and "old" not in text
     assert "| InfoNCE (cross) | 48 | dense |" in text and "| Circle (self) | 48 | pml |" in text
+
+
+def test_ratio_formatting_handles_zero_and_missing_figures():
+    ok = {"ok": True}
+    assert report._ratio({**ok, "extra_bytes": 0}, {**ok, "extra_bytes": 4096}, "extra_bytes") == "0"
+    assert report._ratio({**ok, "extra_bytes": 1}, {**ok, "extra_bytes": 0}, "extra_bytes") == "-"
+    assert report._ratio({**ok, "median_s": 1.0}, {**ok, "median_s": 4.0}, "median_s") == "0.25"
+    assert report._ratio({**ok, "median_s": 1.0}, {**ok, "median_s": 50.0}, "median_s") == "1/50"
+    assert report._ratio(None, {**ok, "median_s": 1.0}, "median_s") == "-"
