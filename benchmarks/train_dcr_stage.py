@@ -154,13 +154,19 @@ def memory(args: argparse.Namespace) -> dict:
     return runs
 
 
+def _xstest_family(kind: str) -> str:
+    """XSTest's prompt type with its unsafe contrast merged in (homonyms + contrast_homonyms, ...)."""
+    kind = kind.removeprefix("contrast_")
+    return "discrimination" if "discr" in kind else "privacy" if kind.startswith("privacy") else kind
+
+
 def separation(args: argparse.Namespace) -> dict:
     from dcr.config import RefineConfig
     from dcr.embedding import embed_texts
     from dcr.model import load_model
     from dcr.prompts import load_xstest
     from dcr.refine import refine
-    from dcr.separation import separation_report
+    from dcr.separation import nearest_neighbour_hits, separation_report
 
     xstest = load_xstest()
     labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
@@ -168,11 +174,21 @@ def separation(args: argparse.Namespace) -> dict:
     def report(path: str) -> dict:
         model, tokenizer = load_model(path)
         reps = embed_texts(model, tokenizer, xstest["text"], args.layer, batch_size=32)
-        return separation_report(reps, labels)
+        hits = nearest_neighbour_hits(reps, labels)
+        kinds = [_xstest_family(t) for t in xstest["type"]]
+        by_kind = {
+            k: round(hits[[i for i, t in enumerate(kinds) if t == k]].float().mean().item(), 3)
+            for k in sorted(set(kinds))
+        }
+        return {**separation_report(reps, labels), "nn_accuracy_by_type": by_kind}
 
     before = report("default")
     with tempfile.TemporaryDirectory() as out:
-        data = _question_form_data(args.sources, f"{out}/questions.jsonl") if args.questions_only else None
+        data = None
+        if args.questions_only:
+            data = _question_form_data(args.sources, f"{out}/questions.jsonl")
+        elif args.twin_families:
+            data = _twin_families_data(args.twin_families, f"{out}/twins.jsonl")
         config = RefineConfig(
             data=data,
             classes=["seemingly_toxic", "toxic"] if data else None,
@@ -189,6 +205,8 @@ def separation(args: argparse.Namespace) -> dict:
             sources=None if data else args.sources,
             lora=args.lora,
             loss=args.loss,
+            center=args.center,
+            seed=args.seed,
         )
         began = time.perf_counter()
         refined = refine(config)
@@ -210,9 +228,12 @@ def separation(args: argparse.Namespace) -> dict:
                 "pooling",
                 "sources",
                 "lora",
+                "center",
+                "seed",
             )
         },
         "questions_only": args.questions_only,
+        "twin_families": args.twin_families,
         "xstest_before": before,
         "xstest_after": after,
         "refine_seconds": seconds,
@@ -266,6 +287,16 @@ def _question_form_data(sources: list[str] | None, path: str) -> str:
         for text, label in zip(ds["text"], ds["label_name"], strict=True):
             if _is_question(text):
                 f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+def _twin_families_data(families: list[str], path: str) -> str:
+    """The shipped twins of the named families only, as a JSONL file for `RefineConfig.data` (to see whether
+    the refinement carries over to XSTest types that no training family covers)."""
+    from dcr.prompts import DATA_DIR
+
+    with open(DATA_DIR / "twins" / "prompts.jsonl") as src, open(path, "w") as f:
+        f.writelines(line for line in src if json.loads(line)["family"] in families)
     return path
 
 
@@ -326,6 +357,9 @@ def main() -> None:
         p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
         p.add_argument("--sources", nargs="+", help="shipped training sources (separation; default: all)")
         p.add_argument("--lora", action="store_true", help="train LoRA adapters (separation)")
+        p.add_argument("--twin-families", nargs="+", help="train on these twin families only (separation)")
+        p.add_argument("--seed", type=int, default=0, help="refinement seed (separation)")
+        p.add_argument("--center", action="store_true", help="centre the batch before the loss (separation)")
         p.add_argument("--loss", default="circle", choices=("circle", "supcon", "infonce"), help="(separation)")
         p.add_argument(
             "--questions-only",

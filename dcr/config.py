@@ -67,8 +67,9 @@ class RefineConfig:
     )
     sources: list[str] | None = _opt(
         None,
-        "Shipped sources to use (advbench harmbench jailbreakbench "
-        "strongreject simple_safety_tests coconot self_instruct). Default: all.",
+        "Shipped sources to use (advbench harmbench jailbreakbench strongreject "
+        "simple_safety_tests coconot self_instruct twins). Default: all but twins, the generated "
+        "matched pairs (see dcr/data/twins/SOURCE.md).",
     )
     val_fraction: float = _opt(0.1, "Share of prompts held out for validation (fixed hash of the text).")
     loss: str = _opt(
@@ -80,6 +81,11 @@ class RefineConfig:
     margin: float = _opt(0.4, "Circle loss relaxation margin m.")
     gamma: float = _opt(80.0, "Circle loss scale gamma.")
     temperature: float = _opt(0.1, "Temperature of supcon and infonce.")
+    center: bool = _opt(
+        False,
+        "Subtract the contrastive batch's mean representation before the loss, so it separates the classes "
+        "instead of shrinking the direction all hidden states share.",
+    )
     batch_size: int = _opt(64, "Prompts per contrastive batch, the same number from every class.")
     micro_batch_size: int = _opt(
         16,

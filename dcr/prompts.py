@@ -22,7 +22,9 @@ TRAIN_SOURCES = (
     "simple_safety_tests",
     "coconot",
     "self_instruct",
+    "twins",
 )
+DEFAULT_SOURCES = TRAIN_SOURCES[:-1]
 EVAL_ONLY_SOURCES = ("xstest",)
 DEFAULT_CLASSES = ("seemingly_toxic", "toxic")
 _SUFFIX_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -121,7 +123,7 @@ def load_labelled(
     Class ids follow the order of ``classes`` (default: the shipped classes, or the sorted label values).
     """
     if data is None:
-        ds = _read_shipped(list(sources) if sources else list(TRAIN_SOURCES))
+        ds = _read_shipped(list(sources) if sources else list(DEFAULT_SOURCES))
         classes = list(classes) if classes else list(DEFAULT_CLASSES)
     else:
         ds = _read_user(data, text_column, label_column)

@@ -126,7 +126,9 @@ def refine(config: RefineConfig, data=None) -> Path:
     log = JsonlLog(out / "metrics.jsonl", keep_until=start)
 
     embed = batch_embedder(model, tokenizer, layer, pooling=config.pooling, device=device, precision=config.precision)
-    loss_fn = make_loss(config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature)
+    loss_fn = make_loss(
+        config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature, center=config.center
+    )
     micro = config.micro_batch_size or config.batch_size
     can_validate = all(validation["label"].count(c) >= 2 for c in range(len(classes)))
 

@@ -23,16 +23,21 @@ def cross_class_cosine(embeddings: torch.Tensor, labels: torch.Tensor) -> float:
     return float((sums.sum(0).square().sum() - sums.square().sum()) / pairs)
 
 
-def nearest_neighbour_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> float:
-    """Fraction of rows whose most cosine-similar other row has the same label (leave-one-out 1-NN)."""
+def nearest_neighbour_hits(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Per row: whether its most cosine-similar other row has the same label (leave-one-out 1-NN)."""
     u = F.normalize(embeddings.detach().float(), dim=-1)
-    hits = 0
+    hits = []
     for start in range(0, len(u), chunk):
         sim = u[start : start + chunk] @ u.T
         rows = torch.arange(start, start + len(sim), device=u.device)
         sim[torch.arange(len(sim), device=u.device), rows] = float("-inf")
-        hits += int((labels[sim.argmax(1)] == labels[rows]).sum())
-    return hits / len(u)
+        hits.append(labels[sim.argmax(1)] == labels[rows])
+    return torch.cat(hits)
+
+
+def nearest_neighbour_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> float:
+    """Fraction of rows whose most cosine-similar other row has the same label (leave-one-out 1-NN)."""
+    return nearest_neighbour_hits(embeddings, labels, chunk).float().mean().item()
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:

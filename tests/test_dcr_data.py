@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -117,3 +118,30 @@ def test_sampler_rejects_unbalanceable_batches():
         BalancedBatchSampler([0, 0, 1, 1], 5)
     with pytest.raises(ValueError, match="at least two classes"):
         BalancedBatchSampler([0, 0, 0], 4)
+
+
+FUNCTION_WORDS = {"how", "do", "i", "what", "is", "the", "a", "an", "to", "my", "can", "why", "should", "in", "of"}
+
+
+def test_twins_are_matched_reproducible_and_not_xstest_look_alikes():
+    from dcr import twins
+
+    xstest = list(load_xstest()["text"])
+    rows = twins.rows(xstest)
+    shipped = [json.loads(line) for line in (DATA_DIR / "twins" / "prompts.jsonl").open()]
+    assert shipped == rows, "dcr/data/twins/prompts.jsonl is stale: run python -m dcr.twins"
+    reference = [twins._words(t) for t in xstest]
+    assert not any(twins.near_duplicate(r["text"], reference) for r in rows)
+    by_id = {r["id"]: r for r in rows}
+    for r in rows:
+        if r["label"] == "seemingly_toxic":
+            twin = by_id.get(r["id"].replace("seemingly_toxic", "toxic"))
+            if twin is not None:  # a toxic twin already shipped under an earlier pair is deduplicated
+                assert twin["family"] == r["family"]
+                shared = twins._words(r["text"]) & twins._words(twin["text"]) - FUNCTION_WORDS
+                assert shared, ("no trigger word shared", r["text"], twin["text"])
+    counts = Counter((r["family"], r["label"]) for r in rows)
+    assert {f for f, _ in counts} == set(twins.families())
+    assert all(counts[(f, "toxic")] > 0 and counts[(f, "seemingly_toxic")] > 0 for f in twins.families())
+    ds, _ = load_labelled(sources=["twins"])
+    assert len(ds) == len(rows) and "twins" not in load_labelled()[0]["source"]

@@ -9,7 +9,7 @@ from test_dcr_helpers import prompt_rows, tiny_model_dir
 from dcr.chat import encode_prompts
 from dcr.embedding import batch_embedder
 from dcr.gradcache import contrastive_backward
-from dcr.losses import make_loss, same_class_partner
+from dcr.losses import LOSSES, make_loss, same_class_partner
 from dcr.model import load_model
 from dcr.trainable import freeze_above, trainable_parameters
 
@@ -71,3 +71,19 @@ def test_infonce_partner_is_same_class_other_row():
     assert torch.equal(labels[partner], labels) and not bool((partner == torch.arange(7)).any())
     with pytest.raises(ValueError, match="single row"):
         same_class_partner(torch.tensor([0, 0, 1]))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_centred_loss_ignores_a_shared_direction(loss):
+    torch.manual_seed(1)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    e = torch.randn(8, 6, dtype=torch.float64)
+    shared = 50 * torch.randn(6, dtype=torch.float64)
+    centred = make_loss(loss, gamma=16.0, center=True)
+    plain = make_loss(loss, gamma=16.0)
+    assert torch.allclose(centred(e + shared, labels).loss, centred(e, labels).loss)
+    assert torch.allclose(centred(e, labels).loss, plain(e - e.mean(0), labels).loss)
+    assert not torch.allclose(plain(e + shared, labels).loss, plain(e, labels).loss)
+    x = (e + shared).requires_grad_()
+    centred(x, labels).loss.backward()
+    assert torch.allclose(x.grad.sum(0), torch.zeros(6, dtype=torch.float64), atol=1e-10)
