@@ -29,12 +29,14 @@ import time
 import torch
 
 
-def _prompts(n: int, seed: int = 0, questions_only: bool = False) -> tuple[list[str], torch.Tensor]:
+def _prompts(
+    n: int, seed: int = 0, questions_only: bool = False, sources: list[str] | None = None
+) -> tuple[list[str], torch.Tensor]:
     """``n`` shipped training prompts, half toxic and half seemingly toxic (of question form only, if asked)."""
     from dcr.prompts import load_labelled
     from dcr.sampler import BalancedBatchSampler
 
-    ds, _ = load_labelled()
+    ds, _ = load_labelled(sources=sources)
     if questions_only:
         ds = ds.filter(lambda row: _is_question(row["text"]))
     rows = BalancedBatchSampler(ds["label"], n, seed=seed).batch(0)
@@ -307,7 +309,7 @@ def transfer(args: argparse.Namespace) -> dict:
 
     model, tokenizer = load_model("default")
     model.eval()
-    texts, labels = _prompts(args.batch, questions_only=args.questions_only)
+    texts, labels = _prompts(args.batch, questions_only=args.questions_only, sources=args.sources)
     xstest = load_xstest()
     xs_labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
     train, test = _all_layers(model, tokenizer, texts), _all_layers(model, tokenizer, list(xstest["text"]))
@@ -335,7 +337,13 @@ def transfer(args: argparse.Namespace) -> dict:
         for name, ds, key in (("train", shipped, "label_name"), ("xstest", xstest, "label"))
         for label in ("toxic", "seemingly_toxic")
     }
-    return {"train_prompts": len(texts), "questions_only": args.questions_only, "question_share": share, "layers": rows}
+    return {
+        "train_prompts": len(texts),
+        "sources": args.sources,
+        "questions_only": args.questions_only,
+        "question_share": share,
+        "layers": rows,
+    }
 
 
 def main() -> None:
@@ -355,7 +363,9 @@ def main() -> None:
         p.add_argument("--repeats", type=int, default=3, help="timed repetitions (speed)")
         p.add_argument("--steps", type=int, default=30, help="refinement steps (separation)")
         p.add_argument("--lr", type=float, default=2e-5, help="learning rate (separation)")
-        p.add_argument("--sources", nargs="+", help="shipped training sources (separation; default: all)")
+        p.add_argument(
+            "--sources", nargs="+", help="shipped training sources (separation, transfer; default: all but twins)"
+        )
         p.add_argument("--lora", action="store_true", help="train LoRA adapters (separation)")
         p.add_argument("--twin-families", nargs="+", help="train on these twin families only (separation)")
         p.add_argument("--seed", type=int, default=0, help="refinement seed (separation)")

@@ -15,9 +15,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized by measurement on 2 idle CPU cores with SmolLM2-135M-Instruct; see docs/pipeline.md.
     "quick": {
         "seeds": [0],
-        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "batch_size": 32,
-                   "micro_batch_size": 0, "steps": 16, "lr": 5e-5, "warmup_steps": 2, "max_length": 128,
-                   "save_every": 0, "eval_every": 0},
+        # The matched twins with a centred Circle loss: the DCR-stage setting that improves XSTest separation
+        # at layer 15 (docs/dcr_stage.md); the public sets' contrast does not carry over to XSTest.
+        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "sources": ["twins"],
+                   "center": True, "batch_size": 32, "micro_batch_size": 0, "steps": 30, "lr": 2e-5,
+                   "warmup_steps": 3, "max_length": 128, "save_every": 0, "eval_every": 0},
         # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
         # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
         "align": {"refusal_share": 0.25, "steps": 40, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
@@ -28,7 +30,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # A GPU and a 0.5B-2B model (e.g. a local Qwen2.5-1.5B-Instruct folder); the paper's 5% refusal share.
     "full": {
         "seeds": [0, 1, 2],
-        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "batch_size": 256,
+        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "sources": ["twins"],
+                   "center": True, "batch_size": 256,
                    "micro_batch_size": 32, "steps": 200, "lr": 2e-5, "warmup_steps": 20, "max_length": 512,
                    "save_every": 50, "eval_every": 50},
         "align": {"refusal_share": 0.05, "steps": 600, "batch_size": 32, "micro_batch_size": 8, "max_length": 1024,

@@ -37,7 +37,7 @@ def nearest_neighbour_hits(embeddings: torch.Tensor, labels: torch.Tensor, chunk
 
 def nearest_neighbour_accuracy(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> float:
     """Fraction of rows whose most cosine-similar other row has the same label (leave-one-out 1-NN)."""
-    return nearest_neighbour_hits(embeddings, labels, chunk).float().mean().item()
+    return nearest_neighbour_hits(embeddings, labels, chunk).double().mean().item()
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:

@@ -14,7 +14,8 @@ from dcr.pipeline_report import differences
 pytest.importorskip("transformers")
 
 TINY = {
-    "refine": {"layer": 2, "batch_size": 8, "micro_batch_size": 4, "steps": 2, "lr": 1e-3, "max_length": 32},
+    "refine": {"layer": 2, "batch_size": 8, "micro_batch_size": 4, "steps": 2, "warmup_steps": 1, "lr": 1e-3,
+               "max_length": 32},
     "align": {"examples": 24, "refusal_share": 0.25, "steps": 2, "warmup_steps": 1, "batch_size": 4,
               "micro_batch_size": 4, "max_length": 32, "lr": 1e-3},
     "evaluate": {"sets": ["xstest_safe", "xstest_unsafe"], "limit": 2, "max_new_tokens": 3, "batch_size": 2},
