@@ -1,4 +1,4 @@
-"""Named settings of the pipeline: ``quick`` (a 2-core CPU: 12.7 minutes measured) and ``full`` (a GPU).
+"""Named settings of the pipeline: ``quick`` (a 2-core CPU: 12.8 minutes measured) and ``full`` (a GPU).
 
 A profile has one section per stage, each holding options of that stage: ``refine`` (`RefineConfig`),
 ``align`` (`AlignConfig`) and ``evaluate`` (keyword arguments of `dcr.evaluate.evaluate`), plus the seeds.
