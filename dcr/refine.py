@@ -119,7 +119,9 @@ def refine(config: RefineConfig, data=None) -> Path:
     start = 0
     if config.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        # a setting added after the checkpoint was written counts as its default
+        defaults = {f.name: f.default for f in dataclasses.fields(RefineConfig)}
+        changed = sorted(k for k in settings if state["settings"].get(k, defaults[k]) != settings[k])
         if changed:
             raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
         start = state["step"]
