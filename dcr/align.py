@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dcr.align_config import AlignConfig
 from dcr.chat import collate, encode_prompts, pad_id
-from dcr.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dcr.checkpoint import changed_settings, list_checkpoints, load_checkpoint, save_checkpoint
 from dcr.config import ConfigError
 from dcr.embedding import batch_embedder
 from dcr.export import save_refined
@@ -154,7 +154,7 @@ def align(config: AlignConfig) -> Path:
     start = 0
     if config.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        changed = changed_settings(state["settings"], settings, AlignConfig)
         if changed:
             raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
         start = state["step"]

@@ -7,6 +7,7 @@ come back unchanged from the base model. The step also fixes the sampler positio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -81,3 +82,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     scheduler.load_state_dict(training["scheduler"])
     rng.restore(training["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], config_type: type) -> list[str]:
+    """Names of ``current`` settings that differ from a checkpoint's ``saved`` ones; a setting the checkpoint
+    lacks (added after it was written) counts as its default in ``config_type``, a dataclass."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_type)}
+    return sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])

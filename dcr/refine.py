@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dcr.chat import encode_prompts
-from dcr.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dcr.checkpoint import changed_settings, list_checkpoints, load_checkpoint, save_checkpoint
 from dcr.config import ConfigError, RefineConfig
 from dcr.embedding import batch_embedder, embed_texts
 from dcr.export import save_refined
@@ -119,9 +119,7 @@ def refine(config: RefineConfig, data=None) -> Path:
     start = 0
     if config.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        # a setting added after the checkpoint was written counts as its default
-        defaults = {f.name: f.default for f in dataclasses.fields(RefineConfig)}
-        changed = sorted(k for k in settings if state["settings"].get(k, defaults[k]) != settings[k])
+        changed = changed_settings(state["settings"], settings, RefineConfig)
         if changed:
             raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
         start = state["step"]
