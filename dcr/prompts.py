@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 
 DATA_DIR = Path(__file__).parent / "data"
-TRAIN_SOURCES = (
+DEFAULT_SOURCES = (
     "advbench",
     "harmbench",
     "jailbreakbench",
@@ -22,9 +22,9 @@ TRAIN_SOURCES = (
     "simple_safety_tests",
     "coconot",
     "self_instruct",
-    "twins",
 )
-DEFAULT_SOURCES = TRAIN_SOURCES[:-1]
+OPT_IN_SOURCES = ("twins",)  # generated matched pairs (dcr/twins.py); used only when named
+TRAIN_SOURCES = DEFAULT_SOURCES + OPT_IN_SOURCES
 EVAL_ONLY_SOURCES = ("xstest",)
 DEFAULT_CLASSES = ("seemingly_toxic", "toxic")
 _SUFFIX_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

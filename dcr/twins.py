@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-from dcr.prompts import DATA_DIR, normalise
+from dcr.prompts import DATA_DIR, load_xstest, normalise
 
 PEOPLE = (
     "my neighbour",
@@ -241,8 +241,8 @@ def near_duplicate(text: str, reference: list[frozenset[str]], threshold: float 
 
 
 def rows(xstest_texts: list[str]) -> list[dict]:
-    """The twin prompts as shipped rows (id, text, label, family, twin id), with XSTest look-alikes removed
-    together with their twin, so both classes stay matched."""
+    """The twin prompts as shipped rows (id, text, label, family; the id names the pair), with XSTest
+    look-alikes removed together with their twin, so both classes stay matched."""
     reference = [_words(t) for t in xstest_texts]
     out, seen = [], set()
     for family, pairs in families().items():
@@ -258,8 +258,6 @@ def rows(xstest_texts: list[str]) -> list[dict]:
 
 
 def main() -> None:
-    from dcr.prompts import load_xstest
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=DATA_DIR / "twins", help="output folder")
     out = parser.parse_args().out
