@@ -85,11 +85,3 @@ def test_argmax_metrics_agree_with_chunked():
         c = fn(x.cpu(), y.cpu(), backend="chunked", return_metrics=True)
         assert (a.rows_counted, a.rows_dropped) == (c.rows_counted, c.rows_dropped)
         assert a.accuracy.item() == pytest.approx(c.accuracy.item())
-
-
-def test_dimension_limit_is_a_clear_error():
-    x = torch.randn(4, launch.MAX_DIM + 1, device=DEVICE)
-    import dcr_kernels as dk
-
-    with pytest.raises(ValueError, match="dim <="):
-        dk.info_nce(x, backend="triton")

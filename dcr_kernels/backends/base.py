@@ -14,6 +14,8 @@ from torch import Tensor
 
 from ..losses import weighted_total
 
+SOFTMAX, CIRCLE = 0, 1  # loss families, as the block primitives and the Triton kernels name them
+
 
 class SoftmaxStats(NamedTuple):
     """lse: row log-sum-exp of z = s * S over the candidate set (M,), -inf for an empty set.

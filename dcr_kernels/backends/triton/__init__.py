@@ -1,11 +1,13 @@
 """Triton backend: fused kernels for CUDA tensors (and CPU tensors under TRITON_INTERPRET=1).
 
-Cost in B^2 D matmul units (one unit = one M x N x D product), derived from the launches below:
+Cost in B^2 D matmul units (one unit = one M x N x D product), from the launches below:
 - forward: 1 (one pass over S); the symmetric loss adds 1 for the column statistics (a second pass with
   the roles of queries and keys swapped: deterministic, no atomics, no M x N buffer).
-- backward, self mode: 2 (recompute S, accumulate (W + W^T) X in one pass).
-- backward, cross mode (symmetric or not): 4 (two passes, dQ and dK, each recomputing S).
-So the symmetric CLIP loss costs 2 + 4 = 6 units, against Inf-CL's 10.
+- backward, self mode: 2 (recompute S and write W chunk by chunk; one GEMM dX = W X, since W already
+  holds both the row and the column term).
+- backward, cross mode (symmetric or not): 3 (recompute S; dQ = W K and dK = W^T Q from the same W).
+So the symmetric CLIP loss costs 2 + 3 = 5 units, against Inf-CL's 10; docs/design.md ("Cost model")
+adds the HBM traffic of W and predicted times on an H200.
 float64 inputs are routed to the chunked backend (no fp64 tensor-core path).
 """
 
@@ -17,7 +19,8 @@ from torch import Tensor
 from ...losses import circle_row_loss, safe_lse, weighted_total
 from .. import chunked
 from ..base import CircleStats, SoftmaxStats, softmax_total
-from .launch import CIRCLE, SOFTMAX, rows_backward, rows_forward
+from ..base import CIRCLE, SOFTMAX
+from .launch import pair_grads, rows_forward
 
 
 def _contiguous(*xs: Tensor) -> list[Tensor]:
@@ -32,10 +35,10 @@ class _SoftmaxLSE(torch.autograd.Function):
         q, k = _contiguous(q, k)
         s = scale.detach().reshape(1).float()
         diag = 0 if self_mode else None
-        lse, _, argmax = rows_forward(q, q if self_mode else k, loss=SOFTMAX, exclude_offset=diag, scale=s)
+        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, loss=SOFTMAX, exclude_offset=diag, scale=s)
         col_lse = torch.empty(0, device=q.device)
         if columns:
-            col_lse, _, _ = rows_forward(k, q, loss=SOFTMAX, exclude_offset=None, scale=s)
+            col_lse, _, _, _ = rows_forward(k, q, loss=SOFTMAX, exclude_offset=None, scale=s)
         ctx.save_for_backward(q, k, s, lse, col_lse)
         ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
         ctx.mark_non_differentiable(argmax)
@@ -47,12 +50,12 @@ class _SoftmaxLSE(torch.autograd.Function):
         row = (safe_lse(lse), None, _coef(grad_lse, lse))
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
-            dq, ds = rows_backward(q, q, loss=SOFTMAX, exclude_offset=0, row_term=row, col_term=row, scale=s)
+            dq, _, ds = pair_grads(q, q, loss=SOFTMAX, exclude_offset=0, row_term=row, col_term=row, scale=s)
             return dq, None, ds.to(ctx.scale_dtype), None, None
-        dq, ds = rows_backward(q, k, loss=SOFTMAX, exclude_offset=None, row_term=row, col_term=col, scale=s)
-        dk = None
-        if ctx.needs_input_grad[1]:
-            dk, _ = rows_backward(k, q, loss=SOFTMAX, exclude_offset=None, row_term=col, col_term=row, scale=s)
+        dq, dk, ds = pair_grads(
+            q, k, loss=SOFTMAX, exclude_offset=None, row_term=row, col_term=col, scale=s,
+            want_db=ctx.needs_input_grad[1],
+        )  # fmt: skip
         return dq, dk, ds.to(ctx.scale_dtype), None, None
 
 
@@ -67,7 +70,7 @@ class _CircleRows(torch.autograd.Function):
     def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode):
         q, k = _contiguous(q, k)
         kw = dict(loss=CIRCLE, margin=margin, gamma=gamma)
-        lse_pos, lse_neg, argmax = rows_forward(
+        lse_pos, lse_neg, argmax, _ = rows_forward(
             q,
             q if self_mode else k,
             exclude_offset=0 if self_mode else None,
@@ -91,19 +94,14 @@ class _CircleRows(torch.autograd.Function):
             torch.where(counted, lse_neg, float("inf")),
             coef.contiguous(),
         )
+        labels = dict(labels_a=q_labels, labels_b=q_labels if ctx.self_mode else k_labels)
         if ctx.self_mode:
-            dq, _ = rows_backward(
-                q, q, exclude_offset=0, row_term=term, col_term=term, labels_a=q_labels, labels_b=q_labels, **ctx.kw
-            )
+            dq, _, _ = pair_grads(q, q, exclude_offset=0, row_term=term, col_term=term, **labels, **ctx.kw)
             return dq, None, None, None, None, None, None
-        dq, _ = rows_backward(
-            q, k, exclude_offset=None, row_term=term, col_term=None, labels_a=q_labels, labels_b=k_labels, **ctx.kw
-        )
-        dk = None
-        if ctx.needs_input_grad[1]:
-            dk, _ = rows_backward(
-                k, q, exclude_offset=None, row_term=None, col_term=term, labels_a=k_labels, labels_b=q_labels, **ctx.kw
-            )
+        dq, dk, _ = pair_grads(
+            q, k, exclude_offset=None, row_term=term, col_term=None, want_db=ctx.needs_input_grad[1],
+            **labels, **ctx.kw,
+        )  # fmt: skip
         return dq, dk, None, None, None, None, None
 
 

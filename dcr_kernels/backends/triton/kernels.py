@@ -1,34 +1,34 @@
-"""Triton kernels: stream column tiles of S = A B^T per row tile, never storing an M x N buffer.
+"""Triton kernels over tiles of S = A B^T, computed GEMM-style: D is a loop trip count, never a tile width.
 
-Forward (`rows_forward_kernel`): per row of A, online log-sum-exp statistics over the candidate
-columns of B (one pair for the softmax family, two for Circle: positives and negatives) and the best
-other column. Backward (`rows_backward_kernel`): recompute each S tile, form W = d loss / d S from the
-saved statistics, and accumulate dA = W B in registers; no atomics, so results are deterministic.
-W has a row term (the losses of A's rows) and a column term (the losses of B's rows, whose candidate
-sets contain A's rows): in self mode both terms in one pass give dX = (W + W^T) X; in cross mode a second
-launch with A and B swapped gives dK. A pair (i, i + offset) can be excluded (self mode: offset 0; a rank's
-own block inside a gathered global batch: offset = the rank's first row). Whole rows (D padded to a power
-of two, DMAX) are held per tile, as attention kernels hold a head, which bounds D (see `launch.MAX_DIM`).
+Each program owns a BLOCK_M row block of A and one of `num_programs(1)` contiguous column ranges of B (the
+column split: enough programs to fill the GPU when M is small, merged deterministically on the host). For
+every BLOCK_M x BLOCK_N tile it accumulates S over D in BLOCK_K slices with `tl.dot` (tensor cores; a
+BLOCK_M >= 64 tile lowers to Hopper's warp-group MMA), then runs an epilogue on the tile in registers:
 
-Interpreter rules (DESIGN.md section 4): tiles are upcast to fp32 when interpreting (UPCAST), dots are
-at least 16 x 16, offsets are 64-bit, no atomics, no block pointers.
+- `similarity_stats_kernel` (forward): per row and split, the online log-sum-exp of the candidate logits
+  (one for the softmax family, two for Circle: positives and negatives) and the best candidate column
+  with its similarity (docs/design.md, "The math").
+- `pair_weights_kernel` (backward): W = d loss / d S for the tile, the row term (the losses of A's rows)
+  plus optionally the column term (the losses of B's rows, whose candidates include A's rows), written to
+  a row-chunk workspace in fp32 (fp32 inputs) or bf16 (16-bit inputs); cuBLAS then forms dA = W B and
+  dB = W^T A. Also per row and split: d loss / d scale partial sums.
+
+The pair (i, i + diag_offset) is never a candidate: self mode passes 0, a rank's own block inside a
+gathered batch its first row, and a call without exclusion passes N (no row index reaches it).
+No atomics anywhere, so every result is deterministic.
+
+Interpreter rules (docs/design.md, "Kernel rules"): loaded tiles are upcast to fp32 when interpreting
+(UPCAST), dots are at least 16 x 16, row offsets are 64-bit, no block pointers, no atomics.
 """
 
 import triton
 import triton.language as tl
 
-SOFTMAX: tl.constexpr = tl.constexpr(0)
-CIRCLE: tl.constexpr = tl.constexpr(1)
+from ..base import CIRCLE as _CIRCLE
+from ..base import SOFTMAX as _SOFTMAX
 
-
-@triton.jit
-def _load_rows(X, offs, mask, stride, D, DMAX: tl.constexpr, UPCAST: tl.constexpr):
-    """Rows `offs` of the (rows, D) matrix X as a (len(offs), DMAX) tile, zero-padded."""
-    offs_d = tl.arange(0, DMAX)
-    tile = tl.load(X + offs[:, None] * stride + offs_d[None, :], mask=mask[:, None] & (offs_d < D)[None, :], other=0.0)
-    if UPCAST:
-        tile = tile.to(tl.float32)
-    return tile
+SOFTMAX: tl.constexpr = tl.constexpr(_SOFTMAX)
+CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
 
 
 @triton.jit
@@ -37,6 +37,49 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
     if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _similarity_tile(
+    A_rows, B_rows, mask_m, mask_n, D, stride_a, stride_b,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """S for the BLOCK_M rows at A_rows against the BLOCK_N rows at B_rows, in fp32, accumulated over D in
+    BLOCK_K slices. The row blocks' base pointers carry the 64-bit part of the offsets, so the per-element
+    offsets stay 32-bit (fewer registers, and the loads pipeline as in a GEMM)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A_rows + tl.arange(0, BLOCK_M)[:, None] * stride_a + offs_k[None, :]
+    b_ptrs = B_rows + tl.arange(0, BLOCK_N)[None, :] * stride_b + offs_k[:, None]  # B^T slice: BLOCK_K x BLOCK_N
+    for k0 in range(0, D, BLOCK_K):
+        in_k = offs_k < D - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & in_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=in_k[:, None] & mask_n[None, :], other=0.0)
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = _dot(a, b, acc, INPUT_PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _not_excluded(m0, n0, diag_offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile mask of pairs (m0 + i, n0 + j) other than the excluded j = i + diag_offset, in 32-bit tile
+    coordinates (the 64-bit shift is clamped: beyond the tile it can never match)."""
+    shift = tl.minimum(tl.maximum(m0 + diag_offset - n0, -(2**30)), 2**30).to(tl.int32)
+    return tl.arange(0, BLOCK_M)[:, None] + shift != tl.arange(0, BLOCK_N)[None, :]
+
+
+@triton.jit
+def _column_range(N, BLOCK_N: tl.constexpr):
+    """This program's columns: (first column as int64, tile count, end), whole BLOCK_N tiles dealt
+    evenly over num_programs(1) splits."""
+    tiles_per_split = tl.cdiv(tl.cdiv(N, BLOCK_N), tl.num_programs(1))
+    start = tl.program_id(1).to(tl.int64) * tiles_per_split * BLOCK_N
+    end = tl.minimum(N, start + tiles_per_split * BLOCK_N)
+    return start, tl.cdiv(end - start, BLOCK_N), end
 
 
 @triton.jit
@@ -55,146 +98,124 @@ def _finish_lse(m, l):
 
 
 @triton.jit
-def _circle_logits(sim, margin, gamma):
-    """Circle logits for every entry as a positive and as a negative, and their slopes dz/dS (alpha detached)."""
-    alpha_pos = tl.maximum(1.0 + margin - sim, 0.0)
-    alpha_neg = tl.maximum(sim + margin, 0.0)
-    z_pos = -gamma * alpha_pos * (sim - (1.0 - margin))
-    z_neg = gamma * alpha_neg * (sim - margin)
-    return z_pos, z_neg, -gamma * alpha_pos, gamma * alpha_neg
+def _circle_logits(sim, same, margin, gamma):
+    """Circle logit z and slope dz/dS (alpha detached) of every entry in its own set: positives (same
+    label) z = -gamma relu(1 + m - S) (S - (1 - m)), negatives z = gamma relu(S + m) (S - m)."""
+    slope = tl.where(same, -gamma * tl.maximum(1.0 + margin - sim, 0.0), gamma * tl.maximum(sim + margin, 0.0))
+    return slope * (sim - tl.where(same, 1.0 - margin, margin)), slope
 
 
 @triton.jit
-def rows_forward_kernel(
-    A, B, LABELS_A, LABELS_B, SCALE,  # inputs: A (M, D), B (N, D), int32 labels, scale pointer (fp32)
-    STAT1, STAT2, ARGMAX,  # outputs (M,): softmax lse | Circle lse over positives, lse over negatives; best column
+def similarity_stats_kernel(
+    A, B, LABELS_A, LABELS_B, SCALE,  # A (M, D), B (N, D); int32 labels (Circle); scale s = 1/temperature (fp32)
+    STAT1, STAT2, BEST, BEST_IDX,  # (splits, M): softmax lse | Circle lse over positives, over negatives; best
     M, N, D, stride_a, stride_b,
-    margin, gamma, diag_offset,  # the pair (i, i + diag_offset) is excluded when EXCLUDE_DIAG
-    LOSS: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    DMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    margin, gamma, diag_offset,
+    LOSS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    offs_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    a = _load_rows(A, offs_m, mask_m, stride_a, D, DMAX, UPCAST)
+    m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
+    mask_m = tl.arange(0, BLOCK_M) < M - m0
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
     else:
-        labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1)
+        labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1)
     m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l1 = tl.zeros((BLOCK_M,), tl.float32)
     m2 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l2 = tl.zeros((BLOCK_M,), tl.float32)
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     best_idx = tl.full((BLOCK_M,), -1, tl.int64)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        b = _load_rows(B, offs_n, mask_n, stride_b, D, DMAX, UPCAST)
-        sim = _dot(a, tl.trans(b), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), INPUT_PRECISION)
-        valid = mask_n[None, :] & mask_m[:, None]
-        if EXCLUDE_DIAG:
-            valid = valid & (offs_m[:, None] + diag_offset != offs_n[None, :])
+    n_start, n_tiles, n_end = _column_range(N, BLOCK_N)
+    for t in range(0, n_tiles):
+        n0 = n_start + t * BLOCK_N
+        mask_n = tl.arange(0, BLOCK_N) < n_end - n0
+        sim = _similarity_tile(
+            A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
+            UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        valid = mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
         sim_valid = tl.where(valid, sim, float("-inf"))
         tile_best = tl.max(sim_valid, 1)
         tile_idx = tl.argmax(sim_valid, 1).to(tl.int64) + n0
-        better = tile_best > best
+        better = tile_best > best  # strict: the first column wins a tie
         best_idx = tl.where(better, tile_idx, best_idx)
         best = tl.where(better, tile_best, best)
         if LOSS == SOFTMAX:
             m1, l1 = _online_lse(m1, l1, tl.where(valid, sim * scale, float("-inf")))
         else:
-            labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2)
+            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N), mask=mask_n, other=-2)
             same = labels_a[:, None] == labels_b[None, :]
-            z_pos, z_neg, _, _ = _circle_logits(sim, margin, gamma)
-            m1, l1 = _online_lse(m1, l1, tl.where(valid & same, z_pos, float("-inf")))
-            m2, l2 = _online_lse(m2, l2, tl.where(valid & ~same, z_neg, float("-inf")))
-    tl.store(STAT1 + offs_m, _finish_lse(m1, l1), mask=mask_m)
+            z, _ = _circle_logits(sim, same, margin, gamma)
+            m1, l1 = _online_lse(m1, l1, tl.where(valid & same, z, float("-inf")))
+            m2, l2 = _online_lse(m2, l2, tl.where(valid & ~same, z, float("-inf")))
+    out = tl.program_id(1).to(tl.int64) * M + m0 + tl.arange(0, BLOCK_M)
+    tl.store(STAT1 + out, _finish_lse(m1, l1), mask=mask_m)
     if LOSS == CIRCLE:
-        tl.store(STAT2 + offs_m, _finish_lse(m2, l2), mask=mask_m)
-    tl.store(ARGMAX + offs_m, best_idx, mask=mask_m)
+        tl.store(STAT2 + out, _finish_lse(m2, l2), mask=mask_m)
+    tl.store(BEST + out, best, mask=mask_m)
+    tl.store(BEST_IDX + out, best_idx, mask=mask_m)
 
 
 @triton.jit
-def _dlogits(z, z_neg, slope_pos, slope_neg, coef, stat1, stat2, LOSS: tl.constexpr):
-    """One term of d loss / d S (softmax: d loss / d z) for a tile, given per-loss-row coefficients and
-    statistics already broadcast to the tile's shape. +inf statistics (rows not counted) give 0."""
-    if LOSS == SOFTMAX:
-        return coef * tl.exp(z - stat1)
-    return coef * (tl.exp(z - stat1) * slope_pos + tl.exp(z_neg - stat2) * slope_neg)
-
-
-@triton.jit
-def rows_backward_kernel(
-    A, B, LABELS_A, LABELS_B, SCALE,  # inputs as in the forward
-    STAT1_A, STAT2_A, COEF_A,  # row term: statistics and upstream coefficients of A's rows
-    STAT1_B, STAT2_B, COEF_B,  # column term: statistics and upstream coefficients of B's rows
-    DA, DSCALE,  # outputs: dA (M, D) in A's dtype; per-program partial d loss / d scale (fp32)
-    M, N, D, stride_a, stride_b, stride_da,
-    margin, gamma, diag_offset,  # the pair (i, i + diag_offset) is excluded when EXCLUDE_DIAG
-    LOSS: tl.constexpr, EXCLUDE_DIAG: tl.constexpr, SAME_ROWS: tl.constexpr,  # SAME_ROWS: A is B
-    ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    DMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def pair_weights_kernel(
+    A, B, LABELS_A, LABELS_B, SCALE,  # as in the forward
+    STAT1_A, STAT2_A, COEF_A,  # row term: final statistics and upstream coefficients of A's rows
+    STAT1_B, STAT2_B, COEF_B,  # column term: the same for B's rows (read only when COL_TERM)
+    W, DSCALE,  # outputs: W (M, N) in W's dtype; (splits, M) partial sums of d loss / d scale (fp32)
+    M, N, D, stride_a, stride_b, stride_w,
+    margin, gamma, diag_offset,
+    col_scale,  # 1 if the column term adds to d loss / d scale, 0 when A is B (its pairs are the row term's)
+    LOSS: tl.constexpr, COL_TERM: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    offs_m = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    a = _load_rows(A, offs_m, mask_m, stride_a, D, DMAX, UPCAST)
+    m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    mask_m = tl.arange(0, BLOCK_M) < M - m0
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
     else:
         labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1)
-    if ROW_TERM:
-        coef_a = tl.load(COEF_A + offs_m, mask=mask_m, other=0.0)
-        stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))
-        stat2_a = stat1_a
-        if LOSS == CIRCLE:
-            stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))
-    acc = tl.zeros((BLOCK_M, DMAX), tl.float32)
+    coef_a = tl.load(COEF_A + offs_m, mask=mask_m, other=0.0)[:, None]
+    stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
+    stat2_a = stat1_a
+    if LOSS == CIRCLE:
+        stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
     dscale = tl.zeros((BLOCK_M,), tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        b = _load_rows(B, offs_n, mask_n, stride_b, D, DMAX, UPCAST)
-        sim = _dot(a, tl.trans(b), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), INPUT_PRECISION)
-        valid = mask_n[None, :] & mask_m[:, None]
-        if EXCLUDE_DIAG:
-            valid = valid & (offs_m[:, None] + diag_offset != offs_n[None, :])
+    n_start, n_tiles, n_end = _column_range(N, BLOCK_N)
+    for t in range(0, n_tiles):
+        n0 = n_start + t * BLOCK_N
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = tl.arange(0, BLOCK_N) < n_end - n0
+        sim = _similarity_tile(
+            A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
+            UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        valid = mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
         if LOSS == SOFTMAX:
             z = tl.where(valid, sim * scale, float("-inf"))
-            z_neg = z
-            slope_pos = sim
-            slope_neg = sim
+            slope = scale
+            stat_a = stat1_a
         else:
             labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2)
             same = labels_a[:, None] == labels_b[None, :]
-            z, z_neg, slope_pos, slope_neg = _circle_logits(sim, margin, gamma)
-            z = tl.where(valid & same, z, float("-inf"))
-            z_neg = tl.where(valid & ~same, z_neg, float("-inf"))
-        w = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        if ROW_TERM:
-            w_row = _dlogits(z, z_neg, slope_pos, slope_neg, coef_a[:, None], stat1_a[:, None], stat2_a[:, None], LOSS)
-            w += w_row
-            if LOSS == SOFTMAX:
-                dscale += tl.sum(w_row * sim, 1)
-        if COL_TERM:
-            coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)
-            stat1_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))
-            stat2_b = stat1_b
-            if LOSS == CIRCLE:
-                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))
-            w_col = _dlogits(z, z_neg, slope_pos, slope_neg, coef_b[None, :], stat1_b[None, :], stat2_b[None, :], LOSS)
-            w += w_col
-            if LOSS == SOFTMAX and not SAME_ROWS:  # when A is B, entry (j, i) is visited by row j's program
-                dscale += tl.sum(w_col * sim, 1)
+            z, slope = _circle_logits(sim, same, margin, gamma)
+            z = tl.where(valid, z, float("-inf"))
+            stat_a = tl.where(same, stat1_a, stat2_a)
+        p = coef_a * tl.exp(z - stat_a)  # W = slope * p; +inf statistics (rows not counted) give 0
         if LOSS == SOFTMAX:
-            w = w * scale
-        acc = _dot(w.to(b.dtype), b, acc, INPUT_PRECISION)
-    offs_d = tl.arange(0, DMAX)
-    tl.store(
-        DA + offs_m[:, None] * stride_da + offs_d[None, :],
-        acc.to(DA.dtype.element_ty),
-        mask=mask_m[:, None] & (offs_d < D)[None, :],
-    )
-    tl.store(DSCALE + pid, tl.sum(dscale, 0))
+            dscale += tl.sum(p * sim, 1)
+        if COL_TERM:
+            coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)[None, :]
+            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))[None, :]
+            if LOSS == CIRCLE:
+                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))[None, :]
+                stat_b = tl.where(same, stat_b, stat2_b)
+            p_col = coef_b * tl.exp(z - stat_b)
+            if LOSS == SOFTMAX:
+                dscale += col_scale * tl.sum(p_col * sim, 1)
+            p += p_col
+        w = slope * p
+        w_ptrs = W + m0 * stride_w + n0 + tl.arange(0, BLOCK_M)[:, None] * stride_w + tl.arange(0, BLOCK_N)[None, :]
+        tl.store(w_ptrs, w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(DSCALE + tl.program_id(1).to(tl.int64) * M + offs_m, dscale, mask=mask_m)

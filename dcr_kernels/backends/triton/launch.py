@@ -1,5 +1,13 @@
-"""Host-side launches of the kernels: output allocation, tile configs (autotuned on a GPU, one fixed
-config under the interpreter), and the dtype rules (fp32 statistics, gradients in the input dtype)."""
+"""Host side of the kernels: tile configs, column splits, the backward's row-chunk workspace, and the dtype
+rules (fp32 statistics, gradients in the input dtype).
+
+Forward: one launch of `similarity_stats_kernel`, whose per-split statistics are merged here (a
+log-sum-exp and a first-wins argmax over at most a few dozen splits: deterministic).
+Backward: for each chunk of A's rows (as many as fit in the workspace budget), `pair_weights_kernel`
+writes W = d loss / d S for the chunk against all of B, and cuBLAS forms dA[chunk] = W B and, in cross
+mode, dB += W^T A[chunk]. D is a loop trip count in the kernels and a GEMM dimension in cuBLAS, so any D
+runs with the same tiles.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,29 @@ import torch
 import triton
 from torch import Tensor
 
+from ..base import CIRCLE, SOFTMAX
 from . import kernels
 
-MAX_DIM = 4096  # whole padded rows live in a tile: beyond this the tiles no longer fit on chip
-SOFTMAX, CIRCLE = 0, 1
+KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, lowest compute capability). BLOCK_M >= 64 so that
+# Hopper lowers the similarity dots to warp-group MMA. Each config fits the shared memory of its targets
+# with no register spills: tests/test_triton_resources.py compiles every one for sm_80 and sm_90. The
+# 128 x 128 forward tile is Hopper-only (with mma.sync on sm_80 its Circle epilogue spills), and the
+# backward's tiles are smaller because its epilogue holds more tile-sized values (S, logits, W).
+_GPU_CONFIGS = {
+    ("similarity_stats_kernel", "16-bit"): [
+        (128, 128, 64, 8, 3, 90), (128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80),
+    ],
+    ("similarity_stats_kernel", "fp32"): [
+        (128, 128, 32, 8, 3, 90), (128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80),
+    ],
+    ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80)],
+    ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80)],
+}
+_INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
+_MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
+_WORKSPACE_ROW_ALIGN = 128  # chunk starts stay multiples of every BLOCK_M (and 16-byte aligned)
 
 
 def interpreting() -> bool:
@@ -33,56 +60,81 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-# (BLOCK_M, BLOCK_N, warps, stages): a few shapes per padded dim; the autotuner keeps the fastest and
-# drops those that do not fit. The backward's fp32 accumulator holds BLOCK_M x DMAX values, so large DMAX
-# takes small BLOCK_M and more warps to stay near 128 registers per thread.
-_GPU_CONFIGS = {
-    "small": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3)],  # DMAX <= 128
-    "medium": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],  # DMAX 256
-    "large": [(32, 32, 4, 2), (16, 64, 4, 2), (32, 64, 8, 2), (16, 32, 4, 1)],  # DMAX 512 - 1024
-    "huge": [(16, 32, 4, 1), (16, 16, 4, 1)],  # DMAX 2048 - 4096
-}
-_INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32}
-
-
-def _bucket(dmax: int) -> str:
-    if dmax <= 128:
-        return "small"
-    if dmax <= 256:
-        return "medium"
-    return "large" if dmax <= 1024 else "huge"
+def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int) -> list[triton.Config]:
+    """The configs the autotuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
+    `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200)."""
+    family = "fp32" if dtype == torch.float32 else "16-bit"
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s, lowest in _GPU_CONFIGS[(kernel_name, family)]
+        if capability >= lowest
+    ]
 
 
 @functools.cache
-def _tuned(kernel_name: str, bucket: str, autotune: bool):
-    """The kernel autotuned over its bucket's configs, or fixed to the first config when `autotune` is
-    off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
-    kernel = getattr(kernels, kernel_name)
-    configs = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in _GPU_CONFIGS[bucket]
-    ]
-    return triton.autotune(configs=configs if autotune else configs[:1], key=["DMAX", "EXCLUDE_DIAG", "LOSS"])(kernel)
+def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, autotune: bool):
+    """The kernel autotuned over its configs (keyed by D, the loss and the dtypes), or fixed to the first
+    config when `autotune` is off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
+    configs = gpu_configs(kernel_name, dtype, capability)
+    return triton.autotune(configs=configs if autotune else configs[:1], key=["D", "LOSS"])(
+        getattr(kernels, kernel_name)
+    )
 
 
-def _launch(kernel_name: str, rows: int, dmax: int, *args, **constexprs) -> None:
+def column_splits(m: int, n: int, device: torch.device) -> int:
+    """Programs per row block: enough (row block, column range) programs to fill the GPU twice over when M
+    is small, each streaming at least _MIN_SPLIT_COLS columns. Under the interpreter up to 3, so that the
+    tests exercise the merge."""
+    tiles = triton.cdiv(n, _INTERPRETER_META["BLOCK_N"] if interpreting() else _MIN_SPLIT_COLS)
+    if interpreting():
+        return max(1, min(3, tiles))
+    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(tiles, triton.cdiv(programs, triton.cdiv(m, 128))))
+
+
+def workspace_rows(m: int, n: int, element_bytes: int) -> int:
+    """Rows of W per backward chunk: as many as fit in DCR_TRITON_WORKSPACE_MB (default 1024 MiB), a
+    multiple of 128, at least 128."""
+    budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20)
+    rows = budget // max(1, n * element_bytes) // _WORKSPACE_ROW_ALIGN * _WORKSPACE_ROW_ALIGN
+    return min(m, max(_WORKSPACE_ROW_ALIGN, rows))
+
+
+def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **constexprs) -> None:
+    """Launch on a (row blocks, splits) grid; `x` (the first input) gives the dtype and the device."""
     if interpreting():
         meta = dict(_INTERPRETER_META)
-        getattr(kernels, kernel_name)[(triton.cdiv(rows, meta["BLOCK_M"]),)](*args, **constexprs, **meta)
+        grid = (triton.cdiv(rows, meta["BLOCK_M"]), splits)
+        getattr(kernels, kernel_name)[grid](*args, **constexprs, **meta)
         return
-    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), splits)  # noqa: E731
     autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
-    _tuned(kernel_name, _bucket(dmax), autotune)[grid](*args, **constexprs)
+    major, minor = torch.cuda.get_device_capability(x.device)
+    _tuned(kernel_name, x.dtype, 10 * major + minor, autotune)[grid](*args, **constexprs)
 
 
-def _dmax(d: int) -> int:
-    if d > MAX_DIM:
-        raise ValueError(f"the triton backend supports dim <= {MAX_DIM}, got {d}; use backend='chunked'")
-    return max(16, triton.next_power_of_2(d))
+def kernel_ready(x: Tensor) -> Tensor:
+    """x as the kernels are compiled for it: contiguous, 16-byte aligned, and (for a matrix) rows padded
+    with zeros to a multiple of 16 elements, so that every tile load is aligned and pipelines through
+    shared memory at any D (one O(rows x D) copy when x is not already so; zeros add nothing to S)."""
+    width = x.shape[-1] if x.dim() == 2 else 0
+    padded = -(-width // 16) * 16
+    if x.is_contiguous() and x.data_ptr() % 16 == 0 and padded == width:
+        return x
+    if x.dim() == 1:
+        return x.clone()
+    out = torch.zeros(x.shape[0], padded, dtype=x.dtype, device=x.device)
+    out[:, :width] = x
+    return out
 
 
 def _common() -> dict:
     return dict(UPCAST=interpreting(), INPUT_PRECISION=input_precision())
+
+
+def _diag(exclude_offset: int | None, n: int) -> int:
+    """The kernels' diag_offset: the excluded pair's offset, or n (never reached) when none is excluded."""
+    return n if exclude_offset is None else exclude_offset
 
 
 def rows_forward(
@@ -96,58 +148,95 @@ def rows_forward(
     labels_b: Tensor | None = None,
     margin: float = 0.0,
     gamma: float = 0.0,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Row statistics of S = a b^T: (lse, None, argmax) for softmax, (lse_pos, lse_neg, argmax) for Circle.
-    Pairs (i, i + exclude_offset) are not candidates (self mode: 0; None: every pair is)."""
-    m, d = a.shape
-    stat1 = new_output((m,), torch.float32, a.device)
-    stat2 = new_output((m,), torch.float32, a.device) if loss == CIRCLE else stat1
-    argmax = new_output((m,), torch.int64, a.device)
-    dummy = stat1
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Row statistics of S = a b^T: (lse, None, argmax, best) for softmax, (lse_pos, lse_neg, argmax, best)
+    for Circle. Pairs (i, i + exclude_offset) are not candidates (self mode: 0; None: every pair is)."""
+    m, n = a.shape[0], b.shape[0]
+    same_rows = a is b
+    a = kernel_ready(a)
+    b = a if same_rows else kernel_ready(b)
+    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (labels_a, labels_b))
+    d = a.shape[1]
+    splits = column_splits(m, n, a.device)
+    stat1 = new_output((splits, m), torch.float32, a.device)
+    stat2 = new_output((splits, m), torch.float32, a.device) if loss == CIRCLE else stat1
+    best = new_output((splits, m), torch.float32, a.device)
+    best_idx = new_output((splits, m), torch.int64, a.device)
+    dummy = best
     _launch(
-        "rows_forward_kernel", m, _dmax(d),
+        "similarity_stats_kernel", m, splits, a,
         a, b, dummy if labels_a is None else labels_a, dummy if labels_b is None else labels_b,
         dummy if scale is None else scale,
-        stat1, stat2, argmax,
-        m, b.shape[0], d, a.stride(0), b.stride(0), float(margin), float(gamma), exclude_offset or 0,
-        LOSS=loss, EXCLUDE_DIAG=exclude_offset is not None, DMAX=_dmax(d), **_common(),
+        stat1, stat2, best, best_idx,
+        m, n, d, a.stride(0), b.stride(0), float(margin), float(gamma), _diag(exclude_offset, n),
+        LOSS=loss, **_common(),
     )  # fmt: skip
-    return stat1, (stat2 if loss == CIRCLE else None), argmax
+    if splits > 1:
+        stat1 = torch.logsumexp(stat1, dim=0, keepdim=True)
+        stat2 = torch.logsumexp(stat2, dim=0, keepdim=True) if loss == CIRCLE else stat1
+        winner = best.argmax(dim=0, keepdim=True)  # the first split, so the lowest column, wins a tie
+        best, best_idx = best.gather(0, winner), best_idx.gather(0, winner)
+    return stat1[0], (stat2[0] if loss == CIRCLE else None), best_idx[0], best[0]
 
 
-def rows_backward(
+Term = tuple[Tensor, Tensor | None, Tensor]  # (stat1, stat2, coefficients), +inf statistics where not counted
+
+
+def pair_grads(
     a: Tensor,
     b: Tensor,
     *,
     loss: int,
     exclude_offset: int | None,
-    row_term: tuple[Tensor, Tensor | None, Tensor] | None,
-    col_term: tuple[Tensor, Tensor | None, Tensor] | None,
+    row_term: Term,
+    col_term: Term | None,
     scale: Tensor | None = None,
     labels_a: Tensor | None = None,
     labels_b: Tensor | None = None,
     margin: float = 0.0,
     gamma: float = 0.0,
-) -> tuple[Tensor, Tensor]:
-    """dA = W b for W = d loss / d S, and d loss / d scale. Each term is (stat1, stat2, coefficients)
-    for the rows of a (row_term) or of b (col_term); statistics must already be +inf where not counted.
-    When `a is b` both terms are taken in one pass and d loss / d scale counts each pair once."""
+    want_db: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(dA = W b, dB = W^T a or None, d loss / d scale) for W = d loss / d S built from the row term (A's
+    rows) and the column term (B's rows). When `a is b` (self mode) dA already holds both terms, dB is not
+    formed, and d loss / d scale counts each pair once."""
     m, d = a.shape
-    block_rows = _INTERPRETER_META["BLOCK_M"] if interpreting() else 16  # smallest BLOCK_M of any config
-    da = new_output((m, d), a.dtype, a.device)
-    dscale = torch.zeros(triton.cdiv(m, block_rows), dtype=torch.float32, device=a.device)
-    dummy = dscale
-    r1, r2, rc = row_term if row_term is not None else (dummy, None, dummy)
+    n = b.shape[0]
+    same_rows = a is b
+    a = kernel_ready(a)
+    b = a if same_rows else kernel_ready(b)
+    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (labels_a, labels_b))
+    row_term = tuple(None if x is None else kernel_ready(x) for x in row_term)
+    col_term = None if col_term is None else tuple(None if x is None else kernel_ready(x) for x in col_term)
+    w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
+    a_w, b_w = a.to(w_dtype), (a.to(w_dtype) if same_rows else b.to(w_dtype))
+    chunk = workspace_rows(m, n, torch.finfo(w_dtype).bits // 8)
+    splits = column_splits(chunk, n, a.device)
+    workspace = new_output((chunk, n), w_dtype, a.device)
+    da = new_output((m, a.shape[1]), a.dtype, a.device)
+    db = torch.zeros(n, a.shape[1], dtype=torch.float32, device=a.device) if want_db and not same_rows else None
+    dscale = torch.zeros((), dtype=torch.float32, device=a.device)
+    partial = new_output((splits, chunk), torch.float32, a.device)
+    dummy = partial
+    r1, r2, rc = row_term
     c1, c2, cc = col_term if col_term is not None else (dummy, None, dummy)
-    _launch(
-        "rows_backward_kernel", m, _dmax(d),
-        a, b, dummy if labels_a is None else labels_a, dummy if labels_b is None else labels_b,
-        dummy if scale is None else scale,
-        r1, r1 if r2 is None else r2, rc, c1, c1 if c2 is None else c2, cc,
-        da, dscale,
-        m, b.shape[0], d, a.stride(0), b.stride(0), da.stride(0), float(margin), float(gamma), exclude_offset or 0,
-        LOSS=loss, EXCLUDE_DIAG=exclude_offset is not None, SAME_ROWS=a is b,
-        ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
-        DMAX=_dmax(d), **_common(),
-    )  # fmt: skip
-    return da, dscale.sum()
+    for r0 in range(0, m, chunk):
+        rows = min(chunk, m - r0)
+        part = slice(r0, r0 + rows)
+        w = workspace[:rows]
+        _launch(
+            "pair_weights_kernel", rows, splits, a,
+            a[part], b, dummy if labels_a is None else labels_a[part], dummy if labels_b is None else labels_b,
+            dummy if scale is None else scale,
+            r1[part], (r1 if r2 is None else r2)[part], rc[part], c1, c1 if c2 is None else c2, cc,
+            w, partial,
+            rows, n, a.shape[1], a.stride(0), b.stride(0), w.stride(0), float(margin), float(gamma),
+            _diag(exclude_offset, n) + (0 if exclude_offset is None else r0), 0 if same_rows else 1,
+            LOSS=loss, COL_TERM=col_term is not None, **_common(),
+        )  # fmt: skip
+        if loss == SOFTMAX:
+            dscale += partial.view(-1)[: splits * rows].sum()  # the kernel wrote (splits, rows)
+        da[part] = w @ b_w
+        if db is not None:
+            db += w.T @ a_w[part]
+    return da[:, :d], (None if db is None else db[:, :d].to(b.dtype)), dscale
