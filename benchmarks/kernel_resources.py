@@ -36,7 +36,7 @@ MAX_REGISTERS = 255
 
 
 def variants() -> list[dict]:
-    """Every (target, kernel, loss, dtype, divisibility, column term, config) the launcher can compile."""
+    """Every (target, kernel, loss, dtype, column term, fp32 dot precision, config) the launcher can compile."""
     import torch
 
     from dcr_kernels.backends.triton import launch
@@ -45,12 +45,17 @@ def variants() -> list[dict]:
     out = []
     for cap, kernel, loss, dtype in product(TARGETS, launch.KERNELS, LOSSES, DTYPES):
         col_terms = (False, True) if kernel == "pair_weights_kernel" else (None,)
-        for col_term, config in product(col_terms, launch.gpu_configs(kernel, torch_dtypes[dtype], cap)):
-            out.append(dict(
-                capability=cap, kernel=kernel, loss=loss, dtype=dtype, col_term=col_term,
-                block=[config.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
-                warps=config.num_warps, stages=config.num_stages,
-            ))  # fmt: skip
+        precisions = ("tf32", "ieee") if dtype == "fp32" else ("",)
+        for col_term, precision in product(col_terms, precisions):
+            configs = launch.gpu_configs(kernel, torch_dtypes[dtype], cap, precision or "tf32")
+            out += [
+                dict(
+                    capability=cap, kernel=kernel, loss=loss, dtype=dtype, col_term=col_term, precision=precision,
+                    block=[c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
+                    warps=c.num_warps, stages=c.num_stages,
+                )
+                for c in configs
+            ]  # fmt: skip
     return out
 
 
@@ -92,7 +97,7 @@ def inspect(v: dict) -> dict:
 
     kernel = getattr(kernels, v["kernel"])
     signature, attrs = _signature(kernel, v["dtype"])
-    constexprs = dict(LOSS=LOSSES[v["loss"]], UPCAST=False, INPUT_PRECISION="tf32",
+    constexprs = dict(LOSS=LOSSES[v["loss"]], UPCAST=False, INPUT_PRECISION=v["precision"] or "tf32",
                       BLOCK_M=v["block"][0], BLOCK_N=v["block"][1], BLOCK_K=v["block"][2])  # fmt: skip
     if v["col_term"] is not None:
         constexprs["COL_TERM"] = v["col_term"]
@@ -147,13 +152,13 @@ def markdown(rows: list[dict]) -> str:
         "D is a run-time argument, so each compile serves every D (rows reach the kernels padded to a multiple",
         f"of 16 elements): D = {', '.join(map(str, DIMS))} and beyond.",
         "",
-        "| target | kernel | loss | dtype | column term | BLOCK M x N x K | warps | stages | shared KiB | registers | spill B | MMA | fits |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| target | kernel | loss | dtype | column term | fp32 dots | BLOCK M x N x K | warps | stages | shared KiB | registers | spill B | MMA | fits |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]  # fmt: skip
     for r in rows:
         col = "" if r["col_term"] is None else ("yes" if r["col_term"] else "no")
         lines.append(
-            f"| sm_{r['capability']} | {r['kernel']} | {r['loss']} | {r['dtype']} | {col} "
+            f"| sm_{r['capability']} | {r['kernel']} | {r['loss']} | {r['dtype']} | {col} | {r['precision']} "
             f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']} | {r['shared'] / 1024:.0f} "
             f"| {r['registers']} | {r['spill']} | {r['mma']} | {'yes' if fits(r) else '**no**'} |"
         )

@@ -37,6 +37,9 @@ _GPU_CONFIGS = {
     ],
     ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80)],
     ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80)],
+    # exact fp32 dots (DCR_INPUT_PRECISION=ieee) run on FMA units, with operands held in registers
+    ("similarity_stats_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, 80), (64, 32, 16, 4, 2, 80)],
+    ("pair_weights_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, 80), (64, 32, 16, 4, 2, 80)],
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
@@ -60,10 +63,10 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int) -> list[triton.Config]:
+def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int, precision: str = "tf32") -> list[triton.Config]:
     """The configs the autotuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
-    `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200)."""
-    family = "fp32" if dtype == torch.float32 else "16-bit"
+    `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`."""
+    family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s, lowest in _GPU_CONFIGS[(kernel_name, family)]
@@ -72,10 +75,10 @@ def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int) -> list[t
 
 
 @functools.cache
-def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, autotune: bool):
+def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, precision: str, autotune: bool):
     """The kernel autotuned over its configs (keyed by D, the loss and the dtypes), or fixed to the first
     config when `autotune` is off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
-    configs = gpu_configs(kernel_name, dtype, capability)
+    configs = gpu_configs(kernel_name, dtype, capability, precision)
     return triton.autotune(configs=configs if autotune else configs[:1], key=["D", "LOSS"])(
         getattr(kernels, kernel_name)
     )
@@ -110,7 +113,8 @@ def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **conste
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), splits)  # noqa: E731
     autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
     major, minor = torch.cuda.get_device_capability(x.device)
-    _tuned(kernel_name, x.dtype, 10 * major + minor, autotune)[grid](*args, **constexprs)
+    tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, constexprs["INPUT_PRECISION"], autotune)
+    tuned[grid](*args, **constexprs)
 
 
 def kernel_ready(x: Tensor) -> Tensor:

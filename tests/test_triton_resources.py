@@ -1,0 +1,51 @@
+"""Every Triton kernel variant and every config the launcher may pick compiles for sm_80 and sm_90 and fits:
+shared memory within the target's limit, no register spills, and on sm_90 the 16-bit similarity dots
+lowered to warp-group MMA. Compiled on the CPU (no GPU needed); the table is written to
+benchmarks/results/triton_resources.{json,md}."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "triton_resources"
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT functions, not the interpreter
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"), "--out", str(OUT)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=1200)
+    return json.loads(OUT.with_suffix(".json").read_text())
+
+
+def test_every_variant_is_compiled(rows):
+    """Both targets, both kernels, both loss families, three dtypes, both backward term layouts, both fp32
+    dot precisions."""
+    keys = {(r["capability"], r["kernel"], r["loss"], r["dtype"], r["col_term"], r["precision"]) for r in rows}
+    assert len(keys) == 2 * (2 * (1 + 1 + 2) + 2 * 2 * (1 + 1 + 2))  # targets x (forward + backward variants)
+
+
+def test_every_kept_config_fits(rows):
+    limits = {80: 163 * 1024, 90: 227 * 1024}
+    for r in rows:
+        where = f"{r['kernel']} {r['loss']} {r['dtype']} sm_{r['capability']} {r['block']} w{r['warps']} s{r['stages']}"
+        assert r["shared"] <= limits[r["capability"]], f"shared memory over the limit: {where}"
+        assert r["spill"] == 0, f"{r['spill']} bytes spilled: {where}"
+        assert r["registers"] <= 255, where
+
+
+def test_hopper_uses_warp_group_mma(rows):
+    for r in rows:
+        if r["capability"] == 90 and r["dtype"] in ("bf16", "fp16"):
+            assert r["mma"] == "wgmma", f"{r['kernel']} {r['loss']} {r['dtype']} {r['block']}: {r['mma']}"
+        if r["capability"] == 90 and r["precision"] == "tf32":
+            assert r["mma"] == "wgmma"
+        if r["capability"] == 80 and r["precision"] != "ieee":
+            assert r["mma"] == "mma.sync"
