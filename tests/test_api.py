@@ -61,16 +61,16 @@ def test_bad_input_gets_a_clear_error(call, match):
 def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises((ValueError, ImportError), match="CUDA|Triton"):
-        resolve("triton", torch.device("cpu"), "info_nce")
+        resolve("triton", torch.zeros(1), "info_nce")
 
 
 def test_environment_variable_overrides_auto(monkeypatch):
     monkeypatch.setenv("DCR_BACKEND", "reference")
-    assert resolve("auto", torch.device("cpu"), "f").__name__.endswith("reference")
+    assert resolve("auto", torch.zeros(1), "f").__name__.endswith("reference")
     monkeypatch.setenv("DCR_BACKEND", "chunked")
-    assert resolve("auto", torch.device("cpu"), "f").__name__.endswith("chunked")
+    assert resolve("auto", torch.zeros(1), "f").__name__.endswith("chunked")
     monkeypatch.delenv("DCR_BACKEND")
-    assert resolve("auto", torch.device("cpu"), "f").__name__.endswith("chunked")
+    assert resolve("auto", torch.zeros(1), "f").__name__.endswith("chunked")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -75,17 +75,18 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
     torch.testing.assert_close(sim.gather(1, got.argmax[:, None]).squeeze(1), got.best)
 
     row, col = _terms(a, b, loss, offset, scale, labels_a, labels_b, torch.Generator().manual_seed(2))
-    a_, s_ = a.clone().requires_grad_(), scale.clone().requires_grad_()
-    rows = _dense_stats(a_, b, loss, offset, s_, labels_a, labels_b)
-    cols = _dense_stats(b, a_, loss, None if offset is None else -offset, s_, labels_b, labels_a)
+    a_, b_, s_ = a.clone().requires_grad_(), b.clone().requires_grad_(), scale.clone().requires_grad_()
+    rows = _dense_stats(a_, b_, loss, offset, s_, labels_a, labels_b)
+    cols = _dense_stats(b_, a_, loss, None if offset is None else -offset, s_, labels_b, labels_a)
     total = sum(
         (coef * torch.where(torch.isfinite(stat), stat, 0.0)).sum()
         for coef, stat in [(row[2], rows[0]), (row[2], rows[1]), (col[2], cols[0]), (col[2], cols[1])]
         if stat is not None
     )
-    want_da, want_ds = torch.autograd.grad(total, [a_, s_], allow_unused=True)
-    da, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, backend="chunked", **kw)
+    want_da, want_db, want_ds = torch.autograd.grad(total, [a_, b_, s_], allow_unused=True)
+    da, db, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="chunked", **kw)
     torch.testing.assert_close(da, want_da, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(db, want_db, rtol=1e-10, atol=1e-12)
     if loss == blocks.SOFTMAX:
         torch.testing.assert_close(ds, want_ds, rtol=1e-10, atol=1e-12)
 
@@ -95,9 +96,9 @@ def test_same_rows_counts_the_scale_gradient_once():
     a, _, labels, _, scale = _inputs(6, 6, 4, torch.float64, seed=3)
     kw = _kw(blocks.SOFTMAX, 0, scale, labels, labels)
     row, _ = _terms(a, a, blocks.SOFTMAX, 0, scale, labels, labels, torch.Generator().manual_seed(4))
-    da_same, ds_same = blocks.rows_backward(a, a, row_term=row, col_term=row, backend="chunked", **kw)
-    da_two, ds_two = blocks.rows_backward(a, a.clone(), row_term=row, col_term=row, backend="chunked", **kw)
-    _, ds_row = blocks.rows_backward(a, a, row_term=row, col_term=None, backend="chunked", **kw)
+    da_same, _, ds_same = blocks.rows_backward(a, a, row_term=row, col_term=row, backend="chunked", **kw)
+    da_two, _, ds_two = blocks.rows_backward(a, a.clone(), row_term=row, col_term=row, backend="chunked", **kw)
+    _, _, ds_row = blocks.rows_backward(a, a, row_term=row, col_term=None, backend="chunked", **kw)
     torch.testing.assert_close(da_same, da_two)
     torch.testing.assert_close(ds_same, ds_row)
     torch.testing.assert_close(ds_two, 2 * ds_row)
@@ -124,14 +125,27 @@ def test_triton_matches_chunked(loss, offset):
     assert (got.argmax == want.argmax).float().mean() > 0.95  # ties under tf32 may pick another column
     row, col = _terms(a, b, loss, offset, scale, labels_a, labels_b, torch.Generator().manual_seed(6))
     row, col = [tuple(None if t is None else t.to(device) for t in term) for term in (row, col)]
-    da, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, backend="triton", **kw)
-    want_da, want_ds = blocks.rows_backward(a, b, row_term=row, col_term=col, backend="chunked", **kw)
+    da, db, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="triton", **kw)
+    want = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="chunked", **kw)
+    want_da, want_db, want_ds = want
     assert float((da - want_da).norm() / want_da.norm()) < tol["rtol"]
+    assert float((db - want_db).norm() / want_db.norm()) < tol["rtol"]
     torch.testing.assert_close(ds.to(want_ds.dtype), want_ds, **tol)
 
 
-def test_auto_runs_cpu_and_float64_in_pytorch():
+def test_auto_runs_cpu_and_float64_in_pytorch(monkeypatch):
     a = torch.randn(3, 4)
     assert not blocks.use_triton(a, "auto")
+    assert not blocks.use_triton(a.double(), "triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         blocks.use_triton(a, "dense")
+
+
+@pytest.mark.skipif(not _kernels_runnable(), reason="needs Triton on a GPU or in the interpreter")
+def test_environment_variable_decides_for_the_blocks_too(monkeypatch):
+    """One dispatcher: DCR_BACKEND steers the block primitives as it steers the functional API."""
+    a = torch.randn(3, 4, device="cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("DCR_BACKEND", "triton")
+    assert blocks.use_triton(a, "auto")
+    monkeypatch.setenv("DCR_BACKEND", "chunked")
+    assert not blocks.use_triton(a, "auto")

@@ -59,14 +59,45 @@ def test_extreme_scales_stay_finite(loss, mode):
         assert_close_to_oracle(case, "triton", dtype, tol, DEVICE)
 
 
-def test_poisoned_outputs_are_fully_written(monkeypatch):
-    """Every kernel output starts as NaN (or a bogus index) and must be overwritten completely."""
-
+def _poison(monkeypatch):
     def poisoned(shape, dtype, device):
         fill = float("nan") if dtype.is_floating_point else -7
         return torch.full(shape, fill, dtype=dtype, device=device)
 
     monkeypatch.setattr(launch, "new_output", poisoned)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss,mode", LOSS_MODES)
+@pytest.mark.parametrize("d", [130, 600, 1100, 2100])
+def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
+    """D spanning many BLOCK_K slices and not a multiple of 8 or 16; outputs poisoned; the backward's
+    workspace set to 16 rows, so it runs in several row chunks (36 rows: 16 + 16 + 4); 36 columns take
+    two column splits in the interpreter."""
+    _poison(monkeypatch)
+    n = 36
+    elem = 4 if dtype == torch.float32 else 2
+    monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", str(16 * 2 * n * elem / 2**20))  # 16 rows (extra keys: 2n cols)
+    i = [130, 600, 1100, 2100].index(d)
+    case = make_case(
+        loss, mode, n, d, seed=_seed(), layout=LAYOUTS[i % 3], reduction=REDUCTIONS[i % 3],
+        prenormalize=dtype != torch.float32,
+    )  # fmt: skip
+    assert_close_to_oracle(case, "triton", dtype, FP32_TOL if dtype == torch.float32 else LOW_TOL, DEVICE)
+
+
+def test_workspace_and_splits_follow_the_shapes(monkeypatch):
+    monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", "1")
+    assert launch.workspace_rows(10_000, 4096, 4) == 64  # 1 MiB / (4096 x 4 bytes)
+    assert launch.workspace_rows(10, 4096, 4) == 10
+    assert launch.workspace_rows(10_000, 10**7, 2) == 16  # never below 16 rows
+    if launch.interpreting():
+        assert [launch.column_splits(40, n, torch.device("cpu")) for n in (1, 33, 65, 10_000)] == [1, 2, 3, 3]
+
+
+def test_poisoned_outputs_are_fully_written(monkeypatch):
+    """Every kernel output starts as NaN (or a bogus index) and must be overwritten completely."""
+    _poison(monkeypatch)
     for loss, mode in LOSS_MODES:
         for b, d in [(1, 16), (33, 20)]:
             if loss == "info_nce" and mode == "self" and b == 1:

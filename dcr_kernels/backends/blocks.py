@@ -1,16 +1,15 @@
 """Block primitives for losses whose keys arrive in blocks (a gathered global batch, or a ring of ranks).
 
 `rows_forward(a, b)`: per row i of A, the statistics of S = A B^T over the candidate columns of B (softmax
-family: lse_i of z = s S; Circle: LSE over positives and over negatives, DESIGN.md section 3), the argmax
-column and the best similarity, so that argmaxes of different blocks can be merged. `rows_backward(a, b)`:
-dA = W B for W = d loss / d S, given the FINAL statistics and per-row coefficients of A's rows (row term)
-and of B's rows (column term: B's rows are loss rows whose candidates include A's rows), and d loss / d s.
-The pair (i, i + exclude_offset) is never a candidate: 0 in self mode, a rank's first row for its own
-block inside a gathered batch, minus that for the transposed call.
+family: lse_i of z = s S; Circle: LSE over positives and over negatives, docs/design.md "The math"), the
+argmax column and the best similarity, so that argmaxes of different blocks can be merged.
+`rows_backward(a, b)`: W = d loss / d S from the FINAL statistics and per-row coefficients of A's rows
+(row term) and of B's rows (column term: B's rows are loss rows whose candidates include A's rows); returns
+dA = W B, optionally dB = W^T A from the same W, and d loss / d s. The pair (i, i + exclude_offset) is never
+a candidate: 0 in self mode, a rank's first row for its own block inside a gathered batch.
 
-CUDA tensors in fp16/bf16/fp32 run the Triton kernels (`backends.triton.launch`, whose contract this is);
-everything else (CPU, float64) runs row-chunked PyTorch in O(chunk x N) memory. The kernels do not return
-the best similarity: it is recovered as a_i . b_argmax with one O(M D) gather.
+`backends.select` decides where a call runs: the Triton kernels (`backends.triton.launch`, whose contract
+this is) or row-chunked PyTorch in O(chunk x N) memory (CPU, float64, or when asked for).
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ import torch
 from torch import Tensor
 
 from ..losses import circle_logits
-from . import triton_available
-from .base import compute_dtype
+from . import select
+from .base import CIRCLE, SOFTMAX, compute_dtype
 from .chunked import chunk_rows
 
-SOFTMAX, CIRCLE = 0, 1  # the kernels' loss codes (launch.SOFTMAX, launch.CIRCLE)
 BACKENDS = ("auto", "chunked", "triton")
 _TEMPORARIES = {SOFTMAX: 6, CIRCLE: 12}  # chunk x N buffers alive at once per loss
 
@@ -44,12 +42,10 @@ class BlockStats(NamedTuple):
 
 
 def use_triton(a: Tensor, backend: str) -> bool:
-    """Whether `backend` sends `a` to the kernels: "auto" does for CUDA tensors in fp16/bf16/fp32."""
+    """Whether `backend` sends `a` to the kernels (`backends.select` decides, as for the functional API)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return a.device.type == "cuda" and a.dtype != torch.float64 and triton_available()
-    return backend == "triton"
+    return select(backend, a, "block primitives") == "triton"
 
 
 def rows_forward(
@@ -69,13 +65,10 @@ def rows_forward(
     if use_triton(a, backend):
         from .triton import launch
 
-        a, b = a.contiguous(), b.contiguous()
-        stat1, stat2, argmax = launch.rows_forward(
+        return BlockStats(*launch.rows_forward(
             a, b, loss=loss, exclude_offset=exclude_offset, scale=_kernel_scale(scale),
             labels_a=_kernel_labels(labels_a), labels_b=_kernel_labels(labels_b), margin=margin, gamma=gamma,
-        )  # fmt: skip
-        picked = (a.float() * b[argmax.clamp(min=0)].float()).sum(dim=1)
-        return BlockStats(stat1, stat2, argmax, torch.where(argmax >= 0, picked, float("-inf")))
+        ))  # fmt: skip
     return _chunked_forward(a, b, loss, exclude_offset, scale, labels_a, labels_b, margin, gamma)
 
 
@@ -85,29 +78,30 @@ def rows_backward(
     *,
     loss: int,
     exclude_offset: int | None,
-    row_term: Term | None,
+    row_term: Term,
     col_term: Term | None,
     scale: Tensor | None = None,
     labels_a: Tensor | None = None,
     labels_b: Tensor | None = None,
     margin: float = 0.0,
     gamma: float = 0.0,
+    want_db: bool = False,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """(dA in a's dtype, d loss / d s) for W = d loss / d S built from the row and column terms. When `a is b`
-    both terms are taken in one pass and d loss / d s counts each pair once."""
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(dA, dB or None, d loss / d s) for W = d loss / d S built from the row and column terms; dA and dB in
+    the inputs' dtypes, dB = W^T A only when `want_db`. When `a is b` both terms are taken in one pass,
+    dA is the whole gradient and d loss / d s counts each pair once."""
     if use_triton(a, backend):
         from .triton import launch
 
-        same = a is b
-        a = a.contiguous()
-        b = a if same else b.contiguous()
-        return launch.rows_backward(
+        return launch.pair_grads(
             a, b, loss=loss, exclude_offset=exclude_offset, row_term=_kernel_term(row_term),
             col_term=_kernel_term(col_term), scale=_kernel_scale(scale), labels_a=_kernel_labels(labels_a),
-            labels_b=_kernel_labels(labels_b), margin=margin, gamma=gamma,
+            labels_b=_kernel_labels(labels_b), margin=margin, gamma=gamma, want_db=want_db,
         )  # fmt: skip
-    return _chunked_backward(a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma)
+    return _chunked_backward(
+        a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma, want_db
+    )
 
 
 def _kernel_scale(scale: Tensor | None) -> Tensor | None:
@@ -119,6 +113,7 @@ def _kernel_labels(labels: Tensor | None) -> Tensor | None:
 
 
 def _kernel_term(term: Term | None) -> Term | None:
+    """(stat1, stat2, coefficients) as the kernels read them: fp32, contiguous."""
     if term is None:
         return None
     s1, s2, coef = term
@@ -197,8 +192,8 @@ def _tile_terms(row: Term | None, col: Term | None, rows: slice, same_rows: bool
 
 
 def _chunked_backward(
-    a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma
-) -> tuple[Tensor, Tensor]:
+    a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma, want_db
+) -> tuple[Tensor, Tensor | None, Tensor]:
     same_rows = a is b
     dtype = compute_dtype(a.dtype)
     out_dtype = a.dtype
@@ -206,6 +201,7 @@ def _chunked_backward(
     b = a if same_rows else b.to(dtype)
     m, n = a.shape[0], b.shape[0]
     da = torch.empty(m, a.shape[1], dtype=out_dtype, device=a.device)
+    db = torch.zeros(n, a.shape[1], dtype=dtype, device=a.device) if want_db and not same_rows else None
     dscale = torch.zeros((), dtype=dtype, device=a.device)
     s = None if scale is None else scale.detach().to(dtype).reshape(())
     row, col = _cast_term(row_term, dtype), _cast_term(col_term, dtype)
@@ -229,4 +225,6 @@ def _chunked_backward(
             for (s1, s2, coef), _ in _tile_terms(row, col, rows, same_rows):
                 w += coef * (torch.exp(z_pos - s1) * slope_pos + torch.exp(z_neg - s2) * slope_neg)
         da[rows] = (w @ b).to(out_dtype)
-    return da, dscale
+        if db is not None:
+            db += w.T @ a[rows]
+    return da, (None if db is None else db.to(out_dtype)), dscale

@@ -80,7 +80,7 @@ def _describe(
     if backend not in blocks.BACKENDS:
         raise ValueError(f"{fn}: backend must be one of {blocks.BACKENDS}, got {backend!r}")
     if backend == "triton":
-        resolve(backend, query.device, fn)  # CUDA, or the interpreter
+        resolve(backend, query, fn)  # CUDA, or the interpreter
     if positive is not None:
         v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
     pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)

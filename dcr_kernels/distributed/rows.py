@@ -123,16 +123,12 @@ class BlockRows(torch.autograd.Function):
             start = source.offsets[src]
             labels_b = spec.key_labels[start : start + block.shape[0]]
             exclude = source.exclude(src)
-            da_part, ds_part = blocks.rows_backward(
+            da_part, db, ds_part = blocks.rows_backward(
                 a, block, exclude_offset=exclude, row_term=term, col_term=None, labels_a=spec.labels,
-                labels_b=labels_b, **kw,
+                labels_b=labels_b, want_db=True, **kw,
             )  # fmt: skip
             da += da_part.to(dtype)
             dscale += ds_part.to(dtype)
-            db, _ = blocks.rows_backward(
-                block, a, exclude_offset=_negate(exclude), row_term=None, col_term=term, labels_a=labels_b,
-                labels_b=spec.labels, **kw,
-            )  # fmt: skip
             db = db.to(dtype)
             if grad_t is not None and spec.targets:
                 db += positive_sum(labels_b, grad_t.to(dtype), spec.labels, _negate(exclude))

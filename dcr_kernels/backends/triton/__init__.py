@@ -8,7 +8,7 @@ Cost in B^2 D matmul units (one unit = one M x N x D product), from the launches
 - backward, cross mode (symmetric or not): 3 (recompute S; dQ = W K and dK = W^T Q from the same W).
 So the symmetric CLIP loss costs 2 + 3 = 5 units, against Inf-CL's 10; docs/design.md ("Cost model")
 adds the HBM traffic of W and predicted times on an H200.
-float64 inputs are routed to the chunked backend (no fp64 tensor-core path).
+float64 inputs never reach this module: `backends.select` sends them to the chunked backend.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import torch
 from torch import Tensor
 
 from ...losses import circle_row_loss, safe_lse, weighted_total
-from .. import chunked
-from ..base import CircleStats, SoftmaxStats, softmax_total
-from ..base import CIRCLE, SOFTMAX
+from ..base import CIRCLE, SOFTMAX, CircleStats, SoftmaxStats, softmax_total
 from .launch import pair_grads, rows_forward
 
 
@@ -115,10 +113,6 @@ def softmax_stats(
     coeff: Tensor | None = None,
     col_coeff: Tensor | None = None,
 ) -> SoftmaxStats:
-    if q.dtype == torch.float64:
-        return chunked.softmax_stats(
-            q, k, scale, self_mode=self_mode, columns=columns, coeff=coeff, col_coeff=col_coeff
-        )
     lse, col_lse, argmax = _SoftmaxLSE.apply(q, k, scale, self_mode, columns)
     col_lse = col_lse if columns else None
     return SoftmaxStats(lse, col_lse, argmax, softmax_total(lse, col_lse, coeff, col_coeff))
@@ -135,10 +129,6 @@ def circle_stats(
     self_mode: bool,
     coeff: Tensor | None = None,
 ) -> CircleStats:
-    if q.dtype == torch.float64:
-        return chunked.circle_stats(
-            q, k, q_labels, k_labels, margin=margin, gamma=gamma, self_mode=self_mode, coeff=coeff
-        )
     yq, yk = q_labels.to(torch.int32).contiguous(), k_labels.to(torch.int32).contiguous()
     row_loss, argmax = _CircleRows.apply(q, k, yq, yk, margin, gamma, self_mode)
     total = weighted_total(coeff.float(), row_loss) if coeff is not None else None

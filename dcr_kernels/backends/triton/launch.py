@@ -43,7 +43,7 @@ _GPU_CONFIGS = {
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
-_WORKSPACE_ROW_ALIGN = 128  # chunk starts stay multiples of every BLOCK_M (and 16-byte aligned)
+_WORKSPACE_ROW_ALIGN = 16  # chunk starts keep every row pointer and statistics slice 16-byte aligned
 
 
 def interpreting() -> bool:
@@ -97,7 +97,7 @@ def column_splits(m: int, n: int, device: torch.device) -> int:
 
 def workspace_rows(m: int, n: int, element_bytes: int) -> int:
     """Rows of W per backward chunk: as many as fit in DCR_TRITON_WORKSPACE_MB (default 1024 MiB), a
-    multiple of 128, at least 128."""
+    multiple of 16, at least 16."""
     budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20)
     rows = budget // max(1, n * element_bytes) // _WORKSPACE_ROW_ALIGN * _WORKSPACE_ROW_ALIGN
     return min(m, max(_WORKSPACE_ROW_ALIGN, rows))
