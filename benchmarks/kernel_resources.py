@@ -112,7 +112,8 @@ def inspect(v: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])
-        cmd = [str(ptxas), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", str(ptx), "-o", str(ptx) + ".o"]
+        flags = ["-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}"]  # as Triton's own ptxas call
+        cmd = [str(ptxas), *flags, str(ptx), "-o", str(ptx) + ".o"]
         log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     ttgir = compiled.asm["ttgir"]
     mma = "wgmma" if "warp_group_dot" in ttgir else "mma.sync" if "nvidia_mma" in ttgir else "fma"
@@ -152,7 +153,8 @@ def markdown(rows: list[dict]) -> str:
         "D is a run-time argument, so each compile serves every D (rows reach the kernels padded to a multiple",
         f"of 16 elements): D = {', '.join(map(str, DIMS))} and beyond.",
         "",
-        "| target | kernel | loss | dtype | column term | fp32 dots | BLOCK M x N x K | warps | stages | shared KiB | registers | spill B | MMA | fits |",
+        "| target | kernel | loss | dtype | column term | fp32 dots | BLOCK M x N x K | warps | stages "
+        "| shared KiB | registers | spill B | MMA | fits |",
         "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]  # fmt: skip
     for r in rows:
