@@ -1,6 +1,6 @@
 """The losses in `torch.nn.functional` style: validate, normalise, dispatch to a backend, reduce.
 
-Notation (DESIGN.md section 3): queries Q (M x D), keys K (N x D); self mode when `key` is None (K is Q
+Notation (docs/design.md, "The math"): queries Q (M x D), keys K (N x D); self mode when `key` is None (K is Q
 and the pair (i, i) is never a candidate); S = Q K^T after optional L2 normalisation.
 """
 

@@ -1,4 +1,4 @@
-"""The per-pair math of each loss (DESIGN.md section 3), written once for the PyTorch backends.
+"""The per-pair math of each loss (docs/design.md, "The math"), written once for the PyTorch backends.
 
 Softmax family: z_ij = s * S_ij over the candidate set; the backends only need the row (and, for the
 symmetric loss, column) log-sum-exp, since the target term is linear and lives in `functional.py`.

@@ -8,7 +8,7 @@ rows of any ranks, and local batch sizes may differ. Two strategies compute the 
   statistics block by block (log-add-exp), the next block in flight during the current block's compute;
   the backward sends each block's gradient around the ring with it; memory O(local B x D) per rank.
 
-Gradient convention (DESIGN.md section 5). With L the loss over the global batch (the mean over all
+Gradient convention (docs/design.md, "Gradients across ranks"). With L the loss over the global batch (the mean over all
 counted rows of all ranks, or their sum), each rank returns world_size * (its rows' share of L): under
 DDP, which averages gradients over ranks, every gradient (the model's parameters, a learnable temperature
 in the DDP module) equals the single-process gradient of L on the concatenated batch. Before averaging,

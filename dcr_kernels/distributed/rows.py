@@ -3,8 +3,8 @@
 For local rows A and the key blocks B of a `KeySource` (every rank's keys around a ring, or one gathered
 block), the forward merges each block's row statistics with a log-add-exp (softmax lse; Circle LSE over
 positives and over negatives) and keeps the best similarity and its global column. For the softmax family
-it also sums the positive keys t_i = sum_{j in P(i)} k_j: the target term is linear in K (DESIGN.md
-section 3), so the caller forms it as s a_i . t_i / |P(i)| with plain autograd. The backward visits the
+it also sums the positive keys t_i = sum_{j in P(i)} k_j: the target term is linear in K (docs/design.md,
+"The math"), so the caller forms it as s a_i . t_i / |P(i)| with plain autograd. The backward visits the
 blocks again: dA += W B per block, and each block's dB = W^T A (plus the target's share) goes back to the
 rank that owns the block.
 """
