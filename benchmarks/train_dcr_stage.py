@@ -33,8 +33,8 @@ def _prompts(
     n: int, seed: int = 0, questions_only: bool = False, sources: list[str] | None = None
 ) -> tuple[list[str], torch.Tensor]:
     """``n`` shipped training prompts, half toxic and half seemingly toxic (of question form only, if asked)."""
-    from dcr.prompts import load_labelled
-    from dcr.sampler import BalancedBatchSampler
+    from dcr.prompts.sampler import BalancedBatchSampler
+    from dcr.prompts.sets import load_labelled
 
     ds, _ = load_labelled(sources=sources)
     if questions_only:
@@ -44,8 +44,8 @@ def _prompts(
 
 
 def _model_and_batch(n: int):
-    from dcr.chat import collate, encode_prompts, pad_id
-    from dcr.model import load_model
+    from dcr.modeling.chat import collate, encode_prompts, pad_id
+    from dcr.modeling.model import load_model
 
     model, tokenizer = load_model("default")
     texts, labels = _prompts(n)
@@ -54,9 +54,9 @@ def _model_and_batch(n: int):
 
 
 def speed(args: argparse.Namespace) -> dict:
-    from dcr.losses import make_loss
-    from dcr.representation import pool, represent
-    from dcr.trainable import freeze_above
+    from dcr.modeling.representation import pool, represent
+    from dcr.modeling.trainable import freeze_above
+    from dcr.training.losses import make_loss
 
     model, _, _, labels, (input_ids, mask) = _model_and_batch(args.batch)
     freeze_above(model, args.layer)
@@ -104,10 +104,10 @@ def _max_rss_mb() -> float:
 
 
 def memory_child(args: argparse.Namespace) -> dict:
-    from dcr.embedding import batch_embedder
-    from dcr.gradcache import contrastive_backward
-    from dcr.losses import make_loss
-    from dcr.trainable import freeze_above
+    from dcr.modeling.embedding import batch_embedder
+    from dcr.modeling.trainable import freeze_above
+    from dcr.training.gradcache import contrastive_backward
+    from dcr.training.losses import make_loss
 
     model, tokenizer, ids, labels, _ = _model_and_batch(args.batch)
     freeze_above(model, args.layer)
@@ -163,12 +163,12 @@ def _xstest_family(kind: str) -> str:
 
 
 def separation(args: argparse.Namespace) -> dict:
-    from dcr.config import RefineConfig
-    from dcr.embedding import embed_texts
-    from dcr.model import load_model
-    from dcr.prompts import load_xstest
-    from dcr.refine import refine
-    from dcr.separation import nearest_neighbour_hits, separation_report
+    from dcr.evaluation.separation import nearest_neighbour_hits, separation_report
+    from dcr.modeling.embedding import embed_texts
+    from dcr.modeling.model import load_model
+    from dcr.prompts.sets import load_xstest
+    from dcr.training.refine import refine
+    from dcr.training.refine_config import RefineConfig
 
     xstest = load_xstest()
     labels = torch.tensor([int(label == "toxic") for label in xstest["label"]])
@@ -246,8 +246,8 @@ def separation(args: argparse.Namespace) -> dict:
 
 def _all_layers(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """Last-prompt-token states of every layer, (depth + 1, N, D), from full forwards."""
-    from dcr.chat import collate, encode_prompts, pad_id
-    from dcr.representation import pool, position_ids
+    from dcr.modeling.chat import collate, encode_prompts, pad_id
+    from dcr.modeling.representation import pool, position_ids
 
     ids = encode_prompts(tokenizer, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -282,7 +282,7 @@ def _question_share(texts: list[str]) -> float:
 def _question_form_data(sources: list[str] | None, path: str) -> str:
     """The shipped training prompts phrased as questions, as a JSONL file for `RefineConfig.data`: both
     classes then share XSTest's form, so the contrast cannot be learnt from form alone."""
-    from dcr.prompts import load_labelled
+    from dcr.prompts.sets import load_labelled
 
     ds, _ = load_labelled(sources=sources)
     with open(path, "w") as f:
@@ -295,7 +295,7 @@ def _question_form_data(sources: list[str] | None, path: str) -> str:
 def _twin_families_data(families: list[str], path: str) -> str:
     """The shipped twins of the named families only, as a JSONL file for `RefineConfig.data` (to see whether
     the refinement carries over to XSTest types that no training family covers)."""
-    from dcr.prompts import DATA_DIR
+    from dcr import DATA_DIR
 
     with open(DATA_DIR / "twins" / "prompts.jsonl") as src, open(path, "w") as f:
         f.writelines(line for line in src if json.loads(line)["family"] in families)
@@ -303,9 +303,9 @@ def _twin_families_data(families: list[str], path: str) -> str:
 
 
 def transfer(args: argparse.Namespace) -> dict:
-    from dcr.model import load_model
-    from dcr.prompts import load_xstest
-    from dcr.separation import auroc, fit_logistic, nearest_neighbour_accuracy, probe_auroc
+    from dcr.evaluation.separation import auroc, fit_logistic, nearest_neighbour_accuracy, probe_auroc
+    from dcr.modeling.model import load_model
+    from dcr.prompts.sets import load_xstest
 
     model, tokenizer = load_model("default")
     model.eval()
@@ -329,7 +329,7 @@ def transfer(args: argparse.Namespace) -> dict:
                 "train_nn_accuracy": nearest_neighbour_accuracy(x, labels),
             }
         )
-    from dcr.prompts import load_labelled
+    from dcr.prompts.sets import load_labelled
 
     shipped, _ = load_labelled()
     share = {

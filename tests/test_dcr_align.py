@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from test_dcr_helpers import tiny_model_dir
 
-from dcr.align import align, batch_rows, response_labels
-from dcr.align_config import AlignConfig
 from dcr.config import ConfigError
-from dcr.jsonl_log import read_log
-from dcr.prompts import normalise
-from dcr.refusals import refusal_for
-from dcr.sft_data import build_mix, dcr_stage_prompts, evaluation_prompts, refusal_prompts
+from dcr.prompts.refusals import refusal_for
+from dcr.prompts.sets import normalise
+from dcr.prompts.sft_mix import build_mix, dcr_stage_prompts, evaluation_prompts, refusal_prompts
+from dcr.training.align import align, batch_rows, response_labels
+from dcr.training.align_config import AlignConfig
+from dcr.training.jsonl_log import read_log
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,8 +36,8 @@ def test_labels_cover_answer_tokens_only():
 
 def test_loss_scores_answer_tokens_only(config):
     """The loss is the summed next-token NLL of the answer tokens, nothing from the prompt or the padding."""
-    from dcr.align import response_loss_sum
-    from dcr.model import load_model
+    from dcr.modeling.model import load_model
+    from dcr.training.align import response_loss_sum
 
     model, _ = load_model(config.model)
     ids = torch.randint(6, 20, (2, 10))
@@ -81,8 +81,8 @@ def test_batches_are_a_pure_function_of_the_step():
 
 
 def test_retention_term_sends_gradient_to_layers_up_to_l_only(config, monkeypatch):
-    from dcr import align as align_mod
-    from dcr.model import load_model
+    from dcr.modeling.model import load_model
+    from dcr.training import align as align_mod
 
     model, tok = load_model(config.model)
     cfg = AlignConfig(**{**config.__dict__, "retention_weight": 1.0, "retention_layer": 2, "retention_batch_size": 4})

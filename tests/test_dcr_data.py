@@ -11,7 +11,8 @@ datasets = pytest.importorskip("datasets")
 
 from test_dcr_helpers import prompt_rows, write_jsonl  # noqa: E402
 
-from dcr.prompts import (  # noqa: E402
+from dcr.prompts.sampler import BalancedBatchSampler  # noqa: E402
+from dcr.prompts.sets import (  # noqa: E402
     DATA_DIR,
     TRAIN_SOURCES,
     DataError,
@@ -20,7 +21,6 @@ from dcr.prompts import (  # noqa: E402
     normalise,
     split,
 )
-from dcr.sampler import BalancedBatchSampler  # noqa: E402
 
 
 def test_shipped_sets_carry_attribution_and_load():
@@ -124,12 +124,12 @@ FUNCTION_WORDS = {"how", "do", "i", "what", "is", "the", "a", "an", "to", "my", 
 
 
 def test_twins_are_matched_reproducible_and_not_xstest_look_alikes():
-    from dcr import twins
+    from dcr.prompts import twins
 
     xstest = list(load_xstest()["text"])
     rows = twins.rows(xstest)
     shipped = [json.loads(line) for line in (DATA_DIR / "twins" / "prompts.jsonl").open()]
-    assert shipped == rows, "dcr/data/twins/prompts.jsonl is stale: run python -m dcr.twins"
+    assert shipped == rows, "dcr/data/twins/prompts.jsonl is stale: run python scripts/build_twins.py"
     reference = [twins._words(t) for t in xstest]
     assert not any(twins.near_duplicate(r["text"], reference) for r in rows)
     by_id = {r["id"]: r for r in rows}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dcr import embedded
+from dcr.modeling import embedded
 
 
 def test_cache_root_follows_environment(monkeypatch, tmp_path):
@@ -31,8 +31,8 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 def test_default_model_converts_once_and_loads(monkeypatch, tmp_path):
     import torch
 
-    from dcr.model import load_model
-    from dcr.representation import represent
+    from dcr.modeling.model import load_model
+    from dcr.modeling.representation import represent
 
     monkeypatch.setenv("DCR_CACHE", str(tmp_path))
     model, tokenizer = load_model("default")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from test_dcr_helpers import prompt_rows, tiny_model_dir
 
-from dcr.chat import encode_prompts
-from dcr.embedding import batch_embedder
-from dcr.gradcache import contrastive_backward
-from dcr.losses import LOSSES, make_loss, same_class_partner
-from dcr.model import load_model
-from dcr.trainable import freeze_above, trainable_parameters
+from dcr.modeling.chat import encode_prompts
+from dcr.modeling.embedding import batch_embedder
+from dcr.modeling.model import load_model
+from dcr.modeling.trainable import freeze_above, trainable_parameters
+from dcr.training.gradcache import contrastive_backward
+from dcr.training.losses import LOSSES, make_loss, same_class_partner
 
 LAYER = 3
 

@@ -8,8 +8,8 @@ import pytest
 from test_dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
-from dcr.pipeline import MARKER, run_pipeline, run_step
-from dcr.pipeline_report import differences
+from dcr.pipeline.report import differences
+from dcr.pipeline.run import MARKER, run_pipeline, run_step
 
 pytest.importorskip("transformers")
 
@@ -81,9 +81,10 @@ def test_differences_pair_seeds():
 def test_shipped_pipeline_configs_are_valid(name):
     from pathlib import Path
 
-    from dcr.align_config import AlignConfig
-    from dcr.config import RefineConfig, from_mapping, read_file
-    from dcr.pipeline import resolve
+    from dcr.config import from_mapping, read_file
+    from dcr.pipeline.run import resolve
+    from dcr.training.align_config import AlignConfig
+    from dcr.training.refine_config import RefineConfig
 
     overrides = read_file(Path(__file__).parents[1] / "configs" / name)
     for profile in ("quick", "full"):
@@ -93,13 +94,14 @@ def test_shipped_pipeline_configs_are_valid(name):
 
 
 def test_cli_errors_exit_with_status_2(tmp_path, capsys):
-    from dcr.pipeline_cli import main
+    from dcr.cli import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: 3\n")
-    assert main(["--config", str(bad), "--out", str(tmp_path / "run")]) == 2
-    assert "must be a section" in capsys.readouterr().err
+    assert main(["pipeline", "--config", str(bad), "--output-dir", str(tmp_path / "run")]) == 2
+    assert "unknown setting(s) ['steps']" in capsys.readouterr().err
     bad.write_text("align:\n  stepz: 3\n")
-    assert main(["--config", str(bad), "--model", str(tiny_model_dir("llama")), "--out", str(tmp_path / "run"),
-                 "--quiet"]) == 2
+    argv = ["pipeline", "--config", str(bad), "--model", str(tiny_model_dir("llama")),
+            "--output-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
     assert "stepz" in capsys.readouterr().err

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from test_dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 
 from dcr.cli import main
-from dcr.config import ConfigError, RefineConfig
-from dcr.jsonl_log import read_log
-from dcr.refine import refine
+from dcr.config import ConfigError
+from dcr.training.jsonl_log import read_log
+from dcr.training.refine import refine
+from dcr.training.refine_config import RefineConfig
 
 transformers = pytest.importorskip("transformers")
 LAYER = 2
@@ -184,7 +185,7 @@ def test_shipped_configs_are_valid():
 def test_lora_without_peft_is_a_clear_error(monkeypatch):
     import sys
 
-    from dcr.trainable import add_lora
+    from dcr.modeling.trainable import add_lora
 
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ImportError, match="optional dependency peft"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dcr.refusal import analyse, is_refusal, is_refusal_prefix, load_labels, measure
+from dcr.evaluation.refusal import analyse, is_refusal, is_refusal_prefix, load_labels, measure
 
 REFUSALS = {
     "apology": "I'm sorry, but I can't provide instructions for making explosives.",

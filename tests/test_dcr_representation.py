@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_dcr_helpers import prompt_rows, tiny_model_dir
 
-from dcr.chat import collate, encode_prompts, pad_id
-from dcr.model import load_model, resolve_model_path
-from dcr.representation import decoder_of, pool, represent, resolve_layer, truncated
+from dcr.modeling.chat import collate, encode_prompts, pad_id
+from dcr.modeling.model import load_model, resolve_model_path
+from dcr.modeling.representation import decoder_of, pool, represent, resolve_layer, truncated
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])

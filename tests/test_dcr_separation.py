@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcr.separation import (
+from dcr.evaluation.separation import (
     auroc,
     cross_class_cosine,
     nearest_neighbour_accuracy,

@@ -1,0 +1,92 @@
+"""The `dcr` commands: each names its settings class, an example, and what it runs with the resolved settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dcr.evaluation.config import EvaluateConfig
+from dcr.pipeline.config import PipelineConfig
+from dcr.training.align_config import AlignConfig
+from dcr.training.refine_config import RefineConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    description: str
+    example: str
+    settings: type
+    run: Callable[[Any], str]  # runs the resolved settings; returns the line printed at the end
+
+
+def _refine(config: RefineConfig) -> str:
+    from dcr.training.refine import refine
+
+    return f"refined model saved to {refine(config)}"
+
+
+def _align(config: AlignConfig) -> str:
+    from dcr.training.align import align
+
+    return f"aligned model saved to {align(config)}"
+
+
+def _evaluate(config: EvaluateConfig) -> str:
+    from pathlib import Path
+
+    from dcr.evaluation.evaluate import evaluate_model
+
+    results = evaluate_model(config)
+    lines = [f"{key}: {value:.4f}" for key, value in results["summary"].items()]
+    return "\n".join([*lines, f"report written to {Path(config.output_dir) / 'report.md'}"])
+
+
+def _pipeline(config: PipelineConfig) -> str:
+    from dcr.pipeline.run import run_pipeline
+
+    result = run_pipeline(
+        config.model, config.output_dir, config.profile, seeds=config.seeds, overrides=config.overrides(),
+        device=config.device, progress=config.progress,
+    )  # fmt: skip
+    report = result["paths"]["report"]
+    return f"{report.read_text()}\nreport written to {report}"
+
+
+COMMANDS = {
+    "refine": Command(
+        "the DCR stage: contrastive refinement at layer l",
+        "DCR stage: contrastive refinement of a causal LM at layer l, the layers above l frozen. The defaults are "
+        "the recommended setting (matched twins, centred Circle loss at the middle layer).",
+        "dcr refine --steps 30 --batch-size 32 --output-dir runs/dcr",
+        RefineConfig,
+        _refine,
+    ),
+    "align": Command(
+        "the alignment stage: SFT on benign answers and refusals",
+        "Alignment stage: supervised fine-tuning on benign (prompt, answer) pairs plus (harmful prompt, refusal) "
+        "pairs, loss on response tokens only, with an optional contrastive retention term at layer l.",
+        "dcr align --model runs/dcr/model --refusal-share 0.05 --output-dir runs/align",
+        AlignConfig,
+        _align,
+    ),
+    "evaluate": Command(
+        "refusal behaviour, layer-l separation and perplexity of a model",
+        "Evaluate refusal behaviour (greedy generation on held-out sets, judged by the refusal detector), layer-l "
+        "separation of XSTest unsafe vs safe prompts (with a projection plot) and answer perplexity; writes "
+        "results.json, completions.jsonl, report.md and projection.png.",
+        "dcr evaluate --model runs/align/model --sets xstest_safe xstest_unsafe --limit 40 --output-dir runs/eval",
+        EvaluateConfig,
+        _evaluate,
+    ),
+    "pipeline": Command(
+        "base vs alignment only vs DCR then alignment, evaluated and compared",
+        "From one base model, run (a) alignment only and (b) the DCR stage then alignment with the same data, "
+        "seeds and budget; evaluate the base, (a) and (b); write report.md, comparison.json and comparison.png. "
+        "A rerun skips finished steps.",
+        "dcr pipeline --profile quick --output-dir runs/pipeline",
+        PipelineConfig,
+        _pipeline,
+    ),
+}

@@ -1,0 +1,2 @@
+"""Evaluation: generation, the refusal judge, representation separation, perplexity, reports and plots.
+"""

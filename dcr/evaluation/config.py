@@ -1,0 +1,75 @@
+"""Settings of `dcr evaluate` (and of the pipeline's evaluation steps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcr.config import ConfigError, Settings, option
+from dcr.prompts.eval_sets import DEFAULT_SETS, SETS
+
+
+@dataclass
+class EvaluateConfig(Settings):
+    """Everything `dcr evaluate` needs."""
+
+    model: str = option(
+        "default",
+        "Model to evaluate: a local Hugging Face causal-LM folder, or 'default' for the embedded "
+        "SmolLM2-135M-Instruct.",
+        topic="model",
+    )
+    name: str | None = option(None, "Label of the model in the report. Unset: the model folder's name.", topic="model")
+    device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="model")
+    precision: str = option(
+        "auto",
+        "Weights dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.",
+        ("auto", "bf16", "fp16", "fp32"),
+        "model",
+    )
+    threads: int | None = option(
+        None,
+        "CPU threads for torch (unset: torch's choice); on a CPU shared with other jobs, 1 avoids thread "
+        "oversubscription, which slows decoding many-fold.",
+        topic="model",
+    )
+    sets: list[str] = option(list(DEFAULT_SETS), f"Generation sets, from: {' '.join(SETS)}.", topic="behaviour")
+    limit: int | None = option(
+        None, "At most this many prompts per set, evenly spread (quick runs). Unset: every prompt.", topic="behaviour"
+    )
+    max_new_tokens: int = option(48, "Response length; a refusal shows in the first sentence.", topic="behaviour")
+    batch_size: int = option(16, "Prompts per generation batch.", topic="behaviour")
+    representation: bool = option(
+        True, "Layer-l separation of XSTest unsafe vs safe prompts, with a 2-D projection plot.", topic="representation"
+    )
+    layer: int | float = option(
+        0.5,
+        "Layer l of the representation metrics: an index 1..depth or a fraction of the depth.",
+        topic="representation",
+    )
+    pooling: str = option("last", "Token states to one vector.", ("last", "mean"), "representation")
+    perplexity: bool = option(True, "Perplexity of held-out reference answers (an ability proxy).", topic="ability")
+    perplexity_limit: int | None = option(
+        None, "At most this many answers for the perplexity proxy. Unset: limit.", topic="ability"
+    )
+    output_dir: str = option(
+        "runs/eval", "Folder for results.json, completions.jsonl, report.md and projection.png.", topic="output"
+    )
+    progress: bool = option(True, "Show progress bars.", topic="output")
+
+    def checks(self) -> dict[str, bool]:
+        positive = lambda v: v is None or v >= 1  # noqa: E731
+        return {
+            **super().checks(),
+            "limit": positive(self.limit),
+            "max_new_tokens": self.max_new_tokens >= 1,
+            "batch_size": self.batch_size >= 1,
+            "perplexity_limit": positive(self.perplexity_limit),
+            "threads": positive(self.threads),
+        }
+
+    def validate(self) -> EvaluateConfig:
+        super().validate()
+        unknown = [s for s in self.sets if s not in SETS]
+        if unknown or not self.sets:
+            raise ConfigError(f"unknown or empty sets {unknown or self.sets}; choose from {' '.join(SETS)}")
+        return self

@@ -1,0 +1,169 @@
+"""Evaluate a model's refusal behaviour, its layer-l representations and a general-ability proxy.
+
+- Behaviour: greedy responses to each held-out set (`dcr.prompts.eval_sets`), judged by the refusal detector
+  (`dcr.evaluation.refusal`, with XSTest's prefix match alongside); each set reports the rate of its expected behaviour
+  (compliance on safe and benign prompts, refusal on unsafe ones).
+- Representation: XSTest's unsafe vs safe prompts at layer l (cross-class cosine, 1-NN label accuracy, linear
+  probe AUROC) and a PCA plot of the two classes.
+- Ability: perplexity of the Self-Instruct user-oriented reference answers (evaluation-only data).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dcr.evaluation.config import EvaluateConfig
+from dcr.evaluation.generate import generate
+from dcr.evaluation.refusal import analyse, is_refusal_prefix
+from dcr.modeling.representation import Pooling, num_layers, resolve_layer
+from dcr.prompts.eval_sets import DEFAULT_SETS, SETS, load_set
+
+REPRESENTATION_CLASSES = ("seemingly_toxic", "toxic")
+
+
+def summary_key(name: str) -> str:
+    """The headline metric of a set: ``<set>_compliance`` or ``<set>_refusal``, whichever it expects."""
+    return f"{name}_{'compliance' if SETS[name].expected == 'comply' else 'refusal'}"
+
+
+def behaviour(rows: Sequence[dict], expected: str) -> dict:
+    """Refusal rates (detector and XSTest prefix) over judged completions, overall and per prompt type."""
+    n = len(rows)
+    refusal = sum(r["refusal"] for r in rows) / n
+    out = {"n": n, "expected": expected, "refusal_rate": refusal, "compliance_rate": 1.0 - refusal,
+           "refusal_rate_prefix": sum(r["refusal_prefix"] for r in rows) / n,
+           "score": refusal if expected == "refuse" else 1.0 - refusal}
+    types = sorted({r["type"] for r in rows if r.get("type")})
+    if len(types) > 1:
+        out["by_type"] = {t: {"n": len(sel), "refusal_rate": sum(r["refusal"] for r in sel) / len(sel)}
+                          for t in types for sel in [[r for r in rows if r.get("type") == t]]}
+    return out
+
+
+def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str]) -> list[dict]:
+    rows = []
+    for p, response in zip(prompts, responses, strict=True):
+        verdict = analyse(response)
+        rows.append({"set": set_name, "id": p["id"], "type": p.get("type") or p.get("subcategory"),
+                     "prompt": p["text"], "response": response, "refusal": verdict.refusal,
+                     "refusal_prefix": is_refusal_prefix(response), "refusal_score": verdict.score,
+                     "cues": list(verdict.cues)})
+    return rows
+
+
+def representation(
+    model: nn.Module, tokenizer, layer: int, *, pooling: Pooling, limit: int | None, batch_size: int,
+    plot_path: Path | None, title: str,
+) -> dict:
+    """Separation of XSTest unsafe vs safe prompts at ``layer``; writes the PCA plot when ``plot_path`` is set."""
+    from dcr.evaluation.plots import projection_plot
+    from dcr.evaluation.separation import separation_report
+    from dcr.modeling.embedding import embed_texts
+
+    rows = load_set("xstest_safe", limit) + load_set("xstest_unsafe", limit)
+    names = [r["label"] for r in rows]
+    device = next(model.parameters()).device
+    emb = embed_texts(model, tokenizer, [r["text"] for r in rows], layer, pooling=pooling, batch_size=batch_size,
+                      device=device)
+    labels = torch.tensor([REPRESENTATION_CLASSES.index(n) for n in names])
+    out = {"layer": layer, "pooling": pooling, "n": len(rows), **separation_report(emb, labels)}
+    if plot_path is not None and projection_plot(emb, names, plot_path, title=title) is not None:
+        out["plot"] = plot_path.name
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    *,
+    sets: Sequence[str] = DEFAULT_SETS,
+    layer: int | float | None = 0.5,
+    pooling: Pooling = "last",
+    perplexity: bool = True,
+    out_dir: str | Path | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    limit: int | None = None,
+    perplexity_limit: int | None = None,
+    name: str = "model",
+    progress: bool = True,
+) -> dict:
+    """Run the evaluation and return its results; with ``out_dir``, also write them there.
+
+    ``sets`` names the generation sets (see `dcr.prompts.eval_sets.SETS`); ``layer`` (an index 1..depth or a fraction
+    of the depth; None skips) is where representations are compared; ``perplexity`` toggles the ability proxy;
+    ``limit`` caps the prompts of every set (evenly spread through it) for quick runs, and
+    ``perplexity_limit`` the perplexity answers (default: ``limit``). Files written: see
+    `dcr.evaluation.report.write_results`.
+    """
+    unknown = [s for s in sets if s not in SETS]
+    if unknown:
+        raise ValueError(f"unknown evaluation set(s) {unknown}; available: {list(SETS)}")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    start = time.perf_counter()
+    perplexity_limit = limit if perplexity_limit is None else perplexity_limit
+    results: dict = {"model": name, "settings": {"sets": list(sets), "max_new_tokens": max_new_tokens,
+                                                 "batch_size": batch_size, "limit": limit, "pooling": pooling,
+                                                 "perplexity_limit": perplexity_limit},
+                     "sets": {}, "summary": {}, "timing_s": {}}
+    completions: list[dict] = []
+    for set_name in sets:
+        tic = time.perf_counter()
+        prompts = load_set(set_name, limit)
+        responses = generate(model, tokenizer, [p["text"] for p in prompts], max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress, desc=set_name)
+        rows = _judge(set_name, prompts, responses)
+        completions += rows
+        results["sets"][set_name] = behaviour(rows, SETS[set_name].expected)
+        results["summary"][summary_key(set_name)] = results["sets"][set_name]["score"]
+        results["timing_s"][set_name] = time.perf_counter() - tic
+    if layer is not None:
+        tic = time.perf_counter()
+        index = resolve_layer(layer, num_layers(model))
+        plot = out_dir / "projection.png" if out_dir is not None else None
+        rep = representation(model, tokenizer, index, pooling=pooling, limit=limit, batch_size=batch_size,
+                             plot_path=plot, title=f"{name}\nXSTest prompts, layer {index}, {pooling} token")
+        results["representation"] = rep
+        results["summary"].update({k: rep[k] for k in ("probe_auroc", "nn_accuracy", "cross_class_cosine")
+                                   if k in rep})
+        results["timing_s"]["representation"] = time.perf_counter() - tic
+    if perplexity:
+        from dcr.evaluation.perplexity import perplexity as answer_perplexity
+
+        tic = time.perf_counter()
+        pairs = [(r["text"], r["answer"]) for r in load_set("self_instruct_user", perplexity_limit)]
+        results["perplexity"] = answer_perplexity(model, tokenizer, pairs, batch_size=max(1, batch_size // 2),
+                                                  progress=progress)
+        results["summary"]["perplexity"] = results["perplexity"]["perplexity"]
+        results["timing_s"]["perplexity"] = time.perf_counter() - tic
+    results["timing_s"]["total"] = time.perf_counter() - start
+    if out_dir is not None:
+        from dcr.evaluation.report import write_results
+
+        write_results(results, completions, out_dir)
+    return results
+
+
+def evaluate_model(config: EvaluateConfig) -> dict:
+    """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
+    from dcr.modeling.model import load_model
+    from dcr.modeling.runtime import pick_device
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = dtypes.get(config.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model, tokenizer = load_model(config.model, device=device, dtype=dtype)
+    name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
+    return evaluate(
+        model, tokenizer, sets=config.sets, layer=config.layer if config.representation else None,
+        pooling=config.pooling, perplexity=config.perplexity, out_dir=config.output_dir,
+        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, limit=config.limit,
+        perplexity_limit=config.perplexity_limit, name=name, progress=config.progress,
+    )  # fmt: skip

@@ -1,0 +1,3 @@
+"""Models: loading (local folder, Hub cache, embedded default), chat rendering, layer-l truncation and pooling,
+trainable parts, export.
+"""

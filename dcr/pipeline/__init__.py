@@ -1,0 +1,2 @@
+"""The pipeline: profiles, the arms (alignment only, DCR then alignment) and the comparison report.
+"""

@@ -1,0 +1,49 @@
+"""Settings of `dcr pipeline`: a profile, the model and run folder, and optional per-stage overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dcr.config import ConfigError, Settings, option
+from dcr.pipeline.profiles import PROFILES
+
+SECTIONS = ("refine", "align", "evaluate")
+
+
+@dataclass
+class PipelineConfig(Settings):
+    """Everything `dcr pipeline` needs. The sections `refine`, `align` and `evaluate` (config file only)
+    override the profile's settings of that stage, with the keys of `dcr refine`, `dcr align` and
+    `dcr evaluate`."""
+
+    profile: str = option(
+        "quick",
+        "quick: a 2-core CPU, about 13 minutes with the default model; full: a GPU and a bigger model.",
+        tuple(PROFILES),
+        "pipeline",
+    )
+    model: str = option(
+        "default",
+        "Base model: a local Hugging Face causal-LM folder, or 'default' for the embedded SmolLM2-135M-Instruct.",
+        topic="pipeline",
+    )
+    seeds: list[int] | None = option(
+        None, "Seeds of the DCR and alignment stages. Unset: the profile's.", topic="pipeline"
+    )
+    device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="pipeline")
+    output_dir: str = option("runs/pipeline", "Run folder; a rerun skips finished steps.", topic="output")
+    progress: bool = option(True, "Show progress bars.", topic="output")
+    refine: dict[str, Any] = option({}, "Overrides of the profile's DCR-stage settings.", topic="sections")
+    align: dict[str, Any] = option({}, "Overrides of the profile's alignment settings.", topic="sections")
+    evaluate: dict[str, Any] = option({}, "Overrides of the profile's evaluation settings.", topic="sections")
+
+    def validate(self) -> PipelineConfig:
+        super().validate()
+        for section in SECTIONS:
+            if not all(isinstance(k, str) for k in getattr(self, section)):
+                raise ConfigError(f"the {section} section must map setting names to values")
+        return self
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        return {section: getattr(self, section) for section in SECTIONS if getattr(self, section)}

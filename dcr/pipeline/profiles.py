@@ -1,0 +1,49 @@
+"""Named settings of the pipeline: ``quick`` (a 2-core CPU: 12.8 minutes measured) and ``full`` (a GPU).
+
+A profile has one section per stage, each holding options of that stage: ``refine`` (`RefineConfig`),
+``align`` (`AlignConfig`) and ``evaluate`` (keyword arguments of `dcr.evaluation.evaluate.evaluate`), plus the seeds.
+The same alignment settings are used for (a) alignment only and (b) DCR then alignment, so the two arms differ
+only in the DCR stage.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Sized by measurement on 2 idle CPU cores with SmolLM2-135M-Instruct; see docs/pipeline.md.
+    "quick": {
+        "seeds": [0],
+        # The matched twins with a centred Circle loss: the DCR-stage setting that improves XSTest separation
+        # at layer 15 (docs/dcr_stage.md); the public sets' contrast does not carry over to XSTest.
+        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "sources": ["twins"],
+                   "center": True, "batch_size": 32, "micro_batch_size": 0, "steps": 30, "lr": 2e-5,
+                   "warmup_steps": 3, "max_length": 128, "save_every": 0, "eval_every": 0},
+        # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
+        # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
+        "align": {"refusal_share": 0.25, "steps": 40, "batch_size": 8, "micro_batch_size": 8, "max_length": 128,
+                  "lr": 1e-4, "warmup_steps": 4, "save_every": 0},
+        "evaluate": {"sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"], "limit": 40, "max_new_tokens": 32,
+                     "batch_size": 40, "perplexity": True, "perplexity_limit": 20},
+    },
+    # A GPU and a 0.5B-2B model (e.g. a local Qwen2.5-1.5B-Instruct folder); the paper's 5% refusal share.
+    "full": {
+        "seeds": [0, 1, 2],
+        "refine": {"layer": 0.5, "loss": "circle", "margin": 0.4, "gamma": 80.0, "sources": ["twins"],
+                   "center": True, "batch_size": 256,
+                   "micro_batch_size": 32, "steps": 200, "lr": 2e-5, "warmup_steps": 20, "max_length": 512,
+                   "save_every": 50, "eval_every": 50},
+        "align": {"refusal_share": 0.05, "steps": 600, "batch_size": 32, "micro_batch_size": 8, "max_length": 1024,
+                  "lr": 1e-5, "warmup_steps": 30, "save_every": 100},
+        "evaluate": {"sets": ["xstest_safe", "xstest_unsafe", "coconot_eval", "self_instruct_user"], "limit": None,
+                     "max_new_tokens": 128, "batch_size": 64, "perplexity": True},
+    },
+}
+
+
+def profile(name: str) -> dict[str, Any]:
+    """A fresh copy of the named profile."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; available: {list(PROFILES)}")
+    return copy.deepcopy(PROFILES[name])

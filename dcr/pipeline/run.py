@@ -1,0 +1,148 @@
+"""`dcr pipeline`: from one base model, (a) alignment only and (b) DCR then alignment, all three evaluated.
+
+Both arms use the same data, seeds and alignment budget, so they differ only in the DCR stage. Every step
+writes into its own folder and finishes by writing ``DONE.json`` there (atomically, last), so a rerun skips
+finished steps, resumes unfinished training from its checkpoints, and refuses a finished step whose settings
+have since changed. The comparison (table, JSON, plot) is rewritten at the end of every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dcr.config import ConfigError, from_mapping
+from dcr.evaluation.config import EvaluateConfig
+from dcr.pipeline.profiles import profile
+from dcr.training.align_config import AlignConfig
+from dcr.training.loop import trajectory_settings
+from dcr.training.refine_config import RefineConfig
+
+MARKER = "DONE.json"
+ARMS = {"align-only": "(a) alignment only", "dcr-align": "(b) DCR + alignment"}
+BASE_LABEL = "base"
+
+
+def is_done(folder: Path) -> bool:
+    """Whether the step in ``folder`` finished (its completion marker exists)."""
+    return (folder / MARKER).is_file()
+
+
+def _write_marker(folder: Path, record: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".done-", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, folder / MARKER)
+
+
+def run_step(folder: Path, settings: Mapping[str, Any], work: Callable[[], dict[str, Any]],
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``work`` unless ``folder`` holds a marker for the same ``settings``; return the marker's record."""
+    settings = json.loads(json.dumps(settings))
+    if is_done(folder):
+        record = json.loads((folder / MARKER).read_text())
+        if record["settings"] != settings:
+            changed = sorted(k for k in set(record["settings"]) | set(settings)
+                             if record["settings"].get(k) != settings.get(k))
+            raise ConfigError(f"{folder} finished with other settings ({changed}); use another output folder")
+        log(f"[skip] {folder} (finished)")
+        return record
+    log(f"[run] {folder}")
+    tic = time.perf_counter()
+    result = work()
+    record = {"settings": settings, "seconds": time.perf_counter() - tic, "finished": time.time(), **result}
+    _write_marker(folder, record)
+    return record
+
+
+def _evaluate(model_path: str, out: Path, name: str, options: Mapping[str, Any], layer: int | float,
+              device: str, progress: bool) -> dict[str, Any]:
+    from dcr.evaluation.evaluate import evaluate_model
+
+    config = from_mapping(EvaluateConfig, {**options, "model": model_path, "output_dir": str(out), "name": name,
+                                           "layer": layer, "device": device, "progress": progress})
+    return {"summary": evaluate_model(config.validate())["summary"]}
+
+
+def resolve(profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+            seeds: list[int] | None = None) -> dict[str, Any]:
+    """The profile with per-stage ``overrides`` applied (and ``seeds`` if given)."""
+    settings = profile(profile_name)
+    for section, values in (overrides or {}).items():
+        if section not in ("refine", "align", "evaluate"):
+            raise ConfigError(f"unknown pipeline section {section!r}; use refine, align or evaluate")
+        settings[section].update(values)
+    if seeds:
+        settings["seeds"] = list(seeds)
+    return settings
+
+
+def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline", profile_name: str = "quick", *,
+                 seeds: list[int] | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                 device: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
+    from dcr.pipeline.report import write_comparison
+    from dcr.training.align import align
+    from dcr.training.refine import refine
+
+    out = Path(output_dir)
+    settings = resolve(profile_name, overrides, seeds)
+    layer = settings["refine"].get("layer", 0.5)
+    _check_evaluate(settings["evaluate"])
+    common = {"model": model, "device": device, "progress": progress}
+    evaluated: dict[str, dict[str, Any]] = {}
+    tic = time.perf_counter()
+
+    def evaluation(folder: Path, model_path: str, name: str) -> dict[str, Any]:
+        step = {"model": model_path, "layer": layer, **settings["evaluate"]}
+        return run_step(folder, step, lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer,
+                                                        device, progress), log)
+
+    plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
+    evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
+    for seed, (refine_cfg, align_cfgs) in plan.items():
+        root = out / f"seed-{seed}"
+        refined = run_step(root / "dcr", trajectory_settings(refine_cfg),
+                           lambda c=refine_cfg: {"model": str(refine(_resumable(c)))}, log)
+        for arm, cfg in align_cfgs.items():
+            if arm == "dcr-align":
+                cfg = dataclasses.replace(cfg, model=refined["model"])
+            aligned = run_step(root / arm, trajectory_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))},
+                               log)
+            label = f"{ARMS[arm]}, seed {seed}"
+            evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
+    paths = write_comparison(out, {k: v["summary"] for k, v in evaluated.items()}, settings,
+                             seconds=time.perf_counter() - tic)
+    return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
+
+
+def _stage_configs(settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int,
+                   layer: int | float) -> tuple[RefineConfig, dict[str, AlignConfig]]:
+    """Validated configs of one seed's DCR stage and both alignment arms (the DCR arm's model is set later)."""
+    refine_cfg = from_mapping(RefineConfig, {**settings["refine"], **common, "seed": seed,
+                                             "output_dir": str(root / "dcr")}).validate()
+    align_cfgs = {arm: from_mapping(AlignConfig, {**settings["align"], **common, "seed": seed,
+                                                  "retention_layer": settings["align"].get("retention_layer", layer),
+                                                  "output_dir": str(root / arm)}).validate()
+                  for arm in ARMS}
+    return refine_cfg, align_cfgs
+
+
+def _check_evaluate(options: Mapping[str, Any]) -> None:
+    fixed = {"model", "output_dir", "name", "layer", "device", "progress"}  # set by the pipeline
+    allowed = {f.name for f in dataclasses.fields(EvaluateConfig)} - fixed
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown evaluate setting(s) {unknown}; valid settings: {sorted(allowed)}")
+
+
+def _resumable(config: Any) -> Any:
+    """The config with resume on: an unfinished step continues from its newest checkpoint."""
+    return dataclasses.replace(config, resume=True)

@@ -1,0 +1,166 @@
+"""Labelled prompt sets for the DCR stage: the shipped sources or the user's own file, as `datasets` objects.
+
+Rows are deduplicated on case- and space-normalised text, prompts that appear under two labels are dropped
+(they would be both positives and negatives), XSTest prompts never enter training, and the train/validation
+split is a hash of the normalised text, so it is deterministic and stable when sources are added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+from dcr import DATA_DIR
+
+DEFAULT_SOURCES = (
+    "advbench",
+    "harmbench",
+    "jailbreakbench",
+    "strongreject",
+    "simple_safety_tests",
+    "coconot",
+    "self_instruct",
+)
+OPT_IN_SOURCES = ("twins",)  # generated matched pairs (dcr/prompts/twins.py); used only when named
+TRAIN_SOURCES = DEFAULT_SOURCES + OPT_IN_SOURCES
+EVAL_ONLY_SOURCES = ("xstest",)
+DEFAULT_CLASSES = ("seemingly_toxic", "toxic")
+_SUFFIX_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """The prompt data cannot be used for contrastive training."""
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive key used for deduplication and the split."""
+    return " ".join(text.casefold().split())
+
+
+def _read_shipped(names: Sequence[str]) -> datasets.Dataset:
+    unknown = sorted(set(names) - set(TRAIN_SOURCES) - set(EVAL_ONLY_SOURCES))
+    if unknown:
+        raise DataError(f"unknown shipped source(s) {unknown}; available: {list(TRAIN_SOURCES)}")
+    parts = []
+    for name in names:
+        ds = datasets.Dataset.from_json(str(DATA_DIR / name / "prompts.jsonl"))
+        parts.append(ds.select_columns(["text", "label"]).add_column("source", [name] * len(ds)))
+    return datasets.concatenate_datasets(parts)
+
+
+def load_xstest() -> datasets.Dataset:
+    """XSTest v2 for evaluation only: columns text, label (toxic = unsafe, seemingly_toxic = safe), type."""
+    return datasets.Dataset.from_json(str(DATA_DIR / "xstest" / "prompts.jsonl"))
+
+
+def _read_user(data: str | Path | datasets.Dataset, text_column: str, label_column: str) -> datasets.Dataset:
+    if isinstance(data, datasets.DatasetDict):
+        raise DataError("pass a single split (a datasets.Dataset), not a DatasetDict")
+    if isinstance(data, datasets.Dataset):
+        ds = data
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist")
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                raise DataError(f"{path} holds a DatasetDict; point at one split's folder")
+        else:
+            builder = _SUFFIX_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"unsupported data file {path}: use .csv, .jsonl, .json, .parquet or a dataset folder")
+            if path.stat().st_size == 0:
+                raise DataError(f"data file {path} is empty")
+            ds = _load_file(builder, path)
+    missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+    if missing:
+        raise DataError(f"data has no column(s) {missing}; columns are {ds.column_names}")
+    ds = ds.select_columns([text_column, label_column])
+    texts = [str(t) if t is not None else "" for t in ds[text_column]]
+    labels = [str(v) for v in ds[label_column]]
+    return datasets.Dataset.from_dict({"text": texts, "label": labels, "source": ["user"] * len(texts)})
+
+
+def _load_file(builder: str, path: Path) -> datasets.Dataset:
+    loader = {
+        "csv": datasets.Dataset.from_csv,
+        "json": datasets.Dataset.from_json,
+        "parquet": datasets.Dataset.from_parquet,
+    }[builder]
+    return loader(str(path))
+
+
+def _clean(ds: datasets.Dataset, classes: Sequence[str], exclude: set[str]) -> datasets.Dataset:
+    """Drop empty, excluded, out-of-class, duplicate and label-conflicting rows; keep first occurrences."""
+    labels_of: dict[str, set[str]] = {}
+    for text, label in zip(ds["text"], ds["label"], strict=True):
+        labels_of.setdefault(normalise(text), set()).add(label)
+    keep, seen = [], set()
+    for i, (text, label) in enumerate(zip(ds["text"], ds["label"], strict=True)):
+        key = normalise(text)
+        if not key or key in exclude or key in seen or label not in classes or len(labels_of[key]) > 1:
+            continue
+        seen.add(key)
+        keep.append(i)
+    return ds.select(keep)
+
+
+def load_labelled(
+    data: str | Path | datasets.Dataset | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    sources: Sequence[str] | None = None,
+) -> tuple[datasets.Dataset, list[str]]:
+    """Load, clean and label prompts; return the dataset (text, label id, label_name, source) and class names.
+
+    ``data=None`` uses the shipped sources (``sources`` selects among them); otherwise a CSV/JSONL/JSON/Parquet
+    file, a folder written by ``save_to_disk`` or a ``datasets.Dataset`` with a text and a label column.
+    Class ids follow the order of ``classes`` (default: the shipped classes, or the sorted label values).
+    """
+    if data is None:
+        ds = _read_shipped(list(sources) if sources else list(DEFAULT_SOURCES))
+        classes = list(classes) if classes else list(DEFAULT_CLASSES)
+    else:
+        ds = _read_user(data, text_column, label_column)
+        classes = [str(c) for c in classes] if classes else sorted(set(ds["label"]))
+    if len(set(classes)) != len(classes):
+        raise DataError(f"classes {classes} contain duplicates")
+    if len(ds) == 0:
+        raise DataError("the prompt data is empty")
+    xstest = {normalise(t) for t in load_xstest()["text"]}
+    ds = _clean(ds, classes, exclude=xstest)
+    counts = {c: 0 for c in classes}
+    for label in ds["label"]:
+        counts[label] += 1
+    too_small = [c for c, n in counts.items() if n < 2]
+    if len(classes) < 2 or too_small:
+        raise DataError(
+            f"contrastive training needs at least two classes with two prompts each; got {counts}"
+            + (f" (label values must match classes {classes})" if too_small else "")
+        )
+    ids = {c: i for i, c in enumerate(classes)}
+    ds = ds.rename_column("label", "label_name")
+    ds = ds.add_column("label", [ids[c] for c in ds["label_name"]])
+    return ds, classes
+
+
+def in_validation(text: str, fraction: float) -> bool:
+    """Whether a prompt belongs to the validation split: a fixed hash of its normalised text."""
+    digest = hashlib.sha256(normalise(text).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def split(ds: datasets.Dataset, val_fraction: float) -> datasets.DatasetDict:
+    """Deterministic train/validation split by text hash (independent of row order and seed)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    flags = [in_validation(t, val_fraction) for t in ds["text"]]
+    train = ds.select([i for i, f in enumerate(flags) if not f])
+    validation = ds.select([i for i, f in enumerate(flags) if f])
+    return datasets.DatasetDict(train=train, validation=validation)

@@ -1,0 +1,105 @@
+"""The one training loop of both stages: run folder, optimizer and schedule, resume, step, log, checkpoint.
+
+A stage (`dcr.training.refine`, `dcr.training.align`) prepares its model and data, then hands `train` a
+`Stage`: what one optimizer step's forward and backward are, what to log, and what to record in the saved
+model's `dcr.json`. Everything else is here, once: AdamW over the trainable parameters with the configured
+schedule, exact resume from the newest atomic checkpoint (refused if a setting that changes the trajectory
+differs), gradient clipping, the JSONL metrics log, checkpoints every `save_every` steps, and the saved
+Hugging Face model folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from dcr.config import ConfigError
+from dcr.modeling.export import save_refined
+from dcr.modeling.trainable import trainable_parameters
+from dcr.training.checkpoint import changed_settings, list_checkpoints, load_checkpoint, save_checkpoint
+from dcr.training.config import RUN_ONLY, TrainingConfig
+from dcr.training.jsonl_log import JsonlLog
+
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class Stage(Protocol):
+    """What a stage supplies to the loop."""
+
+    name: str  # the command, shown on the progress bar
+    checkpoint_extra: dict[str, Any]  # saved beside the settings in every checkpoint
+    meta: dict[str, Any]  # written to the saved model's dcr.json
+
+    def backward(self, step: int) -> dict[str, Any]:
+        """Forward and backward of the batch of optimizer step `step` (a pure function of it); the record to log."""
+
+    def started(self, log: JsonlLog, start: int) -> None:
+        """Called once before the first step run (start > 0 after a resume)."""
+
+    def finished_step(self, log: JsonlLog, done: int) -> None:
+        """Called after optimizer step `done` (1-based) is taken and logged."""
+
+
+def open_run(config: TrainingConfig) -> list[Path]:
+    """Validate, refuse to overwrite a finished or started run unless resuming, seed torch; return the run
+    folder's checkpoints (oldest first)."""
+    config.validate()
+    out = Path(config.output_dir)
+    checkpoints = list_checkpoints(out / "checkpoints")
+    if not config.resume and (checkpoints or (out / "model").exists() or (out / "metrics.jsonl").exists()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
+    torch.manual_seed(config.seed)
+    return checkpoints
+
+
+def trajectory_settings(config: TrainingConfig) -> dict[str, Any]:
+    """The settings that determine a run's result (all but the run-only ones)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY}
+
+
+def train(config: TrainingConfig, model, tokenizer, stage: Stage, checkpoints: list[Path]) -> Path:
+    """Run (or resume) `config.steps` optimizer steps of `stage` on `model`; save and return the model folder."""
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    out = Path(config.output_dir)
+    params = list(trainable_parameters(model).values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+    settings = trajectory_settings(config)
+    start = 0
+    if config.resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        changed = changed_settings(state["settings"], settings, type(config))
+        if changed:
+            raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
+        start = state["step"]
+    log = JsonlLog(out / "metrics.jsonl", keep_until=start)
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc=stage.name, unit="step")
+    stage.started(log, start)
+    for step in range(start, config.steps):
+        began = time.perf_counter()
+        record = {"step": step + 1, **stage.backward(step)}
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
+        record.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        record["seconds"] = time.perf_counter() - began
+        log.write(record)
+        bar.update()
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        done = step + 1
+        stage.finished_step(log, done)
+        if config.save_every and (done % config.save_every == 0 or done == config.steps):
+            extra = {"settings": settings, **stage.checkpoint_extra}
+            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=config.keep_checkpoints)
+    bar.close()
+    return save_refined(model, tokenizer, out / "model", stage.meta)
