@@ -49,9 +49,7 @@ class AlignConfig(TrainingConfig):
         "else 0.5.",
         topic="contrastive loss",
     )
-    retention_batch_size: int = option(
-        16, "Prompts per retention batch, half refusal prompts, half benign ones.", topic="contrastive loss"
-    )
+    retention_batch_size: int = option(16, "Retention batch: half refusal, half benign.", topic="contrastive loss")
     lora: bool = option(
         False,
         "Train LoRA adapters on every decoder layer instead of all weights (needs peft); they are merged into the "

@@ -45,9 +45,7 @@ class RefineConfig(TrainingConfig):
         "advbench harmbench jailbreakbench strongreject simple_safety_tests coconot self_instruct.",
         topic="data",
     )
-    val_fraction: float = option(
-        0.1, "Share of prompts held out for validation (fixed hash of the text).", topic="data"
-    )
+    val_fraction: float = option(0.1, "Share of prompts held out for validation (by text hash).", topic="data")
     center: bool = option(
         True,
         "Subtract the contrastive batch's mean representation before the loss, so it separates the classes "
