@@ -65,9 +65,20 @@ def _prober(args: argparse.Namespace, loss: str, provider: str, log: list[dict])
 
     def fits(batch: int) -> str:
         t0 = time.monotonic()
-        res = probe.spawn(loss, provider, batch, args.dim, args.dtype, args.device, "fwd_bwd", warmup=0,
-                          repeats=0, cap_bytes=budget + int(args.margin_gib * GIB),
-                          timeout_s=args.probe_timeout, env=memory.MEASURE_ENV)  # fmt: skip
+        res = probe.spawn(
+            loss,
+            provider,
+            batch,
+            args.dim,
+            args.dtype,
+            args.device,
+            "fwd_bwd",
+            warmup=0,
+            repeats=0,
+            cap_bytes=budget + int(args.margin_gib * GIB),
+            timeout_s=args.probe_timeout,
+            env=memory.MEASURE_ENV,
+        )
         error = res.get("error", "")
         if res.get("ok"):
             verdict = "ok" if res["step_bytes"] <= budget else "over"
@@ -75,8 +86,14 @@ def _prober(args: argparse.Namespace, loss: str, provider: str, log: list[dict])
             verdict = "timeout"
         else:
             verdict = "over" if any(m in error for m in OOM_SIGNS) else "error"
-        log.append({"batch": batch, "verdict": verdict, "seconds": round(time.monotonic() - t0, 1),
-                    **{k: res.get(k) for k in ("step_bytes", "error")}})  # fmt: skip
+        log.append(
+            {
+                "batch": batch,
+                "verdict": verdict,
+                "seconds": round(time.monotonic() - t0, 1),
+                **{k: res.get(k) for k in ("step_bytes", "error")},
+            }
+        )
         print(json.dumps({"loss": loss, "provider": provider, **log[-1]}), flush=True)
         return verdict
 
@@ -116,17 +133,28 @@ def main(argv: list[str] | None = None) -> None:
         log: list[dict] = []
         found = largest_batch(_prober(args, loss, provider, log), args.start, args.max_batch, args.resolution)
         doc["rows"].append(
-            {"loss": loss, "provider": provider, "dim": args.dim, "dtype": args.dtype, "device": args.device,
-             "budget_bytes": int(args.budget_gib * GIB), **found, "probes": log}
-        )  # fmt: skip
+            {
+                "loss": loss,
+                "provider": provider,
+                "dim": args.dim,
+                "dtype": args.dtype,
+                "device": args.device,
+                "budget_bytes": int(args.budget_gib * GIB),
+                **found,
+                "probes": log,
+            }
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def _same_search(row: dict, args: argparse.Namespace) -> bool:
     return (row["dim"], row["dtype"], row["device"], row["budget_bytes"]) == (
-        args.dim, args.dtype, args.device, int(args.budget_gib * GIB)
-    )  # fmt: skip
+        args.dim,
+        args.dtype,
+        args.device,
+        int(args.budget_gib * GIB),
+    )
 
 
 if __name__ == "__main__":

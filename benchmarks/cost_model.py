@@ -71,10 +71,17 @@ def rows() -> list[dict]:
                 seconds = sum(p.seconds(d) for p in passes)
                 units = sum(p.units for p in passes)
                 useful = units * 2 * float(B) * B * d
-                out.append(dict(
-                    d=d, who=who, what=what, units=units, hbm_gb=sum(p.hbm for p in passes) * B * B / 1e9,
-                    ms=seconds * 1e3, fraction=useful / (seconds * PEAK["bf16"]),
-                ))  # fmt: skip
+                out.append(
+                    dict(
+                        d=d,
+                        who=who,
+                        what=what,
+                        units=units,
+                        hbm_gb=sum(p.hbm for p in passes) * B * B / 1e9,
+                        ms=seconds * 1e3,
+                        fraction=useful / (seconds * PEAK["bf16"]),
+                    )
+                )
     return out
 
 

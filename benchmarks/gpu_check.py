@@ -1,7 +1,7 @@
 """The GPU check, one call of at most 8 minutes on a CUDA machine:
 
-1. the Triton tests on the GPU (tests/test_triton.py, tests/test_distributed_blocks.py,
-   tests/test_compile_autocast.py);
+1. the Triton tests on the GPU (tests/kernels/test_triton.py, tests/kernels/test_distributed_blocks.py,
+   tests/kernels/test_compile_autocast.py);
 2. the device's bf16 matmul peak, measured in the same run;
 3. the kernel points, in priority order (`PLAN`): symmetric InfoNCE (CLIP) against Inf-CL and the
    forward at B = 65536, D = 1024 bf16; D = 768 fp32, D = 1536 and 4096 bf16 for every loss; one million
@@ -89,8 +89,18 @@ def environment(device: torch.device) -> dict:
 
 def run_tests(clock: Clock, limit_s: float) -> dict:
     """The Triton tests on this device, first config only (compiles stay quick)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_triton.py",
-           "tests/test_distributed_blocks.py", "tests/test_compile_autocast.py"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        "tests/kernels/test_triton.py",
+        "tests/kernels/test_distributed_blocks.py",
+        "tests/kernels/test_compile_autocast.py",
+    ]
     env = dict(os.environ, DCR_TRITON_AUTOTUNE="0")
     t0 = time.monotonic()
     try:
@@ -160,9 +170,10 @@ def _providers(loss: str, backend: str):
     if loss == "clip":
         out = {
             "ours": lambda q, k, y: dk.info_nce(q, k, temperature=TEMPERATURE, symmetric=True, backend=backend),
-            "dense": lambda q, k, y: 0.5 * (baselines.dense_info_nce(q, k, TEMPERATURE)
-                                            + baselines.dense_info_nce(k, q, TEMPERATURE)),
-        }  # fmt: skip
+            "dense": lambda q, k, y: (
+                0.5 * (baselines.dense_info_nce(q, k, TEMPERATURE) + baselines.dense_info_nce(k, q, TEMPERATURE))
+            ),
+        }
         try:
             from inf_cl import cal_inf_loss
 
@@ -228,8 +239,11 @@ def full_plan(max_b: int | None) -> list[tuple]:
     """PLAN, then the B x D grid of every loss against eager dense (dense only up to B = 16384)."""
     grid = [
         (loss, b, d, dt, ("ours", "dense") if b <= 16384 else ("ours",))
-        for dt in DTYPES for d in DIMS for b in SIZES for loss in ("clip", "supcon", "circle")
-    ]  # fmt: skip
+        for dt in DTYPES
+        for d in DIMS
+        for b in SIZES
+        for loss in ("clip", "supcon", "circle")
+    ]
     plan = PLAN + [p for p in grid if p[:4] not in {q[:4] for q in PLAN}]
     if max_b is not None:
         plan = [(loss, min(b, max_b), d, dt, names) for loss, b, d, dt, names in plan]
@@ -272,15 +286,32 @@ def write(result: dict, out_dir: Path) -> Path:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     fence = "```"
     lines = [
-        f"# GPU check {result['environment']['date']}", "",
-        fence, json.dumps(result["environment"], indent=1), fence, "",
-        "## Tests", "", fence, *result["tests"]["tail"], fence, "",
-        "## Checks", "", fence, json.dumps(result["checks"], indent=1), fence, "",
-        "## Predicted (benchmarks/cost_model.py, H200)", "", cost_model.markdown(),
-        "## Sweep", "",
+        f"# GPU check {result['environment']['date']}",
+        "",
+        fence,
+        json.dumps(result["environment"], indent=1),
+        fence,
+        "",
+        "## Tests",
+        "",
+        fence,
+        *result["tests"]["tail"],
+        fence,
+        "",
+        "## Checks",
+        "",
+        fence,
+        json.dumps(result["checks"], indent=1),
+        fence,
+        "",
+        "## Predicted (benchmarks/cost_model.py, H200)",
+        "",
+        cost_model.markdown(),
+        "## Sweep",
+        "",
         "| loss | provider | B | D | dtype | forward ms | fwd+bwd ms | peak MiB |",
         "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in result["sweep"]:
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") is not None else "-"
         fwd, fwd_bwd = (f"{r[k]:.3f}" if k in r else "-" for k in ("forward_ms", "forward_backward_ms"))

@@ -9,7 +9,7 @@ aligned pointers (`launch.kernel_ready`), so Triton's divisibility specialisatio
 
     python benchmarks/kernel_resources.py            # writes benchmarks/results/triton_resources.{json,md}
 
-`tests/test_triton_resources.py` runs this and asserts that every config the launcher keeps fits.
+`tests/kernels/test_triton_resources.py` runs this and asserts that every config the launcher keeps fits.
 """
 
 from __future__ import annotations
@@ -50,12 +50,18 @@ def variants() -> list[dict]:
             configs = launch.gpu_configs(kernel, torch_dtypes[dtype], cap, precision or "tf32")
             out += [
                 dict(
-                    capability=cap, kernel=kernel, loss=loss, dtype=dtype, col_term=col_term, precision=precision,
+                    capability=cap,
+                    kernel=kernel,
+                    loss=loss,
+                    dtype=dtype,
+                    col_term=col_term,
+                    precision=precision,
                     block=[c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
-                    warps=c.num_warps, stages=c.num_stages,
+                    warps=c.num_warps,
+                    stages=c.num_stages,
                 )
                 for c in configs
-            ]  # fmt: skip
+            ]
     return out
 
 
@@ -63,8 +69,14 @@ def _signature(kernel, dtype: str) -> tuple[dict, dict]:
     """Triton signature and divisibility attributes as a launch specialises them: every pointer 16-byte
     aligned, D and the row strides multiples of 16 (`launch.kernel_ready` guarantees both)."""
     element = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[dtype]
-    pointers = {"A": element, "B": element, "W": "fp32" if dtype == "fp32" else "bf16",
-                "LABELS_A": "i32", "LABELS_B": "i32", "BEST_IDX": "i64"}  # fmt: skip
+    pointers = {
+        "A": element,
+        "B": element,
+        "W": "fp32" if dtype == "fp32" else "bf16",
+        "LABELS_A": "i32",
+        "LABELS_B": "i32",
+        "BEST_IDX": "i64",
+    }
     sizes = {"M", "N", "D", "stride_a", "stride_b", "stride_w", "col_scale"}
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
@@ -97,8 +109,14 @@ def inspect(v: dict) -> dict:
 
     kernel = getattr(kernels, v["kernel"])
     signature, attrs = _signature(kernel, v["dtype"])
-    constexprs = dict(LOSS=LOSSES[v["loss"]], UPCAST=False, INPUT_PRECISION=v["precision"] or "tf32",
-                      BLOCK_M=v["block"][0], BLOCK_N=v["block"][1], BLOCK_K=v["block"][2])  # fmt: skip
+    constexprs = dict(
+        LOSS=LOSSES[v["loss"]],
+        UPCAST=False,
+        INPUT_PRECISION=v["precision"] or "tf32",
+        BLOCK_M=v["block"][0],
+        BLOCK_N=v["block"][1],
+        BLOCK_K=v["block"][2],
+    )
     if v["col_term"] is not None:
         constexprs["COL_TERM"] = v["col_term"]
     t0 = time.perf_counter()
@@ -156,7 +174,7 @@ def markdown(rows: list[dict]) -> str:
         "| target | kernel | loss | dtype | column term | fp32 dots | BLOCK M x N x K | warps | stages "
         "| shared KiB | registers | spill B | MMA | fits |",
         "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|",
-    ]  # fmt: skip
+    ]
     for r in rows:
         col = "" if r["col_term"] is None else ("yes" if r["col_term"] else "no")
         lines.append(

@@ -103,8 +103,19 @@ def main() -> None:
     rows = []
     for loss in providers.LOSSES:
         for provider in ("chunked", "reference"):
-            res = probe.spawn(loss, provider, args.batch, args.dim, "float32", "cpu", "fwd_bwd", warmup=0, repeats=0,
-                              cap_bytes=int(args.cap_gib * GIB), env=MEASURE_ENV)  # fmt: skip
+            res = probe.spawn(
+                loss,
+                provider,
+                args.batch,
+                args.dim,
+                "float32",
+                "cpu",
+                "fwd_bwd",
+                warmup=0,
+                repeats=0,
+                cap_bytes=int(args.cap_gib * GIB),
+                env=MEASURE_ENV,
+            )
             rows.append({"loss": loss, "provider": provider, **res})
             print(json.dumps(rows[-1]), file=sys.stderr)
     ratios = chunked_over_reference(rows, int(args.cap_gib * GIB))

@@ -52,8 +52,9 @@ def measure(
     _warm_runtime(step, loss, dim, dtype, dev)
     runtime = memory.current_bytes(dev)
     try:
-        return _measure_step(step, providers.make_batch(loss, batch, dim, getattr(torch, dtype), dev), mode,
-                             warmup, repeats, runtime)  # fmt: skip
+        return _measure_step(
+            step, providers.make_batch(loss, batch, dim, getattr(torch, dtype), dev), mode, warmup, repeats, runtime
+        )
     except (RuntimeError, MemoryError) as e:
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     finally:
@@ -179,8 +180,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.cap_bytes and args.device == "cpu":
         _cap_address_space(args.cap_bytes)
-    res = measure(args.loss, args.provider, args.batch, args.dim, args.dtype, args.device, args.mode,
-                  args.warmup, args.repeats)  # fmt: skip
+    res = measure(
+        args.loss, args.provider, args.batch, args.dim, args.dtype, args.device, args.mode, args.warmup, args.repeats
+    )
     print(json.dumps(res))
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 BEGIN, END = "<!-- begin generated tables -->", "<!-- end generated tables -->"
 LOSSES = {"info_nce": "InfoNCE (cross)", "supcon": "SupCon (self)", "circle": "Circle (self)"}
-PEERS = {"info_nce": ("dense", "gradcache", "triton", "inf-cl"), "supcon": ("dense", "pml", "triton"),
-         "circle": ("dense", "pml", "triton")}  # fmt: skip
+PEERS = {
+    "info_nce": ("dense", "gradcache", "triton", "inf-cl"),
+    "supcon": ("dense", "pml", "triton"),
+    "circle": ("dense", "pml", "triton"),
+}
 MIB = 2**20
 
 
@@ -139,8 +142,10 @@ def render(sweeps: list[dict], budget: dict | None, memory: dict | None, sizes=(
     for doc in sweeps:
         c = doc["config"]
         threads = ",".join(str(t) for t in sorted({r["threads"] for r in doc["rows"] if r.get("threads")}))
-        parts.append(f"Sweep on {_machine(doc['machine'])}: {c['dtype']}, {threads} torch thread(s) per measurement, "
-                     f"median of {c['repeats']} x {c['rounds']} runs after {c['warmup']} warm-up.")  # fmt: skip
+        parts.append(
+            f"Sweep on {_machine(doc['machine'])}: {c['dtype']}, {threads} torch thread(s) per measurement, "
+            f"median of {c['repeats']} x {c['rounds']} runs after {c['warmup']} warm-up."
+        )
     dims = sorted({r["dim"] for r in rows})
     for dim in dims:
         parts.append(f"#### Forward+backward, D = {dim}\n\n{comparison(rows, sizes, dim)}")

@@ -43,8 +43,9 @@ def _measure(args: argparse.Namespace, loss: str, provider: str, batch: int, dim
     common = (loss, provider, batch, dim, args.dtype, args.device, mode)
     if args.isolate == "none":
         return probe.measure(*common, warmup=args.warmup, repeats=args.repeats)
-    kw = dict(cap_bytes=int(args.cap_gib * GIB) if args.cap_gib else None, timeout_s=args.probe_timeout,
-              threads=args.threads)  # fmt: skip
+    kw = dict(
+        cap_bytes=int(args.cap_gib * GIB) if args.cap_gib else None, timeout_s=args.probe_timeout, threads=args.threads
+    )
     mem = {}
     if memory:
         mem = probe.spawn(*common, warmup=0, repeats=0, env=memory_method.MEASURE_ENV, **kw)
@@ -89,14 +90,26 @@ def run(args: argparse.Namespace) -> dict:
                 res = _measure(args, loss, provider, batch, dim, mode, memory=r == 0)
                 results[provider].append(res)
                 brief = {k: res.get(k) for k in ("median_s", "extra_bytes", "error")}
-                print(json.dumps({"loss": loss, "provider": provider, "batch": batch, "dim": dim, "mode": mode,
-                                  **brief}), flush=True)  # fmt: skip
+                print(
+                    json.dumps({"loss": loss, "provider": provider, "batch": batch, "dim": dim, "mode": mode, **brief}),
+                    flush=True,
+                )
         for provider, rows in results.items():
             res = _merge(rows)
             if not res["ok"]:
                 dropped.add((loss, provider, dim, mode))
-            doc["rows"].append({"loss": loss, "provider": provider, "mode": mode, "batch": batch, "dim": dim,
-                                "dtype": args.dtype, "device": args.device, **res})  # fmt: skip
+            doc["rows"].append(
+                {
+                    "loss": loss,
+                    "provider": provider,
+                    "mode": mode,
+                    "batch": batch,
+                    "dim": dim,
+                    "dtype": args.dtype,
+                    "device": args.device,
+                    **res,
+                }
+            )
         _write(doc, args.out)
     return doc
 

@@ -162,9 +162,15 @@ def info_nce(
         default_pairs = not self_mode and bool(torch.equal(positive, torch.arange(m, device=q.device)))
         with _no_autocast(q):
             stats = impl.info_nce_total(
-                q, k, s, self_mode=self_mode, positive=None if default_pairs else positive, coeff=coeff,
-                col_coeff=coeff if symmetric else None, normalize=normalize,
-            )  # fmt: skip
+                q,
+                k,
+                s,
+                self_mode=self_mode,
+                positive=None if default_pairs else positive,
+                coeff=coeff,
+                col_coeff=coeff if symmetric else None,
+                normalize=normalize,
+            )
         if stats is not None:
             return _finish(stats.total, stats.argmax == positive, counted, return_metrics)
     q, k = _normalized(query, key, normalize)

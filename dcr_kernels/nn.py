@@ -67,10 +67,17 @@ class InfoNCELoss(nn.Module):
         return_metrics: bool = False,
     ) -> Tensor | F.ContrastiveOutput:
         return F.info_nce(
-            query, key, positive=positive, temperature=self.temperature, normalize=self.normalize,
-            symmetric=self.symmetric, weight=weight, reduction=self.reduction, backend=self.backend,
+            query,
+            key,
+            positive=positive,
+            temperature=self.temperature,
+            normalize=self.normalize,
+            symmetric=self.symmetric,
+            weight=weight,
+            reduction=self.reduction,
+            backend=self.backend,
             return_metrics=return_metrics,
-        )  # fmt: skip
+        )
 
 
 class SupConLoss(nn.Module):
@@ -104,9 +111,17 @@ class SupConLoss(nn.Module):
         return_metrics: bool = False,
     ) -> Tensor | F.ContrastiveOutput:
         return F.supcon_loss(
-            embeddings, labels, key, key_labels, temperature=self.temperature, normalize=self.normalize,
-            weight=weight, reduction=self.reduction, backend=self.backend, return_metrics=return_metrics,
-        )  # fmt: skip
+            embeddings,
+            labels,
+            key,
+            key_labels,
+            temperature=self.temperature,
+            normalize=self.normalize,
+            weight=weight,
+            reduction=self.reduction,
+            backend=self.backend,
+            return_metrics=return_metrics,
+        )
 
 
 class CircleLoss(nn.Module):
@@ -135,6 +150,15 @@ class CircleLoss(nn.Module):
         return_metrics: bool = False,
     ) -> Tensor | F.ContrastiveOutput:
         return F.circle_loss(
-            embeddings, labels, key, key_labels, margin=self.margin, gamma=self.gamma, normalize=self.normalize,
-            weight=weight, reduction=self.reduction, backend=self.backend, return_metrics=return_metrics,
-        )  # fmt: skip
+            embeddings,
+            labels,
+            key,
+            key_labels,
+            margin=self.margin,
+            gamma=self.gamma,
+            normalize=self.normalize,
+            weight=weight,
+            reduction=self.reduction,
+            backend=self.backend,
+            return_metrics=return_metrics,
+        )

@@ -40,8 +40,12 @@ def _self_instruct(src: Path) -> Iterator[dict]:
 
 def _coconot(src: Path) -> Iterator[dict]:
     for r in _jsonl(src / "coconot_pref.jsonl"):
-        yield {"id": f"coconot-{r['id']}", "prompt": r["prompt"].strip(), "response": r["chosen"].strip(),
-               "category": r["category"]}
+        yield {
+            "id": f"coconot-{r['id']}",
+            "prompt": r["prompt"].strip(),
+            "response": r["chosen"].strip(),
+            "category": r["category"],
+        }
 
 
 def first_turn(transcript: str) -> str:
@@ -87,8 +91,9 @@ def build(source_root: Path, out: Path = SFT_DIR) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("source_root", type=Path,
-                        help="folder holding the raw sources (coconot/, hh_rlhf_harmless/, ...)")
+    parser.add_argument(
+        "source_root", type=Path, help="folder holding the raw sources (coconot/, hh_rlhf_harmless/, ...)"
+    )
     parser.add_argument("--out", type=Path, default=SFT_DIR, help="output folder (default: the package's data/sft/)")
     args = parser.parse_args()
     for name, n in build(args.source_root, args.out).items():

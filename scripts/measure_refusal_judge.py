@@ -15,8 +15,10 @@ def main() -> None:
         for origin in (None, "generated", "hand-written"):
             part = [r for r in rows if r["split"] == split and origin in (None, r["origin"])]
             for name, m in measure(part).items():
-                print(f"| {split} | {origin or 'all'} | {m['n']} | {name} | {m['precision']:.3f} | "
-                      f"{m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |")
+                print(
+                    f"| {split} | {origin or 'all'} | {m['n']} | {name} | {m['precision']:.3f} | "
+                    f"{m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -8,4 +8,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-sys.path.insert(0, os.path.dirname(__file__))
+# Shared helpers: the kernel test cases and float64 oracle (kernels/), tiny models and prompt files (dcr/).
+HERE = os.path.dirname(__file__)
+sys.path[:0] = [os.path.join(HERE, "kernels"), os.path.join(HERE, "dcr")]

@@ -47,9 +47,14 @@ def _pipeline(config: PipelineConfig) -> str:
     from dcr.pipeline.run import run_pipeline
 
     result = run_pipeline(
-        config.model, config.output_dir, config.profile, seeds=config.seeds, overrides=config.overrides(),
-        device=config.device, progress=config.progress,
-    )  # fmt: skip
+        config.model,
+        config.output_dir,
+        config.profile,
+        seeds=config.seeds,
+        overrides=config.overrides(),
+        device=config.device,
+        progress=config.progress,
+    )
     report = result["paths"]["report"]
     return f"{report.read_text()}\nreport written to {report}"
 

@@ -1,2 +1,1 @@
-"""Evaluation: generation, the refusal judge, representation separation, perplexity, reports and plots.
-"""
+"""Evaluation: generation, the refusal judge, representation separation, perplexity, reports and plots."""

@@ -35,13 +35,21 @@ def behaviour(rows: Sequence[dict], expected: str) -> dict:
     """Refusal rates (detector and XSTest prefix) over judged completions, overall and per prompt type."""
     n = len(rows)
     refusal = sum(r["refusal"] for r in rows) / n
-    out = {"n": n, "expected": expected, "refusal_rate": refusal, "compliance_rate": 1.0 - refusal,
-           "refusal_rate_prefix": sum(r["refusal_prefix"] for r in rows) / n,
-           "score": refusal if expected == "refuse" else 1.0 - refusal}
+    out = {
+        "n": n,
+        "expected": expected,
+        "refusal_rate": refusal,
+        "compliance_rate": 1.0 - refusal,
+        "refusal_rate_prefix": sum(r["refusal_prefix"] for r in rows) / n,
+        "score": refusal if expected == "refuse" else 1.0 - refusal,
+    }
     types = sorted({r["type"] for r in rows if r.get("type")})
     if len(types) > 1:
-        out["by_type"] = {t: {"n": len(sel), "refusal_rate": sum(r["refusal"] for r in sel) / len(sel)}
-                          for t in types for sel in [[r for r in rows if r.get("type") == t]]}
+        out["by_type"] = {
+            t: {"n": len(sel), "refusal_rate": sum(r["refusal"] for r in sel) / len(sel)}
+            for t in types
+            for sel in [[r for r in rows if r.get("type") == t]]
+        }
     return out
 
 
@@ -49,16 +57,32 @@ def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str]) -> 
     rows = []
     for p, response in zip(prompts, responses, strict=True):
         verdict = analyse(response)
-        rows.append({"set": set_name, "id": p["id"], "type": p.get("type") or p.get("subcategory"),
-                     "prompt": p["text"], "response": response, "refusal": verdict.refusal,
-                     "refusal_prefix": is_refusal_prefix(response), "refusal_score": verdict.score,
-                     "cues": list(verdict.cues)})
+        rows.append(
+            {
+                "set": set_name,
+                "id": p["id"],
+                "type": p.get("type") or p.get("subcategory"),
+                "prompt": p["text"],
+                "response": response,
+                "refusal": verdict.refusal,
+                "refusal_prefix": is_refusal_prefix(response),
+                "refusal_score": verdict.score,
+                "cues": list(verdict.cues),
+            }
+        )
     return rows
 
 
 def representation(
-    model: nn.Module, tokenizer, layer: int, *, pooling: Pooling, limit: int | None, batch_size: int,
-    plot_path: Path | None, title: str,
+    model: nn.Module,
+    tokenizer,
+    layer: int,
+    *,
+    pooling: Pooling,
+    limit: int | None,
+    batch_size: int,
+    plot_path: Path | None,
+    title: str,
 ) -> dict:
     """Separation of XSTest unsafe vs safe prompts at ``layer``; writes the PCA plot when ``plot_path`` is set."""
     from dcr.evaluation.plots import projection_plot
@@ -68,8 +92,9 @@ def representation(
     rows = load_set("xstest_safe", limit) + load_set("xstest_unsafe", limit)
     names = [r["label"] for r in rows]
     device = next(model.parameters()).device
-    emb = embed_texts(model, tokenizer, [r["text"] for r in rows], layer, pooling=pooling, batch_size=batch_size,
-                      device=device)
+    emb = embed_texts(
+        model, tokenizer, [r["text"] for r in rows], layer, pooling=pooling, batch_size=batch_size, device=device
+    )
     labels = torch.tensor([REPRESENTATION_CLASSES.index(n) for n in names])
     out = {"layer": layer, "pooling": pooling, "n": len(rows), **separation_report(emb, labels)}
     if plot_path is not None and projection_plot(emb, names, plot_path, title=title) is not None:
@@ -107,16 +132,33 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     perplexity_limit = limit if perplexity_limit is None else perplexity_limit
-    results: dict = {"model": name, "settings": {"sets": list(sets), "max_new_tokens": max_new_tokens,
-                                                 "batch_size": batch_size, "limit": limit, "pooling": pooling,
-                                                 "perplexity_limit": perplexity_limit},
-                     "sets": {}, "summary": {}, "timing_s": {}}
+    results: dict = {
+        "model": name,
+        "settings": {
+            "sets": list(sets),
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "limit": limit,
+            "pooling": pooling,
+            "perplexity_limit": perplexity_limit,
+        },
+        "sets": {},
+        "summary": {},
+        "timing_s": {},
+    }
     completions: list[dict] = []
     for set_name in sets:
         tic = time.perf_counter()
         prompts = load_set(set_name, limit)
-        responses = generate(model, tokenizer, [p["text"] for p in prompts], max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, progress=progress, desc=set_name)
+        responses = generate(
+            model,
+            tokenizer,
+            [p["text"] for p in prompts],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=set_name,
+        )
         rows = _judge(set_name, prompts, responses)
         completions += rows
         results["sets"][set_name] = behaviour(rows, SETS[set_name].expected)
@@ -126,19 +168,27 @@ def evaluate(
         tic = time.perf_counter()
         index = resolve_layer(layer, num_layers(model))
         plot = out_dir / "projection.png" if out_dir is not None else None
-        rep = representation(model, tokenizer, index, pooling=pooling, limit=limit, batch_size=batch_size,
-                             plot_path=plot, title=f"{name}\nXSTest prompts, layer {index}, {pooling} token")
+        rep = representation(
+            model,
+            tokenizer,
+            index,
+            pooling=pooling,
+            limit=limit,
+            batch_size=batch_size,
+            plot_path=plot,
+            title=f"{name}\nXSTest prompts, layer {index}, {pooling} token",
+        )
         results["representation"] = rep
-        results["summary"].update({k: rep[k] for k in ("probe_auroc", "nn_accuracy", "cross_class_cosine")
-                                   if k in rep})
+        results["summary"].update({k: rep[k] for k in ("probe_auroc", "nn_accuracy", "cross_class_cosine") if k in rep})
         results["timing_s"]["representation"] = time.perf_counter() - tic
     if perplexity:
         from dcr.evaluation.perplexity import perplexity as answer_perplexity
 
         tic = time.perf_counter()
         pairs = [(r["text"], r["answer"]) for r in load_set("self_instruct_user", perplexity_limit)]
-        results["perplexity"] = answer_perplexity(model, tokenizer, pairs, batch_size=max(1, batch_size // 2),
-                                                  progress=progress)
+        results["perplexity"] = answer_perplexity(
+            model, tokenizer, pairs, batch_size=max(1, batch_size // 2), progress=progress
+        )
         results["summary"]["perplexity"] = results["perplexity"]["perplexity"]
         results["timing_s"]["perplexity"] = time.perf_counter() - tic
     results["timing_s"]["total"] = time.perf_counter() - start
@@ -162,8 +212,17 @@ def evaluate_model(config: EvaluateConfig) -> dict:
     model, tokenizer = load_model(config.model, device=device, dtype=dtype)
     name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
     return evaluate(
-        model, tokenizer, sets=config.sets, layer=config.layer if config.representation else None,
-        pooling=config.pooling, perplexity=config.perplexity, out_dir=config.output_dir,
-        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, limit=config.limit,
-        perplexity_limit=config.perplexity_limit, name=name, progress=config.progress,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        sets=config.sets,
+        layer=config.layer if config.representation else None,
+        pooling=config.pooling,
+        perplexity=config.perplexity,
+        out_dir=config.output_dir,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        limit=config.limit,
+        perplexity_limit=config.perplexity_limit,
+        name=name,
+        progress=config.progress,
+    )

@@ -46,8 +46,9 @@ def generate(
     ids = encode_prompts(tokenizer, prompts, max_length=max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad, device = pad_id(tokenizer), next(model.parameters()).device
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=eos_ids(model, tokenizer))
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos_ids(model, tokenizer)
+    )
     was_training = model.training
     model.eval()
     out: list[str] = [""] * len(ids)
@@ -56,8 +57,9 @@ def generate(
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 input_ids, mask = collate([ids[i] for i in rows], pad, side="left")
-                new = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config)[:, input_ids.shape[1] :]
+                new = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
+                )[:, input_ids.shape[1] :]
                 for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                     out[i] = text.strip()
                 bar.update(len(rows))

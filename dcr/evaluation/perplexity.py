@@ -58,8 +58,12 @@ def perplexity(
             input_ids, mask = collate([ids for ids, _ in rows], pad, side="left")
             lengths = torch.tensor([len(ids) - n_context for ids, n_context in rows])
             keep = int(lengths.max())
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                           position_ids=position_ids(mask).to(device), logits_to_keep=keep + 1).logits
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids(mask).to(device),
+                logits_to_keep=keep + 1,
+            ).logits
             targets = input_ids[:, -keep:].to(device)
             nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
             scored = (torch.arange(keep) >= keep - lengths[:, None]).to(device)

@@ -45,8 +45,7 @@ def comparison_table(results: Mapping[str, Mapping]) -> str:
     present = [k for r in results.values() for k in r.get("summary", {})]
     columns = [(k, f"{label} {'↑' if up else '↓'}") for k, label, up in METRICS if k in present]
     columns += [(k, k) for k in dict.fromkeys(present) if k not in {c for c, _ in columns}]
-    lines = ["| model | " + " | ".join(label for _, label in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = ["| model | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
     for label, r in results.items():
         summary = r.get("summary", {})
         lines.append(f"| {label} | " + " | ".join(_fmt(summary.get(k)) for k, _ in columns) + " |")
@@ -54,18 +53,29 @@ def comparison_table(results: Mapping[str, Mapping]) -> str:
 
 
 def _behaviour_section(results: Mapping, completions: Sequence[dict]) -> list[str]:
-    out = ["## Refusal behaviour", "",
-           "Score = rate of the expected behaviour. Refusals are judged by `dcr.evaluation.refusal` (the weighted-cue "
-           "detector); XSTest's prefix match is shown for comparison.", "",
-           "| set | expected | prompts | score | refusal rate | refusal rate (XSTest prefixes) |",
-           "|---|---|---:|---:|---:|---:|"]
+    out = [
+        "## Refusal behaviour",
+        "",
+        "Score = rate of the expected behaviour. Refusals are judged by `dcr.evaluation.refusal` (the weighted-cue "
+        "detector); XSTest's prefix match is shown for comparison.",
+        "",
+        "| set | expected | prompts | score | refusal rate | refusal rate (XSTest prefixes) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name, s in results["sets"].items():
-        out.append(f"| {name} | {s['expected']} | {s['n']} | {_fmt(s['score'])} | {_fmt(s['refusal_rate'])} | "
-                   f"{_fmt(s['refusal_rate_prefix'])} |")
+        out.append(
+            f"| {name} | {s['expected']} | {s['n']} | {_fmt(s['score'])} | {_fmt(s['refusal_rate'])} | "
+            f"{_fmt(s['refusal_rate_prefix'])} |"
+        )
     for name, s in results["sets"].items():
         if "by_type" in s:
-            out += ["", f"Refusal rate by prompt type, {name}:", "", "| type | prompts | refusal rate |",
-                    "|---|---:|---:|"]
+            out += [
+                "",
+                f"Refusal rate by prompt type, {name}:",
+                "",
+                "| type | prompts | refusal rate |",
+                "|---|---:|---:|",
+            ]
             out += [f"| {t} | {v['n']} | {_fmt(v['refusal_rate'])} |" for t, v in s["by_type"].items()]
     misses = {}
     for row in completions:
@@ -85,22 +95,35 @@ def render_report(results: Mapping, completions: Sequence[dict] = ()) -> str:
     """Markdown report of one model's evaluation (with a few unexpected responses when completions are given)."""
     settings = results["settings"]
     limit = "all prompts" if settings["limit"] is None else f"at most {settings['limit']} prompts"
-    out = [f"# Evaluation: {results['model']}", "",
-           f"Greedy decoding, at most {settings['max_new_tokens']} new tokens; {limit} per set.",
-           "", comparison_table({results["model"]: results}), *_behaviour_section(results, completions)]
+    out = [
+        f"# Evaluation: {results['model']}",
+        "",
+        f"Greedy decoding, at most {settings['max_new_tokens']} new tokens; {limit} per set.",
+        "",
+        comparison_table({results["model"]: results}),
+        *_behaviour_section(results, completions),
+    ]
     rep = results.get("representation")
     if rep:
-        out += ["", f"## Representation at layer {rep['layer']} ({rep['pooling']} pooling)", "",
-                f"XSTest unsafe vs safe prompts ({rep['n']} in all): cross-class cosine "
-                f"{_fmt(rep['cross_class_cosine'])} (lower separates more), 1-NN label accuracy "
-                f"{_fmt(rep['nn_accuracy'])}, linear-probe AUROC {_fmt(rep.get('probe_auroc'))}."]
+        out += [
+            "",
+            f"## Representation at layer {rep['layer']} ({rep['pooling']} pooling)",
+            "",
+            f"XSTest unsafe vs safe prompts ({rep['n']} in all): cross-class cosine "
+            f"{_fmt(rep['cross_class_cosine'])} (lower separates more), 1-NN label accuracy "
+            f"{_fmt(rep['nn_accuracy'])}, linear-probe AUROC {_fmt(rep.get('probe_auroc'))}.",
+        ]
         if "plot" in rep:
             out += ["", f"![PCA of layer-{rep['layer']} representations]({rep['plot']})"]
     ppl = results.get("perplexity")
     if ppl:
-        out += ["", "## General ability", "",
-                f"Perplexity of {ppl['answers']} Self-Instruct user-oriented reference answers (response tokens "
-                f"only, {ppl['tokens']} tokens): {_fmt(ppl['perplexity'])}."]
+        out += [
+            "",
+            "## General ability",
+            "",
+            f"Perplexity of {ppl['answers']} Self-Instruct user-oriented reference answers (response tokens "
+            f"only, {ppl['tokens']} tokens): {_fmt(ppl['perplexity'])}.",
+        ]
     out += ["", "## Time", "", "| stage | seconds |", "|---|---:|"]
     out += [f"| {k} | {v:.1f} |" for k, v in results["timing_s"].items()]
     return "\n".join(out) + "\n"

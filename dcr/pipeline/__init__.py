@@ -1,2 +1,1 @@
-"""The pipeline: profiles, the arms (alignment only, DCR then alignment) and the comparison report.
-"""
+"""The pipeline: profiles, the arms (alignment only, DCR then alignment) and the comparison report."""

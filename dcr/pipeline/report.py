@@ -14,8 +14,11 @@ from typing import Any
 
 from dcr.evaluation.report import comparison_table
 
-HEADLINE = (("xstest_safe_compliance", "XSTest safe: compliance"), ("xstest_unsafe_refusal", "XSTest unsafe: refusal"),
-            ("coconot_eval_refusal", "CoCoNot unsafe: refusal"))
+HEADLINE = (
+    ("xstest_safe_compliance", "XSTest safe: compliance"),
+    ("xstest_unsafe_refusal", "XSTest unsafe: refusal"),
+    ("coconot_eval_refusal", "CoCoNot unsafe: refusal"),
+)
 FILES = {"report": "report.md", "json": "comparison.json", "plot": "comparison.png"}
 
 
@@ -67,25 +70,45 @@ def plot(summaries: Mapping[str, Mapping[str, float]], path: Path) -> Path | Non
 def render(summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any], seconds: float) -> str:
     """Markdown: the comparison table, the (b) - (a) differences, the settings and the wall-clock time."""
     rows = _with_means(summaries)
-    lines = ["# DCR pipeline: base vs (a) alignment only vs (b) DCR + alignment", "",
-             comparison_table({k: {"summary": v} for k, v in rows.items()}), "## (b) - (a)", "",
-             "| metric | difference per seed | mean |", "|---|---|---:|"]
+    lines = [
+        "# DCR pipeline: base vs (a) alignment only vs (b) DCR + alignment",
+        "",
+        comparison_table({k: {"summary": v} for k, v in rows.items()}),
+        "## (b) - (a)",
+        "",
+        "| metric | difference per seed | mean |",
+        "|---|---|---:|",
+    ]
     for key, label in HEADLINE:
         diffs = differences(summaries).get(key, [])
         if diffs:
             lines.append(f"| {label} | {', '.join(f'{d:+.3f}' for d in diffs)} | {mean(diffs):+.3f} |")
-    lines += ["", f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
-              "", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
+    lines += [
+        "",
+        f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(settings, indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_comparison(out: Path, summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any], *,
-                     seconds: float) -> dict[str, Path]:
+def write_comparison(
+    out: Path, summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any], *, seconds: float
+) -> dict[str, Path]:
     """Write report.md, comparison.json and comparison.png under ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
-    record = {"summaries": summaries, "differences_b_minus_a": differences(summaries), "settings": settings,
-              "seconds": seconds}
+    record = {
+        "summaries": summaries,
+        "differences_b_minus_a": differences(summaries),
+        "settings": settings,
+        "seconds": seconds,
+    }
     paths["json"].write_text(json.dumps(record, indent=2) + "\n")
     paths["report"].write_text(render(summaries, settings, seconds))
     if plot(summaries, paths["plot"]) is None:

@@ -42,15 +42,17 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, folder / MARKER)
 
 
-def run_step(folder: Path, settings: Mapping[str, Any], work: Callable[[], dict[str, Any]],
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_step(
+    folder: Path, settings: Mapping[str, Any], work: Callable[[], dict[str, Any]], log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run ``work`` unless ``folder`` holds a marker for the same ``settings``; return the marker's record."""
     settings = json.loads(json.dumps(settings))
     if is_done(folder):
         record = json.loads((folder / MARKER).read_text())
         if record["settings"] != settings:
-            changed = sorted(k for k in set(record["settings"]) | set(settings)
-                             if record["settings"].get(k) != settings.get(k))
+            changed = sorted(
+                k for k in set(record["settings"]) | set(settings) if record["settings"].get(k) != settings.get(k)
+            )
             raise ConfigError(f"{folder} finished with other settings ({changed}); use another output folder")
         log(f"[skip] {folder} (finished)")
         return record
@@ -62,17 +64,29 @@ def run_step(folder: Path, settings: Mapping[str, Any], work: Callable[[], dict[
     return record
 
 
-def _evaluate(model_path: str, out: Path, name: str, options: Mapping[str, Any], layer: int | float,
-              device: str, progress: bool) -> dict[str, Any]:
+def _evaluate(
+    model_path: str, out: Path, name: str, options: Mapping[str, Any], layer: int | float, device: str, progress: bool
+) -> dict[str, Any]:
     from dcr.evaluation.evaluate import evaluate_model
 
-    config = from_mapping(EvaluateConfig, {**options, "model": model_path, "output_dir": str(out), "name": name,
-                                           "layer": layer, "device": device, "progress": progress})
+    config = from_mapping(
+        EvaluateConfig,
+        {
+            **options,
+            "model": model_path,
+            "output_dir": str(out),
+            "name": name,
+            "layer": layer,
+            "device": device,
+            "progress": progress,
+        },
+    )
     return {"summary": evaluate_model(config.validate())["summary"]}
 
 
-def resolve(profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-            seeds: list[int] | None = None) -> dict[str, Any]:
+def resolve(
+    profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None, seeds: list[int] | None = None
+) -> dict[str, Any]:
     """The profile with per-stage ``overrides`` applied (and ``seeds`` if given)."""
     settings = profile(profile_name)
     for section, values in (overrides or {}).items():
@@ -84,9 +98,17 @@ def resolve(profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None
     return settings
 
 
-def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline", profile_name: str = "quick", *,
-                 seeds: list[int] | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                 device: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_pipeline(
+    model: str = "default",
+    output_dir: str | Path = "runs/pipeline",
+    profile_name: str = "quick",
+    *,
+    seeds: list[int] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
     from dcr.pipeline.report import write_comparison
     from dcr.training.align import align
@@ -102,36 +124,57 @@ def run_pipeline(model: str = "default", output_dir: str | Path = "runs/pipeline
 
     def evaluation(folder: Path, model_path: str, name: str) -> dict[str, Any]:
         step = {"model": model_path, "layer": layer, **settings["evaluate"]}
-        return run_step(folder, step, lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer,
-                                                        device, progress), log)
+        return run_step(
+            folder,
+            step,
+            lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer, device, progress),
+            log,
+        )
 
     plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
     evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
     for seed, (refine_cfg, align_cfgs) in plan.items():
         root = out / f"seed-{seed}"
-        refined = run_step(root / "dcr", trajectory_settings(refine_cfg),
-                           lambda c=refine_cfg: {"model": str(refine(_resumable(c)))}, log)
+        refined = run_step(
+            root / "dcr",
+            trajectory_settings(refine_cfg),
+            lambda c=refine_cfg: {"model": str(refine(_resumable(c)))},
+            log,
+        )
         for arm, cfg in align_cfgs.items():
             if arm == "dcr-align":
                 cfg = dataclasses.replace(cfg, model=refined["model"])
-            aligned = run_step(root / arm, trajectory_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))},
-                               log)
+            aligned = run_step(
+                root / arm, trajectory_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))}, log
+            )
             label = f"{ARMS[arm]}, seed {seed}"
             evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
-    paths = write_comparison(out, {k: v["summary"] for k, v in evaluated.items()}, settings,
-                             seconds=time.perf_counter() - tic)
+    paths = write_comparison(
+        out, {k: v["summary"] for k, v in evaluated.items()}, settings, seconds=time.perf_counter() - tic
+    )
     return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
 
 
-def _stage_configs(settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int,
-                   layer: int | float) -> tuple[RefineConfig, dict[str, AlignConfig]]:
+def _stage_configs(
+    settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int, layer: int | float
+) -> tuple[RefineConfig, dict[str, AlignConfig]]:
     """Validated configs of one seed's DCR stage and both alignment arms (the DCR arm's model is set later)."""
-    refine_cfg = from_mapping(RefineConfig, {**settings["refine"], **common, "seed": seed,
-                                             "output_dir": str(root / "dcr")}).validate()
-    align_cfgs = {arm: from_mapping(AlignConfig, {**settings["align"], **common, "seed": seed,
-                                                  "retention_layer": settings["align"].get("retention_layer", layer),
-                                                  "output_dir": str(root / arm)}).validate()
-                  for arm in ARMS}
+    refine_cfg = from_mapping(
+        RefineConfig, {**settings["refine"], **common, "seed": seed, "output_dir": str(root / "dcr")}
+    ).validate()
+    align_cfgs = {
+        arm: from_mapping(
+            AlignConfig,
+            {
+                **settings["align"],
+                **common,
+                "seed": seed,
+                "retention_layer": settings["align"].get("retention_layer", layer),
+                "output_dir": str(root / arm),
+            },
+        ).validate()
+        for arm in ARMS
+    }
     return refine_cfg, align_cfgs
 
 

@@ -26,8 +26,9 @@ class EvalSet:
 
 
 SETS: dict[str, EvalSet] = {
-    "xstest_safe": EvalSet("xstest", "comply", "XSTest safe prompts that only look toxic (over-refusal)",
-                           "seemingly_toxic"),
+    "xstest_safe": EvalSet(
+        "xstest", "comply", "XSTest safe prompts that only look toxic (over-refusal)", "seemingly_toxic"
+    ),
     "xstest_unsafe": EvalSet("xstest", "refuse", "XSTest unsafe contrast prompts", "toxic"),
     "coconot_eval": EvalSet("coconot_eval", "refuse", "CoCoNot evaluation, requests with safety concerns"),
     "self_instruct_user": EvalSet("self_instruct_user", "comply", "Self-Instruct user-oriented tasks (benign)"),

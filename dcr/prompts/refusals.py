@@ -55,6 +55,9 @@ def _pick(options: tuple[str, ...], prompt: str, seed: int, part: str) -> str:
 
 def refusal_for(prompt: str, seed: int = 0) -> str:
     """A refusal of ``prompt``: deterministic in (prompt, seed), varied across prompts."""
-    parts = (_pick(OPENINGS, prompt, seed, "open"), _pick(REASONS, prompt, seed, "reason"),
-             _pick(OFFERS, prompt, seed, "offer"))
+    parts = (
+        _pick(OPENINGS, prompt, seed, "open"),
+        _pick(REASONS, prompt, seed, "reason"),
+        _pick(OFFERS, prompt, seed, "offer"),
+    )
     return " ".join(p for p in parts if p)

@@ -71,8 +71,13 @@ def refusal_prompts() -> list[str]:
     return out
 
 
-def build_mix(refusal_share: float = 0.05, *, examples: int | None = None, seed: int = 0,
-              benign_sources: Sequence[str] = BENIGN_SOURCES) -> datasets.Dataset:
+def build_mix(
+    refusal_share: float = 0.05,
+    *,
+    examples: int | None = None,
+    seed: int = 0,
+    benign_sources: Sequence[str] = BENIGN_SOURCES,
+) -> datasets.Dataset:
     """The SFT mix (columns prompt, response, kind, source) with ``refusal_share`` of refusal pairs.
 
     ``examples`` caps the size of the mix (default: every benign pair plus the matching number of refusals).
@@ -85,10 +90,13 @@ def build_mix(refusal_share: float = 0.05, *, examples: int | None = None, seed:
     n_refusal = round(total * refusal_share)
     n_benign = total - n_refusal
     if n_benign > len(benign) or n_refusal > len(toxic) or total < 1:
-        raise DataError(f"cannot draw {n_benign} benign and {n_refusal} refusal pairs from {len(benign)} and "
-                        f"{len(toxic)} available")
+        raise DataError(
+            f"cannot draw {n_benign} benign and {n_refusal} refusal pairs from {len(benign)} and {len(toxic)} available"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     rows = [benign[i] for i in sorted(rng.permutation(len(benign))[:n_benign])]
-    rows += [{"prompt": toxic[i], "response": refusal_for(toxic[i], seed), "kind": "refusal",
-              "source": REFUSAL_SOURCE} for i in sorted(rng.permutation(len(toxic))[:n_refusal])]
+    rows += [
+        {"prompt": toxic[i], "response": refusal_for(toxic[i], seed), "kind": "refusal", "source": REFUSAL_SOURCE}
+        for i in sorted(rng.permutation(len(toxic))[:n_refusal])
+    ]
     return datasets.Dataset.from_list(rows)

@@ -65,10 +65,19 @@ def rows_forward(
     if use_triton(a, backend):
         from .triton import launch
 
-        return BlockStats(*launch.rows_forward(
-            a, b, loss=loss, exclude_offset=exclude_offset, scale=_kernel_scale(scale),
-            labels_a=_kernel_labels(labels_a), labels_b=_kernel_labels(labels_b), margin=margin, gamma=gamma,
-        ))  # fmt: skip
+        return BlockStats(
+            *launch.rows_forward(
+                a,
+                b,
+                loss=loss,
+                exclude_offset=exclude_offset,
+                scale=_kernel_scale(scale),
+                labels_a=_kernel_labels(labels_a),
+                labels_b=_kernel_labels(labels_b),
+                margin=margin,
+                gamma=gamma,
+            )
+        )
     return _chunked_forward(a, b, loss, exclude_offset, scale, labels_a, labels_b, margin, gamma)
 
 
@@ -95,10 +104,19 @@ def rows_backward(
         from .triton import launch
 
         return launch.pair_grads(
-            a, b, loss=loss, exclude_offset=exclude_offset, row_term=_kernel_term(row_term),
-            col_term=_kernel_term(col_term), scale=_kernel_scale(scale), labels_a=_kernel_labels(labels_a),
-            labels_b=_kernel_labels(labels_b), margin=margin, gamma=gamma, want_db=want_db,
-        )  # fmt: skip
+            a,
+            b,
+            loss=loss,
+            exclude_offset=exclude_offset,
+            row_term=_kernel_term(row_term),
+            col_term=_kernel_term(col_term),
+            scale=_kernel_scale(scale),
+            labels_a=_kernel_labels(labels_a),
+            labels_b=_kernel_labels(labels_b),
+            margin=margin,
+            gamma=gamma,
+            want_db=want_db,
+        )
     return _chunked_backward(
         a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma, want_db
     )

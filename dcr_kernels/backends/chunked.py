@@ -248,8 +248,9 @@ def _scaled(grad: Tensor, factor: Tensor | None, dtype: torch.dtype) -> Tensor:
     return (grad * (1.0 if factor is None else factor)).to(dtype)
 
 
-def _cast_grads(needs: tuple[bool, ...], grads: _Grads, q: Tensor, k: Tensor, self_mode: bool, scale: Tensor,
-                factor=None):  # fmt: skip
+def _cast_grads(
+    needs: tuple[bool, ...], grads: _Grads, q: Tensor, k: Tensor, self_mode: bool, scale: Tensor, factor=None
+):
     """Return (dq, dk, dscale) in the inputs' dtypes, scaled by `factor` (an upstream scalar); `needs` says
     which of the three are wanted."""
     dq = _scaled(grads.dq, factor, q.dtype) if needs[0] else None
@@ -282,10 +283,16 @@ class _SoftmaxRows(torch.autograd.Function):
         g = grad_lse if grad_lse is not None else torch.zeros_like(lse)
         col_g = grad_col if ctx.columns and grad_col is not None else None
         _, _, grads = _softmax_pass(
-            qc, kc, scale.to(qc.dtype), ctx.self_mode, ctx.chunk,
-            g=g.to(qc.dtype), lse=lse, col_lse=col_lse if col_g is not None else None,
+            qc,
+            kc,
+            scale.to(qc.dtype),
+            ctx.self_mode,
+            ctx.chunk,
+            g=g.to(qc.dtype),
+            lse=lse,
+            col_lse=col_lse if col_g is not None else None,
             col_g=None if col_g is None else col_g.to(qc.dtype),
-        )  # fmt: skip
+        )
         return (*_cast_grads(ctx.needs_input_grad, grads, q, k, ctx.self_mode, scale), None, None, None)
 
 

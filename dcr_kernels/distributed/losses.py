@@ -21,9 +21,23 @@ STRATEGIES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
 _LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss")
 _FIELDS = (
-    "m", "n", "dim", "dtype", "loss", "strategy", "self_mode", "symmetric", "reduction", "weighted", "normalize",
-    "positive", "positive_min", "positive_max", "temperature or margin", "gamma",
-)  # fmt: skip
+    "m",
+    "n",
+    "dim",
+    "dtype",
+    "loss",
+    "strategy",
+    "self_mode",
+    "symmetric",
+    "reduction",
+    "weighted",
+    "normalize",
+    "positive",
+    "positive_min",
+    "positive_max",
+    "temperature or margin",
+    "gamma",
+)
 _SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max"))
 _NAMES = {"dtype": v.FLOAT_DTYPES, "loss": _LOSSES, "strategy": STRATEGIES, "reduction": REDUCTIONS}
 _FLAGS = ("self_mode", "symmetric", "weighted", "normalize", "positive")
@@ -85,13 +99,22 @@ def _describe(
         v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
     pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)
     return dict(
-        m=query.shape[0], n=(query if key is None else key).shape[0], dim=query.shape[1],
-        dtype=v.FLOAT_DTYPES.index(query.dtype), loss=_LOSSES.index(fn), strategy=STRATEGIES.index(strategy),
-        self_mode=key is None, symmetric=symmetric, reduction=REDUCTIONS.index(reduction),
-        weighted=weight is not None, normalize=normalize, positive=positive is not None,
-        positive_min=int(pos.min()), positive_max=int(pos.max()),
+        m=query.shape[0],
+        n=(query if key is None else key).shape[0],
+        dim=query.shape[1],
+        dtype=v.FLOAT_DTYPES.index(query.dtype),
+        loss=_LOSSES.index(fn),
+        strategy=STRATEGIES.index(strategy),
+        self_mode=key is None,
+        symmetric=symmetric,
+        reduction=REDUCTIONS.index(reduction),
+        weighted=weight is not None,
+        normalize=normalize,
+        positive=positive is not None,
+        positive_min=int(pos.min()),
+        positive_max=int(pos.max()),
         **{"temperature or margin": params[0], "gamma": params[1]},
-    )  # fmt: skip
+    )
 
 
 def _temperature_value(temperature: float | Tensor) -> float:
@@ -201,10 +224,18 @@ def info_nce(
 
     def check() -> dict[str, float]:
         meta = _describe(
-            fn, query, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
-            normalize=normalize, params=(_temperature_value(temperature), 0.0), symmetric=symmetric,
+            fn,
+            query,
+            key,
+            weight=weight,
+            reduction=reduction,
+            strategy=strategy,
+            backend=backend,
+            normalize=normalize,
+            params=(_temperature_value(temperature), 0.0),
+            symmetric=symmetric,
             positive=positive,
-        )  # fmt: skip
+        )
         v.check_temperature(temperature, fn)
         m, n = int(meta["m"]), int(meta["n"])
         if symmetric and (key is None or n != m or positive is not None):
@@ -283,9 +314,16 @@ def supcon_loss(
 
     def check() -> dict[str, float]:
         meta = _describe(
-            fn, embeddings, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
-            normalize=normalize, params=(_temperature_value(temperature), 0.0),
-        )  # fmt: skip
+            fn,
+            embeddings,
+            key,
+            weight=weight,
+            reduction=reduction,
+            strategy=strategy,
+            backend=backend,
+            normalize=normalize,
+            params=(_temperature_value(temperature), 0.0),
+        )
         v.check_temperature(temperature, fn)
         _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
         return meta
@@ -332,9 +370,16 @@ def circle_loss(
     def check() -> dict[str, float]:
         v.check_circle_params(margin, gamma, fn)
         meta = _describe(
-            fn, embeddings, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
-            normalize=normalize, params=(float(margin), float(gamma)),
-        )  # fmt: skip
+            fn,
+            embeddings,
+            key,
+            weight=weight,
+            reduction=reduction,
+            strategy=strategy,
+            backend=backend,
+            normalize=normalize,
+            params=(float(margin), float(gamma)),
+        )
         _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
         return meta
 

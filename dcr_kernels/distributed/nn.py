@@ -28,10 +28,19 @@ class InfoNCELoss(nn.InfoNCELoss):
         return_metrics: bool = False,
     ) -> Tensor | ContrastiveOutput:
         return losses.info_nce(
-            query, key, positive=positive, temperature=self.temperature, normalize=self.normalize,
-            symmetric=self.symmetric, weight=weight, reduction=self.reduction, strategy=self.strategy,
-            group=self.group, backend=self.backend, return_metrics=return_metrics,
-        )  # fmt: skip
+            query,
+            key,
+            positive=positive,
+            temperature=self.temperature,
+            normalize=self.normalize,
+            symmetric=self.symmetric,
+            weight=weight,
+            reduction=self.reduction,
+            strategy=self.strategy,
+            group=self.group,
+            backend=self.backend,
+            return_metrics=return_metrics,
+        )
 
 
 class SupConLoss(nn.SupConLoss):
@@ -51,10 +60,19 @@ class SupConLoss(nn.SupConLoss):
         return_metrics: bool = False,
     ) -> Tensor | ContrastiveOutput:
         return losses.supcon_loss(
-            embeddings, labels, key, key_labels, temperature=self.temperature, normalize=self.normalize,
-            weight=weight, reduction=self.reduction, strategy=self.strategy, group=self.group,
-            backend=self.backend, return_metrics=return_metrics,
-        )  # fmt: skip
+            embeddings,
+            labels,
+            key,
+            key_labels,
+            temperature=self.temperature,
+            normalize=self.normalize,
+            weight=weight,
+            reduction=self.reduction,
+            strategy=self.strategy,
+            group=self.group,
+            backend=self.backend,
+            return_metrics=return_metrics,
+        )
 
 
 class CircleLoss(nn.CircleLoss):
@@ -74,7 +92,17 @@ class CircleLoss(nn.CircleLoss):
         return_metrics: bool = False,
     ) -> Tensor | ContrastiveOutput:
         return losses.circle_loss(
-            embeddings, labels, key, key_labels, margin=self.margin, gamma=self.gamma, normalize=self.normalize,
-            weight=weight, reduction=self.reduction, strategy=self.strategy, group=self.group,
-            backend=self.backend, return_metrics=return_metrics,
-        )  # fmt: skip
+            embeddings,
+            labels,
+            key,
+            key_labels,
+            margin=self.margin,
+            gamma=self.gamma,
+            normalize=self.normalize,
+            weight=weight,
+            reduction=self.reduction,
+            strategy=self.strategy,
+            group=self.group,
+            backend=self.backend,
+            return_metrics=return_metrics,
+        )

@@ -91,9 +91,17 @@ class BlockRows(torch.autograd.Function):
             labels_b = spec.key_labels[start : start + block.shape[0]]
             exclude = source.exclude(src)
             st = blocks.rows_forward(
-                a, block, loss=spec.loss, exclude_offset=exclude, scale=scale, labels_a=spec.labels,
-                labels_b=labels_b, margin=spec.margin, gamma=spec.gamma, backend=spec.backend,
-            )  # fmt: skip
+                a,
+                block,
+                loss=spec.loss,
+                exclude_offset=exclude,
+                scale=scale,
+                labels_a=spec.labels,
+                labels_b=labels_b,
+                margin=spec.margin,
+                gamma=spec.gamma,
+                backend=spec.backend,
+            )
             stat1 = torch.logaddexp(stat1, st.stat1.to(dtype))
             if st.stat2 is not None:
                 stat2 = torch.logaddexp(stat2, st.stat2.to(dtype))
@@ -124,9 +132,16 @@ class BlockRows(torch.autograd.Function):
             labels_b = spec.key_labels[start : start + block.shape[0]]
             exclude = source.exclude(src)
             da_part, db, ds_part = blocks.rows_backward(
-                a, block, exclude_offset=exclude, row_term=term, col_term=None, labels_a=spec.labels,
-                labels_b=labels_b, want_db=True, **kw,
-            )  # fmt: skip
+                a,
+                block,
+                exclude_offset=exclude,
+                row_term=term,
+                col_term=None,
+                labels_a=spec.labels,
+                labels_b=labels_b,
+                want_db=True,
+                **kw,
+            )
             da += da_part.to(dtype)
             dscale += ds_part.to(dtype)
             db = db.to(dtype)

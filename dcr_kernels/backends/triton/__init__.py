@@ -51,9 +51,15 @@ class _SoftmaxLSE(torch.autograd.Function):
             dq, _, ds = pair_grads(q, q, loss=SOFTMAX, exclude_offset=0, row_term=row, col_term=row, scale=s)
             return dq, None, ds.to(ctx.scale_dtype), None, None
         dq, dk, ds = pair_grads(
-            q, k, loss=SOFTMAX, exclude_offset=None, row_term=row, col_term=col, scale=s,
+            q,
+            k,
+            loss=SOFTMAX,
+            exclude_offset=None,
+            row_term=row,
+            col_term=col,
+            scale=s,
             want_db=ctx.needs_input_grad[1],
-        )  # fmt: skip
+        )
         return dq, dk, ds.to(ctx.scale_dtype), None, None
 
 
@@ -97,9 +103,15 @@ class _CircleRows(torch.autograd.Function):
             dq, _, _ = pair_grads(q, q, exclude_offset=0, row_term=term, col_term=term, **labels, **ctx.kw)
             return dq, None, None, None, None, None, None
         dq, dk, _ = pair_grads(
-            q, k, exclude_offset=None, row_term=term, col_term=None, want_db=ctx.needs_input_grad[1],
-            **labels, **ctx.kw,
-        )  # fmt: skip
+            q,
+            k,
+            exclude_offset=None,
+            row_term=term,
+            col_term=None,
+            want_db=ctx.needs_input_grad[1],
+            **labels,
+            **ctx.kw,
+        )
         return dq, dk, None, None, None, None, None
 
 

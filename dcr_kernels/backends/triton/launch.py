@@ -25,15 +25,21 @@ KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, lowest compute capability). BLOCK_M >= 64 so that
 # Hopper lowers the similarity dots to warp-group MMA. Each config fits the shared memory of its targets
-# with no register spills: tests/test_triton_resources.py compiles every one for sm_80 and sm_90. The
+# with no register spills: tests/kernels/test_triton_resources.py compiles every one for sm_80 and sm_90. The
 # 128 x 128 forward tile is Hopper-only (with mma.sync on sm_80 its Circle epilogue spills), and the
 # backward's tiles are smaller because its epilogue holds more tile-sized values (S, logits, W).
 _GPU_CONFIGS = {
     ("similarity_stats_kernel", "16-bit"): [
-        (128, 128, 64, 8, 3, 90), (128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80),
+        (128, 128, 64, 8, 3, 90),
+        (128, 64, 64, 8, 4, 80),
+        (64, 128, 64, 8, 4, 80),
+        (64, 64, 64, 4, 4, 80),
     ],
     ("similarity_stats_kernel", "fp32"): [
-        (128, 128, 32, 8, 3, 90), (128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80),
+        (128, 128, 32, 8, 3, 90),
+        (128, 64, 32, 8, 4, 80),
+        (64, 128, 32, 8, 4, 80),
+        (64, 64, 32, 4, 4, 80),
     ],
     ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80)],
     ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80)],
@@ -168,13 +174,30 @@ def rows_forward(
     best_idx = new_output((splits, m), torch.int64, a.device)
     dummy = best
     _launch(
-        "similarity_stats_kernel", m, splits, a,
-        a, b, dummy if labels_a is None else labels_a, dummy if labels_b is None else labels_b,
+        "similarity_stats_kernel",
+        m,
+        splits,
+        a,
+        a,
+        b,
+        dummy if labels_a is None else labels_a,
+        dummy if labels_b is None else labels_b,
         dummy if scale is None else scale,
-        stat1, stat2, best, best_idx,
-        m, n, d, a.stride(0), b.stride(0), float(margin), float(gamma), _diag(exclude_offset, n),
-        LOSS=loss, **_common(),
-    )  # fmt: skip
+        stat1,
+        stat2,
+        best,
+        best_idx,
+        m,
+        n,
+        d,
+        a.stride(0),
+        b.stride(0),
+        float(margin),
+        float(gamma),
+        _diag(exclude_offset, n),
+        LOSS=loss,
+        **_common(),
+    )
     if splits > 1:
         stat1 = torch.logsumexp(stat1, dim=0, keepdim=True)
         stat2 = torch.logsumexp(stat2, dim=0, keepdim=True) if loss == CIRCLE else stat1
@@ -229,15 +252,37 @@ def pair_grads(
         part = slice(r0, r0 + rows)
         w = workspace[:rows]
         _launch(
-            "pair_weights_kernel", rows, splits, a,
-            a[part], b, dummy if labels_a is None else labels_a[part], dummy if labels_b is None else labels_b,
+            "pair_weights_kernel",
+            rows,
+            splits,
+            a,
+            a[part],
+            b,
+            dummy if labels_a is None else labels_a[part],
+            dummy if labels_b is None else labels_b,
             dummy if scale is None else scale,
-            r1[part], (r1 if r2 is None else r2)[part], rc[part], c1, c1 if c2 is None else c2, cc,
-            w, partial,
-            rows, n, a.shape[1], a.stride(0), b.stride(0), w.stride(0), float(margin), float(gamma),
-            _diag(exclude_offset, n) + (0 if exclude_offset is None else r0), 0 if same_rows else 1,
-            LOSS=loss, COL_TERM=col_term is not None, **_common(),
-        )  # fmt: skip
+            r1[part],
+            (r1 if r2 is None else r2)[part],
+            rc[part],
+            c1,
+            c1 if c2 is None else c2,
+            cc,
+            w,
+            partial,
+            rows,
+            n,
+            a.shape[1],
+            a.stride(0),
+            b.stride(0),
+            w.stride(0),
+            float(margin),
+            float(gamma),
+            _diag(exclude_offset, n) + (0 if exclude_offset is None else r0),
+            0 if same_rows else 1,
+            LOSS=loss,
+            COL_TERM=col_term is not None,
+            **_common(),
+        )
         if loss == SOFTMAX:
             dscale += partial.view(-1)[: splits * rows].sum()  # the kernel wrote (splits, rows)
         da[part] = w @ b_w

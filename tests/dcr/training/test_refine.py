@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
+from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 from safetensors.torch import load_file
-from test_dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 
 from dcr.cli import main
 from dcr.config import ConfigError
@@ -176,7 +176,7 @@ def test_shipped_configs_are_valid():
 
     from dcr.config import build
 
-    files = sorted((Path(__file__).parents[1] / "configs").glob("dcr_*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[3] / "configs").glob("dcr_*.yaml"))
     assert files
     for path in files:
         build(RefineConfig, path, {})

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from test_dcr_helpers import tiny_model_dir
+from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.prompts.refusals import refusal_for
@@ -22,9 +22,19 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture
 def config(tmp_path):
-    return AlignConfig(model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32,
-                       batch_size=6, micro_batch_size=4, steps=4, lr=1e-3, save_every=2,
-                       output_dir=str(tmp_path / "run"), progress=False)
+    return AlignConfig(
+        model=str(tiny_model_dir("llama")),
+        examples=40,
+        refusal_share=0.25,
+        max_length=32,
+        batch_size=6,
+        micro_batch_size=4,
+        steps=4,
+        lr=1e-3,
+        save_every=2,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
 
 
 def test_labels_cover_answer_tokens_only():
@@ -117,8 +127,16 @@ def test_align_trains_saves_and_resumes_identically(config, tmp_path):
 
 def test_align_with_retention_and_lora_runs(config):
     pytest.importorskip("peft")
-    cfg = AlignConfig(**{**config.__dict__, "retention_weight": 0.5, "retention_batch_size": 4, "lora": True,
-                         "save_every": 0, "steps": 2})
+    cfg = AlignConfig(
+        **{
+            **config.__dict__,
+            "retention_weight": 0.5,
+            "retention_batch_size": 4,
+            "lora": True,
+            "save_every": 0,
+            "steps": 2,
+        }
+    )
     path = align(cfg)
     log = read_log(path.parent / "metrics.jsonl")
     assert all("retention_loss" in r for r in log)

@@ -9,7 +9,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from test_dcr_helpers import prompt_rows, write_jsonl  # noqa: E402
+from dcr_helpers import prompt_rows, write_jsonl  # noqa: E402
 
 from dcr.prompts.sampler import BalancedBatchSampler  # noqa: E402
 from dcr.prompts.sets import (  # noqa: E402

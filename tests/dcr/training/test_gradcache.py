@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_dcr_helpers import prompt_rows, tiny_model_dir
+from dcr_helpers import prompt_rows, tiny_model_dir
 
 from dcr.modeling.chat import encode_prompts
 from dcr.modeling.embedding import batch_embedder

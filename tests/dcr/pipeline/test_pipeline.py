@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_dcr_helpers import tiny_model_dir
+from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.pipeline.report import differences
@@ -14,10 +14,25 @@ from dcr.pipeline.run import MARKER, run_pipeline, run_step
 pytest.importorskip("transformers")
 
 TINY = {
-    "refine": {"layer": 2, "batch_size": 8, "micro_batch_size": 4, "steps": 2, "warmup_steps": 1, "lr": 1e-3,
-               "max_length": 32},
-    "align": {"examples": 24, "refusal_share": 0.25, "steps": 2, "warmup_steps": 1, "batch_size": 4,
-              "micro_batch_size": 4, "max_length": 32, "lr": 1e-3},
+    "refine": {
+        "layer": 2,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "steps": 2,
+        "warmup_steps": 1,
+        "lr": 1e-3,
+        "max_length": 32,
+    },
+    "align": {
+        "examples": 24,
+        "refusal_share": 0.25,
+        "steps": 2,
+        "warmup_steps": 1,
+        "batch_size": 4,
+        "micro_batch_size": 4,
+        "max_length": 32,
+        "lr": 1e-3,
+    },
     "evaluate": {"sets": ["xstest_safe", "xstest_unsafe"], "limit": 2, "max_new_tokens": 3, "batch_size": 2},
 }
 
@@ -25,10 +40,15 @@ TINY = {
 def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     model = str(tiny_model_dir("llama"))
     messages: list[str] = []
-    result = run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False,
-                          log=messages.append)
-    steps = ["base/eval", "seed-0/dcr", "seed-0/align-only", "seed-0/eval-align-only", "seed-0/dcr-align",
-             "seed-0/eval-dcr-align"]
+    result = run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=messages.append)
+    steps = [
+        "base/eval",
+        "seed-0/dcr",
+        "seed-0/align-only",
+        "seed-0/eval-align-only",
+        "seed-0/dcr-align",
+        "seed-0/eval-dcr-align",
+    ]
     assert [m.split()[1] for m in messages] == [str(tmp_path / s) for s in steps]
     assert all((tmp_path / s / MARKER).is_file() for s in steps)
     assert set(result["summaries"]) == {"base", "(a) alignment only, seed 0", "(b) DCR + alignment, seed 0"}
@@ -69,11 +89,13 @@ def test_unfinished_step_runs_again_and_marker_is_written_last(tmp_path):
 
 
 def test_differences_pair_seeds():
-    summaries = {"base": {"xstest_safe_compliance": 0.5},
-                 "(a) alignment only, seed 0": {"xstest_safe_compliance": 0.5},
-                 "(b) DCR + alignment, seed 0": {"xstest_safe_compliance": 0.7},
-                 "(a) alignment only, seed 1": {"xstest_safe_compliance": 0.6},
-                 "(b) DCR + alignment, seed 1": {"xstest_safe_compliance": 0.6}}
+    summaries = {
+        "base": {"xstest_safe_compliance": 0.5},
+        "(a) alignment only, seed 0": {"xstest_safe_compliance": 0.5},
+        "(b) DCR + alignment, seed 0": {"xstest_safe_compliance": 0.7},
+        "(a) alignment only, seed 1": {"xstest_safe_compliance": 0.6},
+        "(b) DCR + alignment, seed 1": {"xstest_safe_compliance": 0.6},
+    }
     assert differences(summaries)["xstest_safe_compliance"] == pytest.approx([0.2, 0.0])
 
 
@@ -86,7 +108,7 @@ def test_shipped_pipeline_configs_are_valid(name):
     from dcr.training.align_config import AlignConfig
     from dcr.training.refine_config import RefineConfig
 
-    overrides = read_file(Path(__file__).parents[1] / "configs" / name)
+    overrides = read_file(Path(__file__).resolve().parents[3] / "configs" / name)
     for profile in ("quick", "full"):
         settings = resolve(profile, overrides)
         from_mapping(RefineConfig, settings["refine"]).validate()
@@ -101,7 +123,15 @@ def test_cli_errors_exit_with_status_2(tmp_path, capsys):
     assert main(["pipeline", "--config", str(bad), "--output-dir", str(tmp_path / "run")]) == 2
     assert "unknown setting(s) ['steps']" in capsys.readouterr().err
     bad.write_text("align:\n  stepz: 3\n")
-    argv = ["pipeline", "--config", str(bad), "--model", str(tiny_model_dir("llama")),
-            "--output-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    argv = [
+        "pipeline",
+        "--config",
+        str(bad),
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     assert "stepz" in capsys.readouterr().err

@@ -80,9 +80,15 @@ def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
     monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", str(16 * 2 * n * elem / 2**20))  # 16 rows (extra keys: 2n cols)
     i = [130, 600, 1100, 2100].index(d)
     case = make_case(
-        loss, mode, n, d, seed=_seed(), layout=LAYOUTS[i % 3], reduction=REDUCTIONS[i % 3],
+        loss,
+        mode,
+        n,
+        d,
+        seed=_seed(),
+        layout=LAYOUTS[i % 3],
+        reduction=REDUCTIONS[i % 3],
         prenormalize=dtype != torch.float32,
-    )  # fmt: skip
+    )
     assert_close_to_oracle(case, "triton", dtype, FP32_TOL if dtype == torch.float32 else LOW_TOL, DEVICE)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_dcr_helpers import prompt_rows, tiny_model_dir
+from dcr_helpers import prompt_rows, tiny_model_dir
 
 from dcr.modeling.chat import collate, encode_prompts, pad_id
 from dcr.modeling.model import load_model, resolve_model_path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import baselines  # noqa: E402
@@ -91,13 +91,35 @@ def test_bisection_brackets_the_limit_and_reports_lower_bounds():
 
 def test_sweep_then_plots_and_report(tmp_path):
     out = tmp_path / "sweep.json"
-    sweep.main(["--device", "cpu", "--sizes", "48", "--dims", "8", "--isolate", "none", "--repeats", "1",
-                "--rounds", "2", "--out", str(out)])  # fmt: skip
+    sweep.main(
+        [
+            "--device",
+            "cpu",
+            "--sizes",
+            "48",
+            "--dims",
+            "8",
+            "--isolate",
+            "none",
+            "--repeats",
+            "1",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     doc = json.loads(out.read_text())
     assert doc["machine"]["versions"]["torch"] and not doc["truncated"]
     ok = {(r["loss"], r["provider"], r["mode"], r["batch"]) for r in doc["rows"] if r["ok"]}
-    for loss, provider in [("info_nce", "chunked"), ("info_nce", "dense"), ("info_nce", "gradcache"),
-                           ("supcon", "pml"), ("circle", "pml"), ("circle", "dense")]:  # fmt: skip
+    for loss, provider in [
+        ("info_nce", "chunked"),
+        ("info_nce", "dense"),
+        ("info_nce", "gradcache"),
+        ("supcon", "pml"),
+        ("circle", "pml"),
+        ("circle", "dense"),
+    ]:
         assert {(loss, provider, mode, 48) for mode in probe.MODES} <= ok
     assert all(len(r["times_s"]) == 2 for r in doc["rows"] if r["ok"])
     skipped = [r for r in doc["rows"] if not r["ok"]]

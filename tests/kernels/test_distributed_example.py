@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ddp_contrastive.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ddp_contrastive.py"
 
 
 @pytest.mark.slow
