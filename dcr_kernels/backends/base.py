@@ -17,6 +17,20 @@ from ..losses import weighted_total
 SOFTMAX, CIRCLE = 0, 1  # loss families, as the block primitives and the Triton kernels name them
 
 
+class Pairs(NamedTuple):
+    """Which pairs (i, j) of S = A B^T are candidates and how their logits are formed, for the block
+    primitives and the kernels: the loss family, the excluded pair (i, i + exclude_offset) (None: every pair
+    is a candidate), the softmax scale s (a 1-element tensor), the Circle labels of A's and B's rows, m, gamma."""
+
+    loss: int
+    exclude_offset: int | None = None
+    scale: Tensor | None = None
+    labels_a: Tensor | None = None
+    labels_b: Tensor | None = None
+    margin: float = 0.0
+    gamma: float = 0.0
+
+
 class SoftmaxStats(NamedTuple):
     """lse: row log-sum-exp of z = s * S over the candidate set (M,), -inf for an empty set.
     col_lse: column log-sum-exp (N,) for the symmetric loss, else None.

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..losses import circle_logits
 from . import select
-from .base import CIRCLE, SOFTMAX, compute_dtype
+from .base import CIRCLE, SOFTMAX, Pairs, compute_dtype
 from .chunked import chunk_rows
 
 BACKENDS = ("auto", "chunked", "triton")
@@ -48,52 +48,22 @@ def use_triton(a: Tensor, backend: str) -> bool:
     return select(backend, a, "block primitives") == "triton"
 
 
-def rows_forward(
-    a: Tensor,
-    b: Tensor,
-    *,
-    loss: int,
-    exclude_offset: int | None,
-    scale: Tensor | None = None,
-    labels_a: Tensor | None = None,
-    labels_b: Tensor | None = None,
-    margin: float = 0.0,
-    gamma: float = 0.0,
-    backend: str = "auto",
-) -> BlockStats:
+def rows_forward(a: Tensor, b: Tensor, pairs: Pairs, *, backend: str = "auto") -> BlockStats:
     """Row statistics of S = a b^T over b's candidate columns (see the module docstring)."""
     if use_triton(a, backend):
         from .triton import launch
 
-        return BlockStats(
-            *launch.rows_forward(
-                a,
-                b,
-                loss=loss,
-                exclude_offset=exclude_offset,
-                scale=_kernel_scale(scale),
-                labels_a=_kernel_labels(labels_a),
-                labels_b=_kernel_labels(labels_b),
-                margin=margin,
-                gamma=gamma,
-            )
-        )
-    return _chunked_forward(a, b, loss, exclude_offset, scale, labels_a, labels_b, margin, gamma)
+        return BlockStats(*launch.rows_forward(a, b, _kernel_pairs(pairs)))
+    return _chunked_forward(a, b, pairs)
 
 
 def rows_backward(
     a: Tensor,
     b: Tensor,
-    *,
-    loss: int,
-    exclude_offset: int | None,
+    pairs: Pairs,
     row_term: Term,
     col_term: Term | None,
-    scale: Tensor | None = None,
-    labels_a: Tensor | None = None,
-    labels_b: Tensor | None = None,
-    margin: float = 0.0,
-    gamma: float = 0.0,
+    *,
     want_db: bool = False,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -103,31 +73,16 @@ def rows_backward(
     if use_triton(a, backend):
         from .triton import launch
 
-        return launch.pair_grads(
-            a,
-            b,
-            loss=loss,
-            exclude_offset=exclude_offset,
-            row_term=_kernel_term(row_term),
-            col_term=_kernel_term(col_term),
-            scale=_kernel_scale(scale),
-            labels_a=_kernel_labels(labels_a),
-            labels_b=_kernel_labels(labels_b),
-            margin=margin,
-            gamma=gamma,
-            want_db=want_db,
-        )
-    return _chunked_backward(
-        a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma, want_db
-    )
+        kernel_terms = _kernel_term(row_term), _kernel_term(col_term)
+        return launch.pair_grads(a, b, _kernel_pairs(pairs), *kernel_terms, want_db=want_db)
+    return _chunked_backward(a, b, pairs, row_term, col_term, want_db)
 
 
-def _kernel_scale(scale: Tensor | None) -> Tensor | None:
-    return None if scale is None else scale.detach().reshape(1).float()
-
-
-def _kernel_labels(labels: Tensor | None) -> Tensor | None:
-    return None if labels is None else labels.to(torch.int32).contiguous()
+def _kernel_pairs(pairs: Pairs) -> Pairs:
+    """The pairs as the kernels read them: an fp32 scale of one element, int32 labels."""
+    scale = None if pairs.scale is None else pairs.scale.detach().reshape(1).float()
+    labels = [None if y is None else y.to(torch.int32).contiguous() for y in (pairs.labels_a, pairs.labels_b)]
+    return pairs._replace(scale=scale, labels_a=labels[0], labels_b=labels[1])
 
 
 def _kernel_term(term: Term | None) -> Term | None:
@@ -169,7 +124,8 @@ def _circle_sets(
     return z_pos, z_neg, slope_pos, slope_neg
 
 
-def _chunked_forward(a, b, loss, exclude_offset, scale, labels_a, labels_b, margin, gamma) -> BlockStats:
+def _chunked_forward(a: Tensor, b: Tensor, pairs: Pairs) -> BlockStats:
+    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma = pairs
     dtype = compute_dtype(a.dtype)
     a, b = a.to(dtype), b.to(dtype)
     m, n = a.shape[0], b.shape[0]
@@ -210,8 +166,9 @@ def _tile_terms(row: Term | None, col: Term | None, rows: slice, same_rows: bool
 
 
 def _chunked_backward(
-    a, b, loss, exclude_offset, row_term, col_term, scale, labels_a, labels_b, margin, gamma, want_db
+    a: Tensor, b: Tensor, pairs: Pairs, row_term: Term, col_term: Term | None, want_db: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
+    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma = pairs
     same_rows = a is b
     dtype = compute_dtype(a.dtype)
     out_dtype = a.dtype

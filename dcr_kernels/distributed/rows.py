@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..backends import blocks
-from ..backends.base import compute_dtype
+from ..backends.base import Pairs, compute_dtype
 from ..losses import circle_row_loss, safe_lse
 from .comm import KeySource
 
@@ -35,6 +35,10 @@ class RowSpec:
     margin: float = 0.0
     gamma: float = 0.0
     backend: str = "auto"
+
+    def pairs(self, labels_b: Tensor, exclude_offset: int | None, scale: Tensor) -> Pairs:
+        """The candidate pairs of the local rows against one key block."""
+        return Pairs(self.loss, exclude_offset, scale, self.labels, labels_b, self.margin, self.gamma)
 
 
 def positive_sum(labels_a: Tensor, b: Tensor, labels_b: Tensor, exclude_offset: int | None) -> Tensor:
@@ -90,18 +94,7 @@ class BlockRows(torch.autograd.Function):
             start = source.offsets[src]
             labels_b = spec.key_labels[start : start + block.shape[0]]
             exclude = source.exclude(src)
-            st = blocks.rows_forward(
-                a,
-                block,
-                loss=spec.loss,
-                exclude_offset=exclude,
-                scale=scale,
-                labels_a=spec.labels,
-                labels_b=labels_b,
-                margin=spec.margin,
-                gamma=spec.gamma,
-                backend=spec.backend,
-            )
+            st = blocks.rows_forward(a, block, spec.pairs(labels_b, exclude, scale), backend=spec.backend)
             stat1 = torch.logaddexp(stat1, st.stat1.to(dtype))
             if st.stat2 is not None:
                 stat2 = torch.logaddexp(stat2, st.stat2.to(dtype))
@@ -123,7 +116,6 @@ class BlockRows(torch.autograd.Function):
         dtype = compute_dtype(a.dtype)
         g = torch.zeros_like(stat1) if grad_value is None else grad_value.to(dtype)
         term = _backward_term(spec.loss, stat1, stat2, g)
-        kw = dict(loss=spec.loss, scale=scale, margin=spec.margin, gamma=spec.gamma, backend=spec.backend)
         da = torch.zeros(a.shape, dtype=dtype, device=a.device)
         dscale = torch.zeros((), dtype=dtype, device=a.device)
         walk = source.walk_back(b.detach(), dtype)
@@ -131,17 +123,8 @@ class BlockRows(torch.autograd.Function):
             start = source.offsets[src]
             labels_b = spec.key_labels[start : start + block.shape[0]]
             exclude = source.exclude(src)
-            da_part, db, ds_part = blocks.rows_backward(
-                a,
-                block,
-                exclude_offset=exclude,
-                row_term=term,
-                col_term=None,
-                labels_a=spec.labels,
-                labels_b=labels_b,
-                want_db=True,
-                **kw,
-            )
+            pairs = spec.pairs(labels_b, exclude, scale)
+            da_part, db, ds_part = blocks.rows_backward(a, block, pairs, term, None, want_db=True, backend=spec.backend)
             da += da_part.to(dtype)
             dscale += ds_part.to(dtype)
             db = db.to(dtype)

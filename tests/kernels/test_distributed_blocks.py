@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dcr_kernels.backends import blocks, triton_available
+from dcr_kernels.backends.base import Pairs
 from dcr_kernels.losses import circle_logits
 
 OFFSETS = [None, 0, 3, -2]
@@ -52,10 +53,8 @@ def _terms(a, b, loss, offset, scale, labels_a, labels_b, gen):
     return (_safe(rows[0]), _safe(rows[1]), coef_a), (_safe(cols[0]), _safe(cols[1]), coef_b)
 
 
-def _kw(loss, offset, scale, labels_a, labels_b):
-    return dict(
-        loss=loss, exclude_offset=offset, scale=scale, labels_a=labels_a, labels_b=labels_b, margin=MARGIN, gamma=GAMMA
-    )
+def _pairs(loss, offset, scale, labels_a, labels_b) -> Pairs:
+    return Pairs(loss, offset, scale, labels_a, labels_b, MARGIN, GAMMA)
 
 
 @pytest.mark.parametrize("loss", [blocks.SOFTMAX, blocks.CIRCLE])
@@ -65,8 +64,8 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
     if chunk_bytes:
         monkeypatch.setenv("DCR_CHUNK_BYTES", str(chunk_bytes))
     a, b, labels_a, labels_b, scale = _inputs(7, 9, 5, torch.float64, seed=1)
-    kw = _kw(loss, offset, scale, labels_a, labels_b)
-    got = blocks.rows_forward(a, b, backend="chunked", **kw)
+    pairs = _pairs(loss, offset, scale, labels_a, labels_b)
+    got = blocks.rows_forward(a, b, pairs, backend="chunked")
     stat1, stat2, sim, valid = _dense_stats(a, b, loss, offset, scale, labels_a, labels_b)
     torch.testing.assert_close(got.stat1, stat1, rtol=1e-12, atol=0)
     if loss == blocks.CIRCLE:
@@ -84,7 +83,7 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
         if stat is not None
     )
     want_da, want_db, want_ds = torch.autograd.grad(total, [a_, b_, s_], allow_unused=True)
-    da, db, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="chunked", **kw)
+    da, db, ds = blocks.rows_backward(a, b, pairs, row, col, want_db=True, backend="chunked")
     torch.testing.assert_close(da, want_da, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(db, want_db, rtol=1e-10, atol=1e-12)
     if loss == blocks.SOFTMAX:
@@ -94,11 +93,11 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
 def test_same_rows_counts_the_scale_gradient_once():
     """With a is b (self mode) both terms take one pass, and d loss / d s counts the row term only."""
     a, _, labels, _, scale = _inputs(6, 6, 4, torch.float64, seed=3)
-    kw = _kw(blocks.SOFTMAX, 0, scale, labels, labels)
+    pairs = _pairs(blocks.SOFTMAX, 0, scale, labels, labels)
     row, _ = _terms(a, a, blocks.SOFTMAX, 0, scale, labels, labels, torch.Generator().manual_seed(4))
-    da_same, _, ds_same = blocks.rows_backward(a, a, row_term=row, col_term=row, backend="chunked", **kw)
-    da_two, _, ds_two = blocks.rows_backward(a, a.clone(), row_term=row, col_term=row, backend="chunked", **kw)
-    _, _, ds_row = blocks.rows_backward(a, a, row_term=row, col_term=None, backend="chunked", **kw)
+    da_same, _, ds_same = blocks.rows_backward(a, a, pairs, row, row, backend="chunked")
+    da_two, _, ds_two = blocks.rows_backward(a, a.clone(), pairs, row, row, backend="chunked")
+    _, _, ds_row = blocks.rows_backward(a, a, pairs, row, None, backend="chunked")
     torch.testing.assert_close(da_same, da_two)
     torch.testing.assert_close(ds_same, ds_row)
     torch.testing.assert_close(ds_two, 2 * ds_row)
@@ -115,9 +114,9 @@ def _kernels_runnable() -> bool:
 def test_triton_matches_chunked(loss, offset):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a, b, labels_a, labels_b, scale = (t.to(device) for t in _inputs(37, 45, 20, torch.float32, seed=5))
-    kw = _kw(loss, offset, scale, labels_a, labels_b)
-    want = blocks.rows_forward(a, b, backend="chunked", **kw)
-    got = blocks.rows_forward(a, b, backend="triton", **kw)
+    pairs = _pairs(loss, offset, scale, labels_a, labels_b)
+    want = blocks.rows_forward(a, b, pairs, backend="chunked")
+    got = blocks.rows_forward(a, b, pairs, backend="triton")
     tol = dict(rtol=1e-4, atol=1e-4) if device == "cpu" else dict(rtol=5e-3, atol=5e-3)
     for x, y in [(got.stat1, want.stat1), (got.stat2, want.stat2), (got.best, want.best)]:
         if y is not None:
@@ -125,8 +124,8 @@ def test_triton_matches_chunked(loss, offset):
     assert (got.argmax == want.argmax).float().mean() > 0.95  # ties under tf32 may pick another column
     row, col = _terms(a, b, loss, offset, scale, labels_a, labels_b, torch.Generator().manual_seed(6))
     row, col = [tuple(None if t is None else t.to(device) for t in term) for term in (row, col)]
-    da, db, ds = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="triton", **kw)
-    want = blocks.rows_backward(a, b, row_term=row, col_term=col, want_db=True, backend="chunked", **kw)
+    da, db, ds = blocks.rows_backward(a, b, pairs, row, col, want_db=True, backend="triton")
+    want = blocks.rows_backward(a, b, pairs, row, col, want_db=True, backend="chunked")
     want_da, want_db, want_ds = want
     assert float((da - want_da).norm() / want_da.norm()) < tol["rtol"]
     assert float((db - want_db).norm() / want_db.norm()) < tol["rtol"]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ...losses import circle_row_loss, safe_lse, weighted_total
-from ..base import CIRCLE, SOFTMAX, CircleStats, SoftmaxStats, softmax_total
+from ..base import CIRCLE, SOFTMAX, CircleStats, Pairs, SoftmaxStats, softmax_total
 from .launch import pair_grads, rows_forward
 
 
@@ -33,10 +33,10 @@ class _SoftmaxLSE(torch.autograd.Function):
         q, k = _contiguous(q, k)
         s = scale.detach().reshape(1).float()
         diag = 0 if self_mode else None
-        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, loss=SOFTMAX, exclude_offset=diag, scale=s)
+        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, Pairs(SOFTMAX, diag, s))
         col_lse = torch.empty(0, device=q.device)
         if columns:
-            col_lse, _, _, _ = rows_forward(k, q, loss=SOFTMAX, exclude_offset=None, scale=s)
+            col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s))
         ctx.save_for_backward(q, k, s, lse, col_lse)
         ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
         ctx.mark_non_differentiable(argmax)
@@ -48,18 +48,9 @@ class _SoftmaxLSE(torch.autograd.Function):
         row = (safe_lse(lse), None, _coef(grad_lse, lse))
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
-            dq, _, ds = pair_grads(q, q, loss=SOFTMAX, exclude_offset=0, row_term=row, col_term=row, scale=s)
+            dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s), row, row)
             return dq, None, ds.to(ctx.scale_dtype), None, None
-        dq, dk, ds = pair_grads(
-            q,
-            k,
-            loss=SOFTMAX,
-            exclude_offset=None,
-            row_term=row,
-            col_term=col,
-            scale=s,
-            want_db=ctx.needs_input_grad[1],
-        )
+        dq, dk, ds = pair_grads(q, k, Pairs(SOFTMAX, None, s), row, col, want_db=ctx.needs_input_grad[1])
         return dq, dk, ds.to(ctx.scale_dtype), None, None
 
 
@@ -73,23 +64,16 @@ class _CircleRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode):
         q, k = _contiguous(q, k)
-        kw = dict(loss=CIRCLE, margin=margin, gamma=gamma)
-        lse_pos, lse_neg, argmax, _ = rows_forward(
-            q,
-            q if self_mode else k,
-            exclude_offset=0 if self_mode else None,
-            labels_a=q_labels,
-            labels_b=k_labels,
-            **kw,
-        )
-        ctx.save_for_backward(q, k, q_labels, k_labels, lse_pos, lse_neg)
-        ctx.self_mode, ctx.kw = self_mode, kw
+        pairs = Pairs(CIRCLE, 0 if self_mode else None, None, q_labels, k_labels, margin, gamma)
+        lse_pos, lse_neg, argmax, _ = rows_forward(q, q if self_mode else k, pairs)
+        ctx.save_for_backward(q, k, lse_pos, lse_neg)
+        ctx.self_mode, ctx.pairs = self_mode, pairs
         ctx.mark_non_differentiable(argmax)
         return circle_row_loss(lse_pos, lse_neg), argmax
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_argmax):
-        q, k, q_labels, k_labels, lse_pos, lse_neg = ctx.saved_tensors
+        q, k, lse_pos, lse_neg = ctx.saved_tensors
         total = lse_pos + lse_neg
         counted = torch.isfinite(total)
         coef = torch.where(counted, torch.sigmoid(torch.where(counted, total, 0.0)) * grad_rows.float(), 0.0)
@@ -98,20 +82,10 @@ class _CircleRows(torch.autograd.Function):
             torch.where(counted, lse_neg, float("inf")),
             coef.contiguous(),
         )
-        labels = dict(labels_a=q_labels, labels_b=q_labels if ctx.self_mode else k_labels)
         if ctx.self_mode:
-            dq, _, _ = pair_grads(q, q, exclude_offset=0, row_term=term, col_term=term, **labels, **ctx.kw)
+            dq, _, _ = pair_grads(q, q, ctx.pairs, term, term)
             return dq, None, None, None, None, None, None
-        dq, dk, _ = pair_grads(
-            q,
-            k,
-            exclude_offset=None,
-            row_term=term,
-            col_term=None,
-            want_db=ctx.needs_input_grad[1],
-            **labels,
-            **ctx.kw,
-        )
+        dq, dk, _ = pair_grads(q, k, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
         return dq, dk, None, None, None, None, None
 
 

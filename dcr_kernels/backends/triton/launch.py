@@ -18,7 +18,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ..base import CIRCLE, SOFTMAX
+from ..base import CIRCLE, SOFTMAX, Pairs
 from . import kernels
 
 KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
@@ -147,25 +147,16 @@ def _diag(exclude_offset: int | None, n: int) -> int:
     return n if exclude_offset is None else exclude_offset
 
 
-def rows_forward(
-    a: Tensor,
-    b: Tensor,
-    *,
-    loss: int,
-    exclude_offset: int | None,
-    scale: Tensor | None = None,
-    labels_a: Tensor | None = None,
-    labels_b: Tensor | None = None,
-    margin: float = 0.0,
-    gamma: float = 0.0,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-    """Row statistics of S = a b^T: (lse, None, argmax, best) for softmax, (lse_pos, lse_neg, argmax, best)
-    for Circle. Pairs (i, i + exclude_offset) are not candidates (self mode: 0; None: every pair is)."""
+def rows_forward(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Row statistics of S = a b^T over the candidate pairs: (lse, None, argmax, best) for softmax,
+    (lse_pos, lse_neg, argmax, best) for Circle."""
+    loss = pairs.loss
     m, n = a.shape[0], b.shape[0]
     same_rows = a is b
     a = kernel_ready(a)
     b = a if same_rows else kernel_ready(b)
-    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (labels_a, labels_b))
+    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (pairs.labels_a, pairs.labels_b))
+    scale, exclude_offset = pairs.scale, pairs.exclude_offset
     d = a.shape[1]
     splits = column_splits(m, n, a.device)
     stat1 = new_output((splits, m), torch.float32, a.device)
@@ -192,8 +183,8 @@ def rows_forward(
         d,
         a.stride(0),
         b.stride(0),
-        float(margin),
-        float(gamma),
+        float(pairs.margin),
+        float(pairs.gamma),
         _diag(exclude_offset, n),
         LOSS=loss,
         **_common(),
@@ -210,29 +201,19 @@ Term = tuple[Tensor, Tensor | None, Tensor]  # (stat1, stat2, coefficients), +in
 
 
 def pair_grads(
-    a: Tensor,
-    b: Tensor,
-    *,
-    loss: int,
-    exclude_offset: int | None,
-    row_term: Term,
-    col_term: Term | None,
-    scale: Tensor | None = None,
-    labels_a: Tensor | None = None,
-    labels_b: Tensor | None = None,
-    margin: float = 0.0,
-    gamma: float = 0.0,
-    want_db: bool = False,
+    a: Tensor, b: Tensor, pairs: Pairs, row_term: Term, col_term: Term | None, *, want_db: bool = False
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dA = W b, dB = W^T a or None, d loss / d scale) for W = d loss / d S built from the row term (A's
     rows) and the column term (B's rows). When `a is b` (self mode) dA already holds both terms, dB is not
     formed, and d loss / d scale counts each pair once."""
+    loss = pairs.loss
     m, d = a.shape
     n = b.shape[0]
     same_rows = a is b
     a = kernel_ready(a)
     b = a if same_rows else kernel_ready(b)
-    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (labels_a, labels_b))
+    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (pairs.labels_a, pairs.labels_b))
+    scale, exclude_offset = pairs.scale, pairs.exclude_offset
     row_term = tuple(None if x is None else kernel_ready(x) for x in row_term)
     col_term = None if col_term is None else tuple(None if x is None else kernel_ready(x) for x in col_term)
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
@@ -275,8 +256,8 @@ def pair_grads(
             a.stride(0),
             b.stride(0),
             w.stride(0),
-            float(margin),
-            float(gamma),
+            float(pairs.margin),
+            float(pairs.gamma),
             _diag(exclude_offset, n) + (0 if exclude_offset is None else r0),
             0 if same_rows else 1,
             LOSS=loss,
