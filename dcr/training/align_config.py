@@ -20,6 +20,7 @@ class AlignConfig(TrainingConfig):
         "for the embedded SmolLM2-135M-Instruct.",
         topic="model",
     )
+    steps: int = option(200, "Optimizer steps.", topic="optimization")
     refusal_share: float = option(
         0.05, "Share of (harmful prompt, refusal) pairs in the mix (the DCR paper: about 5 percent).", topic="data"
     )
@@ -36,20 +37,18 @@ class AlignConfig(TrainingConfig):
     micro_batch_size: int = option(
         8, "Conversations per forward/backward (gradient accumulation); 0: the whole batch.", topic="batch"
     )
-    steps: int = option(200, "Optimizer steps.", topic="optimization")
     retention_weight: float = option(
         0.0,
         "Weight of the retention term: the contrastive loss at layer l between the mix's refusal prompts and its "
         "benign prompts, keeping the separation DCR built; 0 turns it off.",
         topic="contrastive loss",
     )
+    retention_batch_size: int = option(16, "Retention batch: half refusal, half benign.", topic="contrastive loss")
     retention_layer: int | float | None = option(
         None,
-        "Layer l of the retention term (index or fraction). Unset: the layer recorded in the model's dcr.json, "
-        "else 0.5.",
+        "Layer l of the retention term (index or fraction). Unset: dcr.json's, else 0.5.",
         topic="contrastive loss",
     )
-    retention_batch_size: int = option(16, "Retention batch: half refusal, half benign.", topic="contrastive loss")
     lora: bool = option(
         False,
         "Train LoRA adapters on every decoder layer instead of all weights (needs peft); they are merged into the "

@@ -35,11 +35,7 @@ class TrainingConfig(Settings):
         "sdpa, eager, flash_attention_2.",
         topic="model",
     )
-    lora: bool = option(
-        False,
-        "Train LoRA adapters (needs peft) instead of full weights; they are merged into the saved model.",
-        topic="LoRA",
-    )
+    lora: bool = option(False, "Train LoRA adapters (needs peft), merged into the saved model.", topic="LoRA")
     lora_r: int = option(16, "LoRA rank.", topic="LoRA")
     lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r).", topic="LoRA")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.", topic="LoRA")
