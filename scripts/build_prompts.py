@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from extract import read_jsonl, write_extract
 
 from dcr import DATA_DIR
 
@@ -22,13 +22,6 @@ Row = dict[str, str]
 def _csv(path: Path) -> Iterator[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as f:
         yield from csv.DictReader(f)
-
-
-def _jsonl(path: Path) -> Iterator[dict]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _advbench(src: Path) -> Iterator[Row]:
@@ -61,13 +54,13 @@ def _simple_safety_tests(src: Path) -> Iterator[Row]:
 
 
 def _coconot(src: Path) -> Iterator[Row]:
-    for r in _jsonl(src / "coconot_pref.jsonl"):
+    for r in read_jsonl(src / "coconot_pref.jsonl"):
         if r["category"] == "Requests with safety concerns":
             yield {"id": f"coconot-{r['id']}", "text": r["prompt"], "label": "seemingly_toxic"}
 
 
 def _self_instruct(src: Path) -> Iterator[Row]:
-    for r in _jsonl(src / "seed_tasks.jsonl"):
+    for r in read_jsonl(src / "seed_tasks.jsonl"):
         extra = r["instances"][0]["input"].strip()
         text = r["instruction"].strip() + (f"\n\n{extra}" if extra else "")
         yield {"id": r["id"], "text": text, "label": "benign"}
@@ -95,16 +88,9 @@ def build(source_root: Path, out: Path = DATA_DIR) -> dict[str, int]:
     """Write ``out/<source>/prompts.jsonl`` plus SOURCE.md/LICENSE for every source; return row counts."""
     counts = {}
     for name, extract in EXTRACTORS.items():
-        src, dst = source_root / name, out / name
-        dst.mkdir(parents=True, exist_ok=True)
-        rows = [{**r, "text": r["text"].strip()} for r in extract(src) if r["text"].strip()]
-        with (dst / "prompts.jsonl").open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        for meta in ("SOURCE.md", "LICENSE"):
-            if (src / meta).exists():
-                shutil.copyfile(src / meta, dst / meta)
-        counts[name] = len(rows)
+        src = source_root / name
+        rows = ({**r, "text": r["text"].strip()} for r in extract(src) if r["text"].strip())
+        counts[name] = write_extract(rows, src, out / name, "prompts.jsonl")
     return counts
 
 

@@ -10,11 +10,10 @@ folder gets the source's SOURCE.md and LICENSE so the attribution travels with t
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from extract import read_jsonl, write_extract
 
 from dcr import DATA_DIR
 
@@ -22,16 +21,8 @@ SFT_DIR = DATA_DIR / "sft"
 _HUMAN, _ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def _self_instruct(src: Path) -> Iterator[dict]:
-    for r in _jsonl(src / "seed_tasks.jsonl"):
+    for r in read_jsonl(src / "seed_tasks.jsonl"):
         first = r["instances"][0]
         extra = first["input"].strip()
         prompt = r["instruction"].strip() + (f"\n\n{extra}" if extra else "")
@@ -39,7 +30,7 @@ def _self_instruct(src: Path) -> Iterator[dict]:
 
 
 def _coconot(src: Path) -> Iterator[dict]:
-    for r in _jsonl(src / "coconot_pref.jsonl"):
+    for r in read_jsonl(src / "coconot_pref.jsonl"):
         yield {
             "id": f"coconot-{r['id']}",
             "prompt": r["prompt"].strip(),
@@ -56,7 +47,7 @@ def first_turn(transcript: str) -> str:
 
 def _hh_rlhf_harmless(src: Path) -> Iterator[dict]:
     seen: set[str] = set()
-    for i, r in enumerate(_jsonl(src / "harmless-base_test.jsonl.gz")):
+    for i, r in enumerate(read_jsonl(src / "harmless-base_test.jsonl.gz")):
         text = first_turn(r["chosen"])
         key = " ".join(text.casefold().split())
         if text and key not in seen:
@@ -76,16 +67,7 @@ def build(source_root: Path, out: Path = SFT_DIR) -> dict[str, int]:
     """Write every extract with its SOURCE.md and LICENSE under ``out``; return the row counts."""
     counts = {}
     for name, (source, filename, extract) in EXTRACTORS.items():
-        src, dst = source_root / source, out / name
-        dst.mkdir(parents=True, exist_ok=True)
-        rows = list(extract(src))
-        with (dst / filename).open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        for meta in ("SOURCE.md", "LICENSE"):
-            if (src / meta).exists():
-                shutil.copyfile(src / meta, dst / meta)
-        counts[name] = len(rows)
+        counts[name] = write_extract(extract(source_root / source), source_root / source, out / name, filename)
     return counts
 
 
