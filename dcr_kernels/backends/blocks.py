@@ -74,7 +74,7 @@ def rows_backward(
         from .triton import launch
 
         kernel_terms = _kernel_term(row_term), _kernel_term(col_term)
-        return launch.pair_grads(a, b, _kernel_pairs(pairs), *kernel_terms, want_db=want_db)
+        return launch.pair_grads(a, b, _kernel_pairs(pairs), *kernel_terms, self_mode=a is b, want_db=want_db)
     return _chunked_backward(a, b, pairs, row_term, col_term, want_db)
 
 

@@ -48,7 +48,7 @@ class _SoftmaxLSE(torch.autograd.Function):
         row = (safe_lse(lse), None, _coef(grad_lse, lse))
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
-            dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s), row, row)
+            dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s), row, row, self_mode=True)
             return dq, None, ds.to(ctx.scale_dtype), None, None
         dq, dk, ds = pair_grads(q, k, Pairs(SOFTMAX, None, s), row, col, want_db=ctx.needs_input_grad[1])
         return dq, dk, ds.to(ctx.scale_dtype), None, None
@@ -83,7 +83,7 @@ class _CircleRows(torch.autograd.Function):
             coef.contiguous(),
         )
         if ctx.self_mode:
-            dq, _, _ = pair_grads(q, q, ctx.pairs, term, term)
+            dq, _, _ = pair_grads(q, q, ctx.pairs, term, term, self_mode=True)
             return dq, None, None, None, None, None, None
         dq, dk, _ = pair_grads(q, k, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
         return dq, dk, None, None, None, None, None

@@ -23,29 +23,31 @@ from . import kernels
 
 KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, lowest compute capability). BLOCK_M >= 64 so that
-# Hopper lowers the similarity dots to warp-group MMA. Each config fits the shared memory of its targets
-# with no register spills: tests/kernels/test_triton_resources.py compiles every one for sm_80 and sm_90. The
-# 128 x 128 forward tile is Hopper-only (with mma.sync on sm_80 its Circle epilogue spills), and the
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, architectures). BLOCK_M >= 64 so that Hopper lowers
+# the similarity dots to warp-group MMA. Each config fits the shared memory of its targets with no register
+# spills: tests/kernels/test_triton_resources.py compiles every one for sm_80 and sm_90. The 128 x 128
+# forward tile is Hopper-only (with mma.sync on sm_80 its Circle epilogue spills; later architectures are
+# not checked); the first config of each list runs everywhere (DCR_TRITON_AUTOTUNE=0 takes it); the
 # backward's tiles are smaller because its epilogue holds more tile-sized values (S, logits, W).
+ALL, HOPPER = range(80, 1000), range(90, 100)  # compute capabilities (major * 10 + minor)
 _GPU_CONFIGS = {
     ("similarity_stats_kernel", "16-bit"): [
-        (128, 128, 64, 8, 3, 90),
-        (128, 64, 64, 8, 4, 80),
-        (64, 128, 64, 8, 4, 80),
-        (64, 64, 64, 4, 4, 80),
+        (128, 64, 64, 8, 4, ALL),
+        (128, 128, 64, 8, 3, HOPPER),
+        (64, 128, 64, 8, 4, ALL),
+        (64, 64, 64, 4, 4, ALL),
     ],
     ("similarity_stats_kernel", "fp32"): [
-        (128, 128, 32, 8, 3, 90),
-        (128, 64, 32, 8, 4, 80),
-        (64, 128, 32, 8, 4, 80),
-        (64, 64, 32, 4, 4, 80),
+        (128, 64, 32, 8, 4, ALL),
+        (128, 128, 32, 8, 3, HOPPER),
+        (64, 128, 32, 8, 4, ALL),
+        (64, 64, 32, 4, 4, ALL),
     ],
-    ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, 80), (64, 128, 64, 8, 4, 80), (64, 64, 64, 4, 4, 80)],
-    ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, 80), (64, 128, 32, 8, 4, 80), (64, 64, 32, 4, 4, 80)],
+    ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, ALL), (64, 128, 64, 8, 4, ALL), (64, 64, 64, 4, 4, ALL)],
+    ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, ALL), (64, 128, 32, 8, 4, ALL), (64, 64, 32, 4, 4, ALL)],
     # exact fp32 dots (DCR_INPUT_PRECISION=ieee) run on FMA units, with operands held in registers
-    ("similarity_stats_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, 80), (64, 32, 16, 4, 2, 80)],
-    ("pair_weights_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, 80), (64, 32, 16, 4, 2, 80)],
+    ("similarity_stats_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, ALL), (64, 32, 16, 4, 2, ALL)],
+    ("pair_weights_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, ALL), (64, 32, 16, 4, 2, ALL)],
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
@@ -75,8 +77,8 @@ def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int, precision
     family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s, lowest in _GPU_CONFIGS[(kernel_name, family)]
-        if capability >= lowest
+        for bm, bn, bk, w, s, architectures in _GPU_CONFIGS[(kernel_name, family)]
+        if capability in architectures
     ]
 
 
@@ -110,7 +112,8 @@ def workspace_rows(m: int, n: int, element_bytes: int) -> int:
 
 
 def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **constexprs) -> None:
-    """Launch on a (row blocks, splits) grid; `x` (the first input) gives the dtype and the device."""
+    """Launch on a (row blocks, splits) grid; `x` (the first input) gives the dtype and the device (made the
+    current CUDA device for the launch, so kernels and the cuBLAS calls share its stream)."""
     if interpreting():
         meta = dict(_INTERPRETER_META)
         grid = (triton.cdiv(rows, meta["BLOCK_M"]), splits)
@@ -120,7 +123,8 @@ def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **conste
     autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
     major, minor = torch.cuda.get_device_capability(x.device)
     tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, constexprs["INPUT_PRECISION"], autotune)
-    tuned[grid](*args, **constexprs)
+    with torch.cuda.device(x.device):
+        tuned[grid](*args, **constexprs)
 
 
 def kernel_ready(x: Tensor) -> Tensor:
@@ -201,15 +205,22 @@ Term = tuple[Tensor, Tensor | None, Tensor]  # (stat1, stat2, coefficients), +in
 
 
 def pair_grads(
-    a: Tensor, b: Tensor, pairs: Pairs, row_term: Term, col_term: Term | None, *, want_db: bool = False
+    a: Tensor,
+    b: Tensor,
+    pairs: Pairs,
+    row_term: Term,
+    col_term: Term | None,
+    *,
+    self_mode: bool = False,
+    want_db: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dA = W b, dB = W^T a or None, d loss / d scale) for W = d loss / d S built from the row term (A's
-    rows) and the column term (B's rows). When `a is b` (self mode) dA already holds both terms, dB is not
-    formed, and d loss / d scale counts each pair once."""
+    rows) and the column term (B's rows). In self mode (b is a, the column term is the row term) dA already
+    holds both terms, dB is not formed, and d loss / d scale counts each pair once."""
     loss = pairs.loss
     m, d = a.shape
     n = b.shape[0]
-    same_rows = a is b
+    same_rows = self_mode
     a = kernel_ready(a)
     b = a if same_rows else kernel_ready(b)
     labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (pairs.labels_a, pairs.labels_b))
