@@ -1,0 +1,92 @@
+"""OpenCLIP's `ClipLoss` on the fused InfoNCE: swap the class in an OpenCLIP training script.
+
+    from dcr_kernels.integrations.open_clip import ClipLoss   # was: from open_clip.loss import ClipLoss
+
+Same constructor (`local_loss`, `gather_with_grad`, `cache_labels`, `rank`, `world_size`) and call
+(`forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False)`, features
+already normalised, `logit_scale` already exponentiated and learnable). The loss is the mean of the
+image-to-text and text-to-image cross-entropies, computed by the fused kernels without the B x B logits.
+
+Across ranks the features are gathered as OpenCLIP gathers them, so values and gradients are OpenCLIP's:
+- `local_loss=True`: each rank scores its own rows against every rank's features (the positive of local
+  row i is global row rank * B + i) and reports the mean over its rows. With `gather_with_grad=True` the
+  gathered features carry gradients back to their ranks; without it only the local rows do.
+- `local_loss=False`: each rank computes the global loss, with its own features (which carry the
+  gradient) in place of its gathered slice.
+`logit_bias` shifts every logit by the same amount, which a softmax cross-entropy does not see: it is
+accepted (with a zero gradient, as in OpenCLIP) and has no effect. Horovod is not supported.
+
+SigLIP's sigmoid loss would be another epilogue of the same engine (softplus of each scaled, biased
+similarity summed per row; W = sigmoid - label), with no log-sum-exp statistics; it is not provided here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as F
+
+
+def _gather(x: Tensor, with_grad: bool, world_size: int) -> list[Tensor]:
+    import torch.distributed as dist
+
+    if with_grad:
+        import torch.distributed.nn as dist_nn
+
+        return list(dist_nn.all_gather(x))
+    parts = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return parts
+
+
+class ClipLoss(nn.Module):
+    """OpenCLIP's `ClipLoss` (symmetric InfoNCE with a learnable logit scale) on the fused loss."""
+
+    def __init__(
+        self,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if use_horovod:
+            raise ValueError("ClipLoss: horovod is not supported; launch with torchrun (torch.distributed)")
+        self.local_loss, self.gather_with_grad, self.cache_labels = local_loss, gather_with_grad, cache_labels
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | None = None,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        temperature = 1.0 / logit_scale
+        kw = dict(temperature=temperature, normalize=False, backend=self.backend)
+        if self.world_size == 1:
+            loss = F.info_nce(image_features, text_features, symmetric=True, **kw)
+        else:
+            images = _gather(image_features, self.gather_with_grad, self.world_size)
+            texts = _gather(text_features, self.gather_with_grad, self.world_size)
+            if self.local_loss:
+                b = image_features.shape[0]
+                positive = torch.arange(b, device=image_features.device) + b * self.rank
+                all_images, all_texts = torch.cat(images), torch.cat(texts)
+                loss = 0.5 * (
+                    F.info_nce(image_features, all_texts, positive=positive, **kw)
+                    + F.info_nce(text_features, all_images, positive=positive, **kw)
+                )
+            else:
+                if not self.gather_with_grad:
+                    images[self.rank], texts[self.rank] = image_features, text_features
+                loss = F.info_nce(torch.cat(images), torch.cat(texts), symmetric=True, **kw)
+        if logit_bias is not None:
+            loss = loss + 0 * logit_bias.sum()
+        return {"contrastive_loss": loss} if output_dict else loss
