@@ -1,6 +1,7 @@
 """The benchmark suite stays runnable and honest: every script end to end at tiny sizes on CPU, and every
 provider computing the same loss as ours (so the timings compare like with like)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -142,3 +143,17 @@ def test_ratio_formatting_handles_zero_and_missing_figures():
     assert report._ratio({**ok, "median_s": 1.0}, {**ok, "median_s": 4.0}, "median_s") == "0.25"
     assert report._ratio({**ok, "median_s": 1.0}, {**ok, "median_s": 50.0}, "median_s") == "1/50"
     assert report._ratio(None, {**ok, "median_s": 1.0}, "median_s") == "-"
+
+
+def test_integrations_benchmark_runs_end_to_end(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open-clip-torch is not installed")
+    out = tmp_path / "integrations.json"
+    cmd = [sys.executable, str(BENCH / "integrations.py"), "--scale", "128", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["case"], r["provider"]) for r in rows} == {
+        (case, provider) for case in ("cached_mnrl", "clip") for provider in ("ours", "library")
+    }
+    assert all(r["median_s"] > 0 for r in rows)

@@ -1,0 +1,133 @@
+"""The drop-ins against the libraries they replace, in the same run: loss + backward time and peak memory.
+
+- sentence-transformers: the cached ranking loss's loss step (`calculate_loss` with backward over the
+  cached embeddings: d loss / d embeddings for the whole batch) at batch 4096 and 16384, MiniLM-sized
+  embeddings (D = 384, anchors and positives, mini-batches of 32). The embedding passes around it are the
+  library's own in both, so this is where the two differ.
+- OpenCLIP: `ClipLoss` forward + backward at B = 8192, D = 512 with a learnable logit scale.
+
+Each measurement runs in a fresh process (one torch thread; memory as in `memory.py`: peak resident set
+above the inputs and gradient-sized buffers), time the median of 3 after one warm-up.
+
+    python benchmarks/integrations.py --out benchmarks/results/integrations_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [("cached_mnrl", 4096, 384), ("cached_mnrl", 16384, 384), ("clip", 8192, 512)]
+PROVIDERS = ("ours", "library")
+
+
+def _open_clip_loss():
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    path = os.path.join(spec.submodule_search_locations[0], "loss.py")
+    module_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.ClipLoss
+
+
+def _step(case: str, provider: str, b: int, d: int):
+    """(inputs, step) where step() runs the loss and its backward once."""
+    gen = torch.Generator().manual_seed(0)
+    anchors = torch.nn.functional.normalize(torch.randn(b, d, generator=gen), dim=1)
+    positives = torch.nn.functional.normalize(anchors + torch.randn(b, d, generator=gen), dim=1)
+    if case == "clip":
+        from dcr_kernels.integrations.open_clip import ClipLoss
+
+        loss_fn = ClipLoss() if provider == "ours" else _open_clip_loss()()
+        image, text = anchors.requires_grad_(), positives.requires_grad_()
+        scale = torch.tensor(1 / 0.07, requires_grad=True)
+
+        def step():
+            image.grad = text.grad = scale.grad = None
+            loss_fn(image, text, scale).backward()
+
+        return [image, text], step
+    from sentence_transformers.sentence_transformer import losses
+
+    from dcr_kernels.integrations import sentence_transformers as ours
+
+    class Model(torch.nn.Module):
+        def __getitem__(self, i):
+            return torch.nn.Identity()
+
+    cls = ours.CachedMultipleNegativesRankingLoss if provider == "ours" else losses.CachedMultipleNegativesRankingLoss
+    loss_fn = cls(Model(), mini_batch_size=32)
+    reps = [[c[i : i + 32].clone().requires_grad_() for i in range(0, b, 32)] for c in (anchors, positives)]
+
+    def step():
+        for col in reps:
+            for r in col:
+                r.grad = None
+        loss_fn.calculate_loss(reps, with_backward=True)
+
+    return [anchors, positives], step
+
+
+def measure(case: str, provider: str, b: int, d: int) -> dict:
+    """One measurement, in this process (run it in a fresh one)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import memory
+    import timing
+
+    torch.set_num_threads(1)
+    inputs, step = _step(case, provider, b, d)
+    step()  # warm-up (also allocates the gradients once)
+    grads = [torch.ones_like(x) for x in inputs]
+    baseline = memory.current_bytes(torch.device("cpu"))
+    del grads
+    memory.reset_peak(torch.device("cpu"))
+    step()
+    extra = memory.peak_bytes(torch.device("cpu")) - baseline
+    seconds = timing.times(step, torch.device("cpu"), warmup=0, repeats=3, reset=lambda: None)
+    return {
+        "case": case,
+        "provider": provider,
+        "B": b,
+        "D": d,
+        "median_s": timing.median(seconds),
+        "extra_bytes": extra,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "integrations_cpu.json")
+    parser.add_argument("--scale", type=int, default=1, help="divide every batch size by this (smoke runs)")
+    parser.add_argument("--one", nargs=4, metavar=("CASE", "PROVIDER", "B", "D"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        case, provider, b, d = args.one
+        print(json.dumps(measure(case, provider, int(b), int(d))))
+        return
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import memory
+
+    rows = []
+    for case, b, d in CASES:
+        for provider in PROVIDERS:
+            cmd = [sys.executable, __file__, "--one", case, provider, str(b // args.scale), str(d)]
+            done = subprocess.run(cmd, env={**os.environ, **memory.MEASURE_ENV}, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{case} {provider}: {done.stderr[-2000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"torch": torch.__version__, "threads": 1, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
