@@ -24,7 +24,7 @@ from dcr.modeling.chat import collate, encode_prompts, pad_id
 from dcr.modeling.embedding import batch_embedder
 from dcr.modeling.model import load_model, resolve_model_path
 from dcr.modeling.representation import num_layers, resolve_layer
-from dcr.modeling.runtime import autocast, pick_device
+from dcr.modeling.runtime import autocast
 from dcr.modeling.trainable import add_lora
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sft_mix import build_mix
@@ -110,9 +110,11 @@ class _AlignStage:
     retention term when it is on."""
 
     name = "dcr align"
+    average_gradients = False  # each rank's loss is its share of the batch (normalised by the global tokens)
 
-    def __init__(self, config: AlignConfig, model, tokenizer, mix, encoded, retention, device, meta) -> None:
-        self.config, self.model, self.encoded, self.retention, self.device = config, model, encoded, retention, device
+    def __init__(self, config: AlignConfig, model, tokenizer, mix, encoded, retention, run, meta) -> None:
+        self.config, self.model, self.encoded, self.retention = config, model, encoded, retention
+        self.device, self.ranks = run.device, run.ranks
         self.kinds = mix["kind"]
         self.pad, self.micro = pad_id(tokenizer), config.micro_batch_size or config.batch_size
         self.checkpoint_extra: dict[str, Any] = {}
@@ -121,7 +123,9 @@ class _AlignStage:
     def backward(self, step: int) -> dict[str, Any]:
         config, encoded = self.config, self.encoded
         rows = sorted(batch_rows(len(encoded), config.batch_size, config.seed, step), key=lambda i: len(encoded[i][0]))
-        tokens = sum(len(encoded[i][0]) - encoded[i][1] for i in rows)
+        tokens = sum(len(encoded[i][0]) - encoded[i][1] for i in rows)  # the global batch's answer tokens
+        kinds = [self.kinds[i] for i in rows]
+        rows = rows[self.ranks.share(len(rows))]
         total = 0.0
         for k in range(0, len(rows), self.micro):
             chunk = [encoded[i] for i in rows[k : k + self.micro]]
@@ -133,9 +137,9 @@ class _AlignStage:
             (loss_sum / tokens).backward()
             total += loss_sum.item()
         record: dict[str, Any] = {
-            "loss": total / tokens,
+            "loss": self.ranks.sum(total) / tokens,
             "response_tokens": tokens,
-            "refusal_pairs": sum(self.kinds[i] == "refusal" for i in rows),
+            "refusal_pairs": sum(kind == "refusal" for kind in kinds),
         }
         if self.retention is not None:
             record.update(self.retention.backward(step))
@@ -150,8 +154,10 @@ class _AlignStage:
 
 def align(config: AlignConfig) -> Path:
     """Run the alignment stage described by ``config``; return the folder of the aligned model."""
-    checkpoints = open_run(config)
-    device = pick_device(config.device)
+    run = open_run(config)
+    if config.retention_weight > 0 and run.ranks.world > 1:
+        raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
+    device = run.device
     upstream = model_meta(config.model)
     model, tokenizer = load_model(config.model, device=device, attention=config.attention)
     depth = num_layers(model)
@@ -178,5 +184,5 @@ def align(config: AlignConfig) -> Path:
         "retention_weight": config.retention_weight,
         "retention_layer": layer,
     }
-    stage = _AlignStage(config, model, tokenizer, mix, encoded, retention, device, {**upstream, "aligned": aligned})
-    return train(config, model, tokenizer, stage, checkpoints)
+    stage = _AlignStage(config, model, tokenizer, mix, encoded, retention, run, {**upstream, "aligned": aligned})
+    return train(config, model, tokenizer, stage, run)

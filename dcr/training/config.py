@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dcr.config import Settings, option
 
 # Settings that do not change a run's trajectory, so a resumed run (or a finished pipeline step) may differ in them.
-RUN_ONLY = frozenset({"output_dir", "resume", "save_every", "keep_checkpoints", "eval_every", "progress"})
+RUN_ONLY = frozenset({"output_dir", "resume", "save_every", "keep_checkpoints", "eval_every", "progress", "strategy"})
 
 
 @dataclass
@@ -56,6 +56,13 @@ class TrainingConfig(Settings):
     margin: float = option(0.4, "Circle loss relaxation margin m.", topic="contrastive loss")
     gamma: float = option(80.0, "Circle loss scale gamma.", topic="contrastive loss")
     temperature: float = option(0.1, "Temperature of supcon and infonce.", topic="contrastive loss")
+    strategy: str = option(
+        "ring",
+        "Under torchrun / accelerate launch: how the contrastive loss sees every rank's rows; ring (key blocks "
+        "passed between neighbours, O(local batch) memory) or gather (one all-gather). Same numbers either way.",
+        ("ring", "gather"),
+        "contrastive loss",
+    )
     steps: int = option(100, "Optimizer steps.", topic="optimization")
     lr: float = option(2e-5, "Peak AdamW learning rate.", topic="optimization")
     weight_decay: float = option(0.0, "AdamW weight decay.", topic="optimization")

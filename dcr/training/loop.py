@@ -5,7 +5,9 @@ A stage (`dcr.training.refine`, `dcr.training.align`) prepares its model and dat
 model's `dcr.json`. Everything else is here, once: AdamW over the trainable parameters with the configured
 schedule, exact resume from the newest atomic checkpoint (refused if a setting that changes the trajectory
 differs), gradient clipping, the JSONL metrics log, checkpoints every `save_every` steps, and the saved
-Hugging Face model folder.
+Hugging Face model folder. Under torchrun or `accelerate launch` every rank runs the loop on its share of
+each batch, gradients are summed or averaged over ranks (as the stage says) before the step, and rank 0
+alone writes the metrics, the checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +27,7 @@ from dcr.modeling.trainable import trainable_parameters
 from dcr.training.checkpoint import changed_settings, list_checkpoints, load_checkpoint, save_checkpoint
 from dcr.training.config import RUN_ONLY, TrainingConfig
 from dcr.training.jsonl_log import JsonlLog
+from dcr.training.ranks import Ranks, start
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -34,27 +38,39 @@ class Stage(Protocol):
     name: str  # the command, shown on the progress bar
     checkpoint_extra: dict[str, Any]  # saved beside the settings in every checkpoint
     meta: dict[str, Any]  # written to the saved model's dcr.json
+    average_gradients: bool  # across ranks: average (each rank's loss is the global one) or sum (its share)
 
     def backward(self, step: int) -> dict[str, Any]:
         """Forward and backward of the batch of optimizer step `step` (a pure function of it); the record to log."""
 
     def started(self, log: JsonlLog, start: int) -> None:
-        """Called once before the first step run (start > 0 after a resume)."""
+        """Called once on rank 0 before the first step run (start > 0 after a resume)."""
 
     def finished_step(self, log: JsonlLog, done: int) -> None:
-        """Called after optimizer step `done` (1-based) is taken and logged."""
+        """Called on rank 0 after optimizer step `done` (1-based) is taken and logged."""
 
 
-def open_run(config: TrainingConfig) -> list[Path]:
-    """Validate, refuse to overwrite a finished or started run unless resuming, seed torch; return the run
-    folder's checkpoints (oldest first)."""
+@dataclass(frozen=True)
+class Run:
+    """An opened run: its checkpoints (oldest first), this process's rank and its device."""
+
+    checkpoints: list[Path]
+    ranks: Ranks
+    device: torch.device
+
+
+def open_run(config: TrainingConfig) -> Run:
+    """Validate, join the launcher's ranks, refuse to overwrite a finished or started run unless resuming,
+    seed torch (the same seed on every rank: identical initial weights)."""
     config.validate()
+    ranks, device = start(config.device)
     out = Path(config.output_dir)
     checkpoints = list_checkpoints(out / "checkpoints")
     if not config.resume and (checkpoints or (out / "model").exists() or (out / "metrics.jsonl").exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
+    ranks.barrier()  # every rank has looked before rank 0 writes
     torch.manual_seed(config.seed)
-    return checkpoints
+    return Run(checkpoints, ranks, device)
 
 
 def trajectory_settings(config: TrainingConfig) -> dict[str, Any]:
@@ -62,7 +78,7 @@ def trajectory_settings(config: TrainingConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY}
 
 
-def train(config: TrainingConfig, model, tokenizer, stage: Stage, checkpoints: list[Path]) -> Path:
+def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> Path:
     """Run (or resume) `config.steps` optimizer steps of `stage` on `model`; save and return the model folder."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -74,6 +90,7 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, checkpoints: l
         _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
     )
     settings = trajectory_settings(config)
+    ranks, checkpoints, main = run.ranks, run.checkpoints, run.ranks.main
     start = 0
     if config.resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
@@ -81,25 +98,32 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, checkpoints: l
         if changed:
             raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
         start = state["step"]
-    log = JsonlLog(out / "metrics.jsonl", keep_until=start)
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc=stage.name, unit="step")
-    stage.started(log, start)
+    log = JsonlLog(out / "metrics.jsonl", keep_until=start) if main else None
+    bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
+    if main:
+        stage.started(log, start)
     for step in range(start, config.steps):
         began = time.perf_counter()
         record = {"step": step + 1, **stage.backward(step)}
+        ranks.reduce_gradients(params, mean=stage.average_gradients)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
         record.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         record["seconds"] = time.perf_counter() - began
-        log.write(record)
+        if ranks.world > 1:
+            record["world_size"] = ranks.world
         bar.update()
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         done = step + 1
-        stage.finished_step(log, done)
-        if config.save_every and (done % config.save_every == 0 or done == config.steps):
+        if main:
+            log.write(record)
+            stage.finished_step(log, done)
+        if main and config.save_every and (done % config.save_every == 0 or done == config.steps):
             extra = {"settings": settings, **stage.checkpoint_extra}
             save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=config.keep_checkpoints)
     bar.close()
-    return save_refined(model, tokenizer, out / "model", stage.meta)
+    path = save_refined(model, tokenizer, out / "model", stage.meta) if main else out / "model"
+    ranks.barrier()  # the model is saved before any rank returns its folder
+    return path

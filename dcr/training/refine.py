@@ -18,13 +18,12 @@ from dcr.modeling.chat import encode_prompts
 from dcr.modeling.embedding import batch_embedder, embed_texts
 from dcr.modeling.model import load_model
 from dcr.modeling.representation import num_layers, resolve_layer
-from dcr.modeling.runtime import pick_device
 from dcr.modeling.trainable import add_lora, freeze_above
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sets import DataError, load_labelled, split
 from dcr.training.gradcache import contrastive_backward
 from dcr.training.jsonl_log import JsonlLog
-from dcr.training.loop import open_run, train
+from dcr.training.loop import Run, open_run, train
 from dcr.training.losses import make_loss
 from dcr.training.refine_config import RefineConfig
 
@@ -71,18 +70,26 @@ class _RefineStage:
 
     name = "dcr refine"
 
-    def __init__(self, config: RefineConfig, model, tokenizer, layer: int, data, device: torch.device) -> None:
-        self.config, self.model, self.tokenizer, self.layer, self.device = config, model, tokenizer, layer, device
+    average_gradients = True  # every rank's loss is the global batch's (dcr_kernels.distributed convention)
+
+    def __init__(self, config: RefineConfig, model, tokenizer, layer: int, data, run: Run) -> None:
+        self.config, self.model, self.tokenizer, self.layer = config, model, tokenizer, layer
+        self.device, self.ranks = run.device, run.ranks
         self.ids, self.labels, self.validation, classes = data
         try:
             self.sampler = BalancedBatchSampler(self.labels, config.batch_size, seed=config.seed)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self.embed = batch_embedder(
-            model, tokenizer, layer, pooling=config.pooling, device=device, precision=config.precision
+            model, tokenizer, layer, pooling=config.pooling, device=self.device, precision=config.precision
         )
         self.loss_fn = make_loss(
-            config.loss, margin=config.margin, gamma=config.gamma, temperature=config.temperature, center=config.center
+            config.loss,
+            margin=config.margin,
+            gamma=config.gamma,
+            temperature=config.temperature,
+            center=config.center,
+            strategy=config.strategy if run.ranks.world > 1 else None,
         )
         self.micro = config.micro_batch_size or config.batch_size
         self.can_validate = all(self.validation["label"].count(c) >= 2 for c in range(len(classes)))
@@ -99,9 +106,12 @@ class _RefineStage:
 
     def backward(self, step: int) -> dict:
         rows = sorted(self.sampler.batch(step), key=lambda i: len(self.ids[i]))  # length-sorted: little padding
+        rows = rows[self.ranks.share(len(rows))]  # this rank's share of the global batch, in order
         y = torch.tensor([self.labels[i] for i in rows], device=self.device)
         chunks = [[self.ids[i] for i in rows[k : k + self.micro]] for k in range(0, len(rows), self.micro)]
         result, reps = contrastive_backward(self.embed, chunks, y, self.loss_fn, cache=len(chunks) > 1)
+        if self.ranks.world > 1:  # every rank's rows, for the batch's cross-class cosine
+            reps, y = _gathered(reps), _gathered(y)
         return {
             "loss": result.loss.item(),
             "nn_accuracy": result.accuracy.item(),
@@ -140,14 +150,23 @@ def refine(config: RefineConfig, data=None) -> Path:
 
     ``data`` may be a ``datasets.Dataset`` to train on instead of ``config.data``.
     """
-    checkpoints = open_run(config)
-    device = pick_device(config.device)
-    model, tokenizer = load_model(config.model, device=device, attention=config.attention)
+    run = open_run(config)
+    model, tokenizer = load_model(config.model, device=run.device, attention=config.attention)
     try:
         layer = resolve_layer(config.layer, num_layers(model))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     training_data = _training_data(config, data, tokenizer)
     model = _trainable_model(model, layer, config)
-    stage = _RefineStage(config, model, tokenizer, layer, training_data, device)
-    return train(config, model, tokenizer, stage, checkpoints)
+    stage = _RefineStage(config, model, tokenizer, layer, training_data, run)
+    return train(config, model, tokenizer, stage, run)
+
+
+def _gathered(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of x, in rank order (no gradient)."""
+    from dcr_kernels.distributed.comm import gather_rows
+    from dcr_kernels.distributed.world import World
+
+    world = World.of()
+    sizes = [int(n) for n in gather_rows(torch.tensor([len(x)], device=x.device), [1] * world.size, world)]
+    return gather_rows(x.contiguous(), sizes, world)
