@@ -1,7 +1,9 @@
-"""Load a causal LM and its tokenizer from a local directory, or the embedded default model.
+"""Load a causal LM and its tokenizer: a local folder, a Hub id already in the local Hugging Face cache,
+or the embedded default model.
 
-Only local files are read: a model name that is not an existing folder with a ``config.json`` is an error,
-never a hub download.
+Only local files are read, never a download: a Hub id (``Qwen/Qwen2.5-1.5B-Instruct``, optionally at a
+``revision``) resolves offline from the cache (``HF_HUB_CACHE`` / ``HF_HOME``), and one that is not there
+is an error naming the cache and how to fill it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,35 @@ from dcr.modeling.runtime import attn_implementation
 DEFAULT_MODEL = "default"
 
 
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """``"default"`` is the embedded SmolLM2-135M-Instruct; anything else must be a local HF model folder."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "\\" not in name
+
+
+def _from_cache(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception as err:  # not cached (or an invalid id): huggingface_hub raises several kinds
+        raise FileNotFoundError(
+            f"model {repo_id!r} (revision {revision or 'main'}) is neither a local folder nor in the Hugging Face "
+            f"cache {constants.HF_HUB_CACHE}; nothing is downloaded at run time: fetch it once where there is "
+            f"network (`huggingface-cli download {repo_id}`) and copy the cache here, point HF_HUB_CACHE or "
+            "HF_HOME at a cache that has it, or pass a local model folder"
+        ) from err
+
+
+def resolve_model_path(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """``"default"`` is the embedded SmolLM2-135M-Instruct; an existing folder is used as it is; a Hub id
+    resolves from the local Hugging Face cache (at ``revision``, default main)."""
     if str(name_or_path) == DEFAULT_MODEL:
         return default_model_dir()
     path = Path(name_or_path).expanduser()
+    if not path.is_dir() and _looks_like_hub_id(str(name_or_path)):
+        path = _from_cache(str(name_or_path), revision)
     if not path.is_dir():
         raise FileNotFoundError(f"model path {path} does not exist (pass a local model folder or 'default')")
     if not (path / "config.json").is_file():
@@ -32,14 +58,17 @@ def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     *,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     attention: str = "auto",
+    revision: str | None = None,
 ):
-    """Return ``(model, tokenizer)``; the model is on ``device`` in ``dtype`` with the chosen attention."""
+    """Return ``(model, tokenizer)``; the model is on ``device`` in ``dtype`` (a torch dtype, a name of
+    `DTYPES`, or "auto": the checkpoint's own) with the chosen attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(device)
-    path = resolve_model_path(name_or_path)
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    path = resolve_model_path(name_or_path, revision)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation(attention, device), local_files_only=True

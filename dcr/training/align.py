@@ -74,9 +74,9 @@ def batch_rows(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     return [int(i) for i in stream[offset : offset + batch_size]]
 
 
-def model_meta(model: str) -> dict[str, Any]:
+def model_meta(model: str, revision: str | None = None) -> dict[str, Any]:
     """The ``dcr.json`` a previous stage saved beside the model (empty for a plain model)."""
-    path = resolve_model_path(model) / "dcr.json"
+    path = resolve_model_path(model, revision) / "dcr.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -158,8 +158,10 @@ def align(config: AlignConfig) -> Path:
     if config.retention_weight > 0 and run.ranks.world > 1:
         raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
     device = run.device
-    upstream = model_meta(config.model)
-    model, tokenizer = load_model(config.model, device=device, attention=config.attention)
+    upstream = model_meta(config.model, config.revision)
+    model, tokenizer = load_model(
+        config.model, device=device, dtype=config.dtype, attention=config.attention, revision=config.revision
+    )
     depth = num_layers(model)
     layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)
     try:

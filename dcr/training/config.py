@@ -25,6 +25,16 @@ class TrainingConfig(Settings):
         "'default' for the embedded SmolLM2-135M-Instruct (converted once into the user cache).",
         topic="model",
     )
+    revision: str | None = option(
+        None, "Revision (branch, tag or commit) of a Hub-id model in the local cache. Unset: main.", topic="model"
+    )
+    dtype: str = option(
+        "auto",
+        "Weights dtype: auto (the checkpoint's own), fp32, bf16 or fp16; the model is saved in it. Full "
+        "fine-tuning wants fp32 weights; bf16 suits LoRA on memory-limited GPUs.",
+        ("auto", "fp32", "bf16", "fp16"),
+        "model",
+    )
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="model")
     precision: str = option(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; or force bf16 / fp32.", ("auto", "bf16", "fp32"), "model"

@@ -151,7 +151,9 @@ def refine(config: RefineConfig, data=None) -> Path:
     ``data`` may be a ``datasets.Dataset`` to train on instead of ``config.data``.
     """
     run = open_run(config)
-    model, tokenizer = load_model(config.model, device=run.device, attention=config.attention)
+    model, tokenizer = load_model(
+        config.model, device=run.device, dtype=config.dtype, attention=config.attention, revision=config.revision
+    )
     try:
         layer = resolve_layer(config.layer, num_layers(model))
     except ValueError as err:
