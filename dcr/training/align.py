@@ -29,8 +29,7 @@ from dcr.modeling.trainable import add_lora
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sft_mix import build_mix
 from dcr.training.align_config import AlignConfig
-from dcr.training.jsonl_log import JsonlLog
-from dcr.training.loop import open_run, train
+from dcr.training.loop import Metrics, open_run, train
 from dcr.training.losses import make_loss
 
 IGNORE = -100
@@ -145,10 +144,10 @@ class _AlignStage:
             record.update(self.retention.backward(step))
         return record
 
-    def started(self, log: JsonlLog, start: int) -> None:
+    def started(self, log: Metrics, start: int) -> None:
         pass
 
-    def finished_step(self, log: JsonlLog, done: int) -> None:
+    def finished_step(self, log: Metrics, done: int) -> None:
         pass
 
 

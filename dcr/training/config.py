@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcr.config import Settings, option
+from dcr.training.tracking import REPORT_TO
 
 # Settings that do not change a run's trajectory, so a resumed run (or a finished pipeline step) may differ in them.
 RUN_ONLY = frozenset({"output_dir", "resume", "save_every", "keep_checkpoints", "eval_every", "progress", "strategy"})
@@ -93,6 +94,9 @@ class TrainingConfig(Settings):
         False, "Continue from the newest checkpoint in output_dir (same settings required).", topic="run folder"
     )
     progress: bool = option(True, "Show a progress bar.", topic="run folder")
+    report_to: list[str] = option(
+        ["none"], "Experiment trackers beside metrics.jsonl: tensorboard, wandb, trackio or none.", topic="run folder"
+    )
 
     def checks(self) -> dict[str, bool]:
         return {
@@ -108,4 +112,5 @@ class TrainingConfig(Settings):
             "lora_r": self.lora_r >= 1,
             "save_every": self.save_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 0,
+            "report_to": set(self.report_to or []) <= set(REPORT_TO),
         }

@@ -28,6 +28,7 @@ from dcr.training.checkpoint import changed_settings, list_checkpoints, load_che
 from dcr.training.config import RUN_ONLY, TrainingConfig
 from dcr.training.jsonl_log import JsonlLog
 from dcr.training.ranks import Ranks, start
+from dcr.training.tracking import Trackers
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -43,10 +44,10 @@ class Stage(Protocol):
     def backward(self, step: int) -> dict[str, Any]:
         """Forward and backward of the batch of optimizer step `step` (a pure function of it); the record to log."""
 
-    def started(self, log: JsonlLog, start: int) -> None:
+    def started(self, log: Metrics, start: int) -> None:
         """Called once on rank 0 before the first step run (start > 0 after a resume)."""
 
-    def finished_step(self, log: JsonlLog, done: int) -> None:
+    def finished_step(self, log: Metrics, done: int) -> None:
         """Called on rank 0 after optimizer step `done` (1-based) is taken and logged."""
 
 
@@ -98,7 +99,7 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         if changed:
             raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
         start = state["step"]
-    log = JsonlLog(out / "metrics.jsonl", keep_until=start) if main else None
+    log = Metrics(out, start, config, stage.name) if main else None
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
     if main:
         stage.started(log, start)
@@ -124,6 +125,23 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
             extra = {"settings": settings, **stage.checkpoint_extra}
             save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=config.keep_checkpoints)
     bar.close()
+    if main:
+        log.trackers.close()
     path = save_refined(model, tokenizer, out / "model", stage.meta) if main else out / "model"
     ranks.barrier()  # the model is saved before any rank returns its folder
     return path
+
+
+class Metrics:
+    """The metrics log (JSONL, the record of the run) and the experiment trackers, written together."""
+
+    def __init__(self, out: Path, start: int, config: TrainingConfig, name: str) -> None:
+        self.jsonl = JsonlLog(out / "metrics.jsonl", keep_until=start)
+        self.prefix = name.split()[-1]
+        self.trackers = Trackers(
+            [n for n in config.report_to or [] if n != "none"], out, "dcr", dataclasses.asdict(config)
+        )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.jsonl.write(record)
+        self.trackers.log(record, self.prefix)

@@ -22,8 +22,7 @@ from dcr.modeling.trainable import add_lora, freeze_above
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sets import DataError, load_labelled, split
 from dcr.training.gradcache import contrastive_backward
-from dcr.training.jsonl_log import JsonlLog
-from dcr.training.loop import Run, open_run, train
+from dcr.training.loop import Metrics, Run, open_run, train
 from dcr.training.losses import make_loss
 from dcr.training.refine_config import RefineConfig
 
@@ -118,7 +117,7 @@ class _RefineStage:
             "cross_class_cosine": cross_class_cosine(reps, y),
         }
 
-    def _validate(self, log: JsonlLog, step: int) -> None:
+    def _validate(self, log: Metrics, step: int) -> None:
         config = self.config
         reps = embed_texts(
             self.model,
@@ -135,11 +134,11 @@ class _RefineStage:
         labels = torch.tensor(self.validation["label"])
         log.write({"step": step, "split": "validation", **separation_report(reps, labels)})
 
-    def started(self, log: JsonlLog, start: int) -> None:
+    def started(self, log: Metrics, start: int) -> None:
         if self.can_validate and self.config.eval_every and start == 0:
             self._validate(log, 0)
 
-    def finished_step(self, log: JsonlLog, done: int) -> None:
+    def finished_step(self, log: Metrics, done: int) -> None:
         every = self.config.eval_every
         if self.can_validate and (done == self.config.steps or (every and done % every == 0)):
             self._validate(log, done)
