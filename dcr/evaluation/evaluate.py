@@ -102,6 +102,21 @@ def representation(
     return out
 
 
+def _sharded_generate(model: nn.Module, tokenizer, texts: list[str], **kw) -> list[str]:
+    """Greedy responses; under torchrun each rank generates its share and every rank gets all, in order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return generate(model, tokenizer, texts, **kw)
+    from dcr.training.ranks import Ranks
+
+    ranks = Ranks(dist.get_rank(), dist.get_world_size())
+    local = generate(model, tokenizer, texts[ranks.share(len(texts))], **kw)
+    parts: list[list[str] | None] = [None] * ranks.world
+    dist.all_gather_object(parts, local)
+    return [response for part in parts for response in part]
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -150,7 +165,7 @@ def evaluate(
     for set_name in sets:
         tic = time.perf_counter()
         prompts = load_set(set_name, limit)
-        responses = generate(
+        responses = _sharded_generate(
             model,
             tokenizer,
             [p["text"] for p in prompts],
@@ -202,11 +217,11 @@ def evaluate(
 def evaluate_model(config: EvaluateConfig) -> dict:
     """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
     from dcr.modeling.model import load_model
-    from dcr.modeling.runtime import pick_device
+    from dcr.training.ranks import start
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
+    ranks, device = start(config.device)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     dtype = dtypes.get(config.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
     model, tokenizer = load_model(config.model, device=device, dtype=dtype)
@@ -218,7 +233,7 @@ def evaluate_model(config: EvaluateConfig) -> dict:
         layer=config.layer if config.representation else None,
         pooling=config.pooling,
         perplexity=config.perplexity,
-        out_dir=config.output_dir,
+        out_dir=config.output_dir if ranks.main else None,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         limit=config.limit,
