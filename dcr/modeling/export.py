@@ -1,6 +1,7 @@
 """Save the refined model as a plain Hugging Face model folder (safetensors) that ``from_pretrained`` loads.
 
-LoRA adapters are merged first, so the result needs no PEFT. The folder is written under a temporary name
+LoRA adapters are merged first (unless asked not to: then the folder is a peft adapter folder, loaded with
+`peft.PeftModel.from_pretrained(base_model, folder)`). The folder is written under a temporary name
 and renamed into place. ``dcr.json`` beside the weights records the layer, pooling and classes, which the
 later stages need to read the same representation.
 """
@@ -17,9 +18,9 @@ from typing import Any
 from torch import nn
 
 
-def save_refined(model: nn.Module, tokenizer, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model`` (merged if it carries LoRA adapters), ``tokenizer`` and ``dcr.json`` to ``path``."""
-    if hasattr(model, "merge_and_unload"):
+def save_refined(model: nn.Module, tokenizer, path: Path, meta: dict[str, Any], merge: bool = True) -> Path:
+    """Write ``model`` (merged if it carries LoRA adapters and ``merge``), ``tokenizer`` and ``dcr.json``."""
+    if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))

@@ -37,6 +37,9 @@ class TrainingConfig(Settings):
         "model",
     )
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="model")
+    gradient_checkpointing: bool = option(
+        False, "Recompute the trained layers' activations in the backward instead of keeping them.", topic="model"
+    )
     precision: str = option(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; or force bf16 / fp32.", ("auto", "bf16", "fp32"), "model"
     )
@@ -47,6 +50,9 @@ class TrainingConfig(Settings):
         topic="model",
     )
     lora: bool = option(False, "Train LoRA adapters (needs peft), merged into the saved model.", topic="LoRA")
+    lora_merge: bool = option(
+        True, "Save the model with the adapters merged in; --no-lora-merge saves a peft adapter folder.", topic="LoRA"
+    )
     lora_r: int = option(16, "LoRA rank.", topic="LoRA")
     lora_alpha: float = option(32.0, "LoRA alpha (scale alpha / r).", topic="LoRA")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.", topic="LoRA")

@@ -85,6 +85,8 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     from transformers import get_scheduler
 
     out = Path(config.output_dir)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = list(trainable_parameters(model).values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
@@ -127,7 +129,7 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     bar.close()
     if main:
         log.trackers.close()
-    path = save_refined(model, tokenizer, out / "model", stage.meta) if main else out / "model"
+    path = save_refined(model, tokenizer, out / "model", stage.meta, merge=config.lora_merge) if main else out / "model"
     ranks.barrier()  # the model is saved before any rank returns its folder
     return path
 

@@ -190,3 +190,25 @@ def test_lora_without_peft_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ImportError, match="optional dependency peft"):
         add_lora(torch.nn.Linear(2, 2), 1)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(config, tmp_path):
+    config.save_every = 0
+    plain = _weights(refine(config))
+    config.gradient_checkpointing, config.output_dir = True, str(tmp_path / "ckpt")
+    checkpointed = _weights(refine(config))
+    for name, tensor in plain.items():
+        torch.testing.assert_close(checkpointed[name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_lora_adapter_folder_loads_onto_the_base_model(config, tmp_path):
+    peft = pytest.importorskip("peft")
+    config.lora, config.save_every = True, 0
+    merged = _weights(refine(config))
+    config.lora_merge, config.output_dir = False, str(tmp_path / "adapter")
+    folder = refine(config)
+    assert (folder / "adapter_config.json").is_file() and not (folder / "model.safetensors").exists()
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    loaded = peft.PeftModel.from_pretrained(base, folder).merge_and_unload().state_dict()
+    for name, tensor in merged.items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=1e-6, atol=1e-7)
