@@ -150,6 +150,8 @@ def refine(config: RefineConfig, data=None) -> Path:
     ``data`` may be a ``datasets.Dataset`` to train on instead of ``config.data``.
     """
     run = open_run(config)
+    if config.batch_size < 2 * run.ranks.world:
+        raise ConfigError(f"batch_size {config.batch_size} gives some of the {run.ranks.world} ranks no prompts")
     model, tokenizer = load_model(
         config.model, device=run.device, dtype=config.dtype, attention=config.attention, revision=config.revision
     )

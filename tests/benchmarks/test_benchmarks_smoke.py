@@ -157,3 +157,12 @@ def test_integrations_benchmark_runs_end_to_end(tmp_path):
         (case, provider) for case in ("cached_mnrl", "clip") for provider in ("ours", "library")
     }
     assert all(r["median_s"] > 0 for r in rows)
+
+
+def test_gpu_dcr_step_script_runs_on_a_tiny_model(tmp_path):
+    pytest.importorskip("transformers")
+    cmd = [sys.executable, str(BENCH / "gpu_dcr_step.py"), "--tiny", "--device", "cpu", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    (result,) = tmp_path.glob("gpu_dcr_step_*_tiny.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert [r["lora"] for r in rows] == [True, False] and all(r["step_s"] > 0 for r in rows)
