@@ -99,3 +99,15 @@ def test_two_rank_run_killed_between_checkpoints_resumes_to_the_same_weights(tmp
         shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
     resumed = _run("refine", dataclasses.replace(config, resume=True), world=2)
     _assert_same(full, resumed)
+
+
+def _failing_worker(rank: int, world: int, port: int, config) -> None:
+    if rank == 1:  # this rank's data is missing: it fails while the other waits in a collective
+        config = dataclasses.replace(config, data=config.data + ".missing")
+    _worker(rank, world, port, "refine", config)
+
+
+def test_a_failing_rank_ends_the_run_with_its_error(tmp_path):
+    config = _refine_config(tmp_path, "fails")
+    with pytest.raises(mp.ProcessRaisedException, match="missing"):
+        mp.spawn(_failing_worker, args=(2, _free_port(), config), nprocs=2, join=True)
