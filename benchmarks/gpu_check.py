@@ -8,7 +8,9 @@
    rows at D = 256 bf16; then the B x D grid against eager dense PyTorch, with peak memory above the inputs;
 4. the checks of the kernel issue beside the cost model's predictions (benchmarks/cost_model.py): forward
    at B = 65536, D = 1024 bf16 against the measured matmul peak (target 0.6); symmetric forward+backward
-   against Inf-CL (target 3x); peak memory per row.
+   against Inf-CL (target 3x); peak memory per row;
+5. one DCR step at Qwen2.5-1.5B's and LLaMA-3-8B's architectures (benchmarks/gpu_dcr_step.py) in the time
+   that is left (`--dcr-step-s` of it kept for this).
 
 Results go to benchmarks/results/gpu_<date>.json and .md with the GPU's name and the versions. Work is
 ordered by priority and stops before the time budget runs out, so a partial run still writes its file.
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import baselines  # noqa: E402
 import cost_model  # noqa: E402
+import gpu_dcr_step  # noqa: E402
 
 import dcr_kernels as dk  # noqa: E402
 
@@ -328,6 +331,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
     parser.add_argument("--tests-s", type=float, default=150, help="time limit of the GPU test run")
     parser.add_argument("--max-b", type=int, default=None, help="cap every batch size (to check the script)")
+    parser.add_argument("--dcr-step-s", type=float, default=90, help="seconds kept for the DCR step timings")
     parser.add_argument("--device", default="cuda", help="cuda (cpu only to check this script)")
     parser.add_argument("--backend", default="auto", help="loss backend for 'ours'")
     parser.add_argument("--skip-tests", action="store_true", help="skip the pytest step")
@@ -340,7 +344,10 @@ def main() -> None:
     result["tests"] = {"tail": ["skipped"]} if args.skip_tests else run_tests(clock, args.tests_s)
     print("\n".join(result["tests"]["tail"]), flush=True)
     peak = matmul_peak_tflops(device)
-    result["sweep"] = sweep(device, args.backend, full_plan(args.max_b), clock, reserve_s=10)
+    result["sweep"] = sweep(device, args.backend, full_plan(args.max_b), clock, reserve_s=args.dcr_step_s + 10)
+    archs = ["tiny"] if args.max_b else ["qwen2.5-1.5b", "llama-3-8b"]
+    batches = (64,) if args.max_b else (256, 1024)
+    result["dcr_step"] = gpu_dcr_step.measure_all(device, archs, batches, max(0.0, clock.left() - 10))
     result["checks"] = checks(result["sweep"], peak)
     result["predictions"] = cost_model.rows()
     print(json.dumps(result["checks"], indent=1))

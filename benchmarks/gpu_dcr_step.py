@@ -86,6 +86,26 @@ def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.d
             "step_s": round(seconds, 3), "peak_gib": None if peak is None else round(peak / 2**30, 2)}  # fmt: skip
 
 
+def measure_all(device: torch.device, archs: list[str], batches: tuple[int, ...], budget_s: float) -> list[dict]:
+    """Every (architecture, batch, LoRA or full) step that fits in the time budget, most important first."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    deadline = time.monotonic() + budget_s
+    rows = []
+    for arch in archs:
+        for batch in batches:
+            for lora in (True, False):
+                if time.monotonic() > deadline:
+                    return rows
+                try:
+                    rows.append(step(arch, batch, lora, device, dtype))
+                except torch.OutOfMemoryError:
+                    rows.append({"arch": arch, "batch": batch, "lora": lora, "error": "out of memory"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -94,22 +114,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    archs = ["tiny"] if args.tiny else ["qwen2.5-1.5b", "llama-3-8b"]
-    deadline = time.monotonic() + args.budget_s
-    rows = []
-    for arch in archs:
-        for batch in (256, 1024) if not args.tiny else (64,):
-            for lora in (True, False):
-                if time.monotonic() > deadline:
-                    break
-                try:
-                    rows.append(step(arch, batch, lora, device, dtype))
-                except torch.OutOfMemoryError:
-                    rows.append({"arch": arch, "batch": batch, "lora": lora, "error": "out of memory"})
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                print(json.dumps(rows[-1]), flush=True)
+    archs, batches = (["tiny"], (64,)) if args.tiny else (["qwen2.5-1.5b", "llama-3-8b"], (256, 1024))
+    rows = measure_all(device, archs, batches, args.budget_s)
     import triton
 
     env = {

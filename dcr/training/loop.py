@@ -129,7 +129,8 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     bar.close()
     if main:
         log.trackers.close()
-    path = save_refined(model, tokenizer, out / "model", stage.meta, merge=config.lora_merge) if main else out / "model"
+    meta = {**stage.meta, "world_size": ranks.world}
+    path = save_refined(model, tokenizer, out / "model", meta, merge=config.lora_merge) if main else out / "model"
     ranks.barrier()  # the model is saved before any rank returns its folder
     return path
 

@@ -5,6 +5,7 @@ killed between checkpoints resumes to the uninterrupted run's weights; rank 0 al
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -76,6 +77,7 @@ def test_refine_on_two_ranks_learns_the_single_process_weights(tmp_path, strateg
     _assert_same(one, two)
     log = read_log(tmp_path / "two" / "metrics.jsonl")
     assert [r["world_size"] for r in log if "loss" in r] == [2, 2, 2]
+    assert json.loads((tmp_path / "two" / "model" / "dcr.json").read_text())["world_size"] == 2
     single = [r["loss"] for r in read_log(tmp_path / "one" / "metrics.jsonl") if "loss" in r]
     assert [r["loss"] for r in log if "loss" in r] == pytest.approx(single, rel=1e-5)
 

@@ -87,6 +87,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
             want = _step(theirs.ClipLoss(**kw), image[local], text[local], 1 / 0.07)
             report[(local_loss, with_grad)] = (got, want)
         torch.save(report, os.path.join(folder, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks' collectives are done before the group is torn down
     finally:
         dist.destroy_process_group()
 

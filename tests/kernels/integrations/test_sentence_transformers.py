@@ -132,6 +132,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
             want = _value_and_grads(losses.MultipleNegativesRankingLoss(_NoModel(), **kw), local)
             report[i] = (got, want)
         torch.save(report, os.path.join(folder, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks' collectives are done before the group is torn down
     finally:
         dist.destroy_process_group()
 
