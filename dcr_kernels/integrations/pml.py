@@ -37,75 +37,60 @@ def _avg_non_zero(rows: Tensor) -> Tensor:
     return rows.sum() * 0
 
 
-def _check_call(name: str, labels: Tensor | None, indices_tuple: Any, ref_emb: Tensor | None, ref_labels: Any):
-    if indices_tuple is not None:
-        raise ValueError(
-            f"{name}: miners (indices_tuple) are not supported: the fused loss never forms a pair list; drop the "
-            "miner, or weight rows with dcr_kernels' `weight=`"
-        )
-    if labels is None:
-        raise ValueError(f"{name}: labels are required (one class label per embedding)")
-    if ref_emb is not None and ref_labels is None:
-        raise ValueError(f"{name}: ref_emb needs ref_labels (one class label per reference embedding)")
+class _PmlLoss(nn.Module):
+    """pml's call and default reduction around a fused per-row loss (`rows`)."""
+
+    def __init__(self, backend: str, kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        _refuse(type(self).__name__, kwargs)
+        self.backend = backend
+
+    def rows(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor | None, ref_labels: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Any = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        name = type(self).__name__
+        if indices_tuple is not None:
+            raise ValueError(
+                f"{name}: miners (indices_tuple) are not supported: the fused loss never forms a pair list; drop "
+                "the miner, or weight rows with dcr_kernels' `weight=`"
+            )
+        if labels is None:
+            raise ValueError(f"{name}: labels are required (one class label per embedding)")
+        if ref_emb is not None and ref_labels is None:
+            raise ValueError(f"{name}: ref_emb needs ref_labels (one class label per reference embedding)")
+        return _avg_non_zero(self.rows(embeddings, labels, ref_emb, ref_labels))
 
 
-class CircleLoss(nn.Module):
+class CircleLoss(_PmlLoss):
     """Circle loss (Sun et al. 2020), pml's signature and default reduction; alpha weights detached."""
 
     def __init__(self, m: float = 0.4, gamma: float = 80, *, backend: str = "auto", **kwargs: Any) -> None:
-        super().__init__()
-        _refuse("CircleLoss", kwargs)
-        self.m, self.gamma, self.backend = float(m), float(gamma), backend
+        super().__init__(backend, kwargs)
+        self.m, self.gamma = float(m), float(gamma)
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Any = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        _check_call("CircleLoss", labels, indices_tuple, ref_emb, ref_labels)
-        rows = F.circle_loss(
-            embeddings,
-            labels,
-            ref_emb,
-            ref_labels,
-            margin=self.m,
-            gamma=self.gamma,
-            reduction="none",
-            backend=self.backend,
-        )
-        return _avg_non_zero(rows)
+    def rows(self, embeddings, labels, ref_emb, ref_labels) -> Tensor:
+        kw = dict(margin=self.m, gamma=self.gamma, reduction="none", backend=self.backend)
+        return F.circle_loss(embeddings, labels, ref_emb, ref_labels, **kw)
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(_PmlLoss):
     """Supervised contrastive loss (the L_out form), pml's signature and default reduction."""
 
     def __init__(self, temperature: float = 0.1, *, backend: str = "auto", **kwargs: Any) -> None:
-        super().__init__()
-        _refuse("SupConLoss", kwargs)
-        self.temperature, self.backend = float(temperature), backend
+        super().__init__(backend, kwargs)
+        self.temperature = float(temperature)
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Any = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        _check_call("SupConLoss", labels, indices_tuple, ref_emb, ref_labels)
-        rows = F.supcon_loss(
-            embeddings,
-            labels,
-            ref_emb,
-            ref_labels,
-            temperature=self.temperature,
-            reduction="none",
-            backend=self.backend,
-        )
-        return _avg_non_zero(rows)
+    def rows(self, embeddings, labels, ref_emb, ref_labels) -> Tensor:
+        kw = dict(temperature=self.temperature, reduction="none", backend=self.backend)
+        return F.supcon_loss(embeddings, labels, ref_emb, ref_labels, **kw)
 
 
 __all__ = ["CircleLoss", "SupConLoss"]
