@@ -8,6 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Shared helpers: the kernel test cases and float64 oracle (kernels/), tiny models and prompt files (dcr/).
+# Shared helpers: spawning ranks (here), the kernel test cases and float64 oracle (kernels/), tiny models and
+# prompt files (dcr/).
 HERE = os.path.dirname(__file__)
-sys.path[:0] = [os.path.join(HERE, "kernels"), os.path.join(HERE, "dcr")]
+sys.path[:0] = [HERE, os.path.join(HERE, "kernels"), os.path.join(HERE, "dcr")]

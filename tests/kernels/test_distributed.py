@@ -18,7 +18,7 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn_ranks import spawn_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -183,13 +183,15 @@ def _worker(rank: int, world: int, folder: str) -> None:
         report = {case: _run_case(rank, world, i, *case[:3], DTYPES[case[3]][0]) for i, case in enumerate(CASES)}
         report["bad calls"] = _bad_calls(rank)
         torch.save(report, os.path.join(folder, f"rank{rank}.pt"))
+        dist.barrier()  # every rank's report is written before any rank tears down
     finally:
         dist.destroy_process_group()
 
 
 def _spawn(world: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_worker, args=(world, folder), nprocs=world, join=True)
+        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(world)]
+        spawn_ranks(_worker, world, (folder,), done=lambda: all(map(os.path.exists, paths)))
         return [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
 
 

@@ -10,8 +10,8 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from dcr_helpers import tiny_model_dir
+from spawn_ranks import spawn_ranks
 
 from dcr.cli import main
 
@@ -39,7 +39,8 @@ def test_two_ranks_give_one_process_results(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path / "two")), nprocs=2, join=True)
+    results = tmp_path / "two" / "completions.jsonl"
+    spawn_ranks(_worker, 2, (port, str(tmp_path / "two")), done=results.exists)
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert two["summary"] == pytest.approx(one["summary"], rel=1e-6)  # threads change float sums only
     lines = [(tmp_path / d / "completions.jsonl").read_text().splitlines() for d in ("one", "two")]

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 from safetensors.torch import load_file
+from spawn_ranks import spawn_ranks
 
 from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
@@ -37,7 +38,7 @@ def _worker(rank: int, world: int, port: int, stage: str, config) -> None:
     os.environ["LOCAL_RANK"] = str(rank)
     torch.set_num_threads(1)
     try:
-        (refine if stage == "refine" else align)(config)
+        (refine if stage == "refine" else align)(config)  # ends with a barrier after rank 0 saved the model
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -47,8 +48,9 @@ def _run(stage: str, config, world: int):
     if world == 1:
         path = (refine if stage == "refine" else align)(config)
     else:
-        mp.spawn(_worker, args=(world, _free_port(), stage, config), nprocs=world, join=True)
         path = os.path.join(config.output_dir, "model")
+        done = lambda: os.path.exists(os.path.join(path, "model.safetensors"))  # noqa: E731
+        spawn_ranks(_worker, world, (_free_port(), stage, config), done=done)
     return load_file(os.path.join(path, "model.safetensors"))
 
 

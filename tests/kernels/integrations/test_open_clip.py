@@ -13,8 +13,8 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from spawn_ranks import spawn_ranks
 
 from dcr_kernels.integrations import open_clip as ours
 
@@ -94,7 +94,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 def test_two_ranks_match_open_clip_for_every_gather_setting():
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_worker, args=(2, folder), nprocs=2, join=True)
+        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
+        spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
         reports = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
     for report in reports:
         for setting, (got, want) in report.items():

@@ -14,11 +14,11 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 st = pytest.importorskip("sentence_transformers")
 from sentence_transformers import util  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
+from spawn_ranks import spawn_ranks  # noqa: E402
 
 from dcr_kernels.integrations import sentence_transformers as ours  # noqa: E402
 
@@ -139,7 +139,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 def test_two_ranks_gather_across_devices_like_the_library():
     with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_worker, args=(2, folder), nprocs=2, join=True)
+        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
+        spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
         reports = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
     for report in reports:
         for got, want in report.values():
