@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import product
 from pathlib import Path
@@ -119,7 +118,6 @@ def inspect(v: dict) -> dict:
     )
     if v["col_term"] is not None:
         constexprs["COL_TERM"] = v["col_term"]
-    t0 = time.perf_counter()
     compiled = triton.compile(
         ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
         target=GPUTarget("cuda", v["capability"], 32),
@@ -141,7 +139,6 @@ def inspect(v: dict) -> dict:
         registers=int(re.search(r"Used (\d+) registers", log).group(1)),
         spill=int(re.search(r"(\d+) bytes spill stores", log).group(1)),
         mma=mma,
-        seconds=round(time.perf_counter() - t0, 2),
     )
 
 
