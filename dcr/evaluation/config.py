@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from dcr.config import ConfigError, Settings, option
 from dcr.prompts.eval_sets import DEFAULT_SETS, SETS
@@ -32,7 +33,13 @@ class EvaluateConfig(Settings):
         "oversubscription, which slows decoding many-fold.",
         topic="model",
     )
-    sets: list[str] = option(list(DEFAULT_SETS), f"Generation sets, from: {' '.join(SETS)}.", topic="behaviour")
+    sets: list[str] = option(
+        list(DEFAULT_SETS),
+        f"Generation sets: shipped ({' '.join(SETS)}) or your own files, PATH[:TEXT_COLUMN[:EXPECT_COLUMN]] "
+        "(CSV, JSONL, JSON, Parquet or a datasets folder; columns default to prompt and expect, whose values say "
+        "comply or refuse).",
+        topic="behaviour",
+    )
     limit: int | None = option(
         None, "At most this many prompts per set, evenly spread (quick runs). Unset: every prompt.", topic="behaviour"
     )
@@ -69,7 +76,10 @@ class EvaluateConfig(Settings):
 
     def validate(self) -> EvaluateConfig:
         super().validate()
-        unknown = [s for s in self.sets if s not in SETS]
+        unknown = [s for s in self.sets if s not in SETS and not Path(s.split(":")[0]).exists()]
         if unknown or not self.sets:
-            raise ConfigError(f"unknown or empty sets {unknown or self.sets}; choose from {' '.join(SETS)}")
+            raise ConfigError(
+                f"unknown or empty sets {unknown or self.sets}: neither shipped sets ({' '.join(SETS)}) nor existing "
+                "files (PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
+            )
         return self

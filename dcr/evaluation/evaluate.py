@@ -21,14 +21,14 @@ from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.generate import generate
 from dcr.evaluation.refusal import analyse, is_refusal_prefix
 from dcr.modeling.representation import Pooling, num_layers, resolve_layer
-from dcr.prompts.eval_sets import DEFAULT_SETS, SETS, load_set
+from dcr.prompts.eval_sets import DEFAULT_SETS, load_set, resolve_sets
 
 REPRESENTATION_CLASSES = ("seemingly_toxic", "toxic")
 
 
-def summary_key(name: str) -> str:
+def summary_key(name: str, expected: str) -> str:
     """The headline metric of a set: ``<set>_compliance`` or ``<set>_refusal``, whichever it expects."""
-    return f"{name}_{'compliance' if SETS[name].expected == 'comply' else 'refusal'}"
+    return f"{name}_{'compliance' if expected == 'comply' else 'refusal'}"
 
 
 def behaviour(rows: Sequence[dict], expected: str) -> dict:
@@ -141,9 +141,6 @@ def evaluate(
     ``perplexity_limit`` the perplexity answers (default: ``limit``). Files written: see
     `dcr.evaluation.report.write_results`.
     """
-    unknown = [s for s in sets if s not in SETS]
-    if unknown:
-        raise ValueError(f"unknown evaluation set(s) {unknown}; available: {list(SETS)}")
     out_dir = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
     perplexity_limit = limit if perplexity_limit is None else perplexity_limit
@@ -162,9 +159,8 @@ def evaluate(
         "timing_s": {},
     }
     completions: list[dict] = []
-    for set_name in sets:
+    for set_name, expected, prompts in resolve_sets(list(sets), limit):
         tic = time.perf_counter()
-        prompts = load_set(set_name, limit)
         responses = _sharded_generate(
             model,
             tokenizer,
@@ -176,8 +172,8 @@ def evaluate(
         )
         rows = _judge(set_name, prompts, responses)
         completions += rows
-        results["sets"][set_name] = behaviour(rows, SETS[set_name].expected)
-        results["summary"][summary_key(set_name)] = results["sets"][set_name]["score"]
+        results["sets"][set_name] = behaviour(rows, expected)
+        results["summary"][summary_key(set_name, expected)] = results["sets"][set_name]["score"]
         results["timing_s"][set_name] = time.perf_counter() - tic
     if layer is not None:
         tic = time.perf_counter()

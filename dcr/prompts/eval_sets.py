@@ -1,9 +1,14 @@
-"""The held-out evaluation sets and the behaviour each one expects (comply or refuse).
+"""The held-out evaluation sets and the behaviour each one expects (comply or refuse), and user sets.
 
 None of these prompts is used for training: XSTest is excluded from every training source, the CoCoNot
 evaluation prompts are a different file from the CoCoNot preference pairs used for training, and the
 Self-Instruct user-oriented tasks are evaluation-only by their authors' request (their reference answers
 serve the perplexity proxy).
+
+A user set is a file of one's own named in place of a shipped set: ``PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]``
+(a CSV, JSONL, JSON or Parquet file, or a `datasets` folder; columns default to ``prompt`` and
+``expect``). The expect column says comply or refuse (also: compliance / safe / benign, refusal / unsafe /
+harmful / toxic); its rows become up to two report sets, ``<file stem>_comply`` and ``<file stem>_refuse``.
 """
 
 from __future__ import annotations
@@ -53,3 +58,54 @@ def load_set(name: str, limit: int | None = None) -> list[dict]:
     with (DATA_DIR / spec.folder / "prompts.jsonl").open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return spread([r for r in rows if spec.label is None or r["label"] == spec.label], limit)
+
+
+COMPLY = {"comply", "compliance", "safe", "benign"}
+REFUSE = {"refuse", "refusal", "unsafe", "harmful", "toxic"}
+
+
+def is_user_set(spec: str) -> bool:
+    """Whether a set name is a user set (a path, with optional columns) rather than a shipped set's name."""
+    return spec not in SETS
+
+
+def load_user_set(spec: str, limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
+    """(report name, expected behaviour, rows) for each behaviour present in a user set."""
+    from pathlib import Path
+
+    from dcr.prompts.sets import DataError, read_table
+
+    path, text_column, expect_column = (spec.split(":") + ["prompt", "expect"])[:3]
+    if not Path(path).exists():
+        raise DataError(
+            f"unknown evaluation set {spec!r}: neither a shipped set ({list(SETS)}) nor an existing file "
+            "(PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
+        )
+    table = read_table(path, text_column, expect_column)
+    wanted = {"comply": [], "refuse": []}
+    unknown = set()
+    for i, (text, value) in enumerate(zip(table["text"], table["label"], strict=True)):
+        key = str(value).strip().lower()
+        behaviour = "comply" if key in COMPLY else "refuse" if key in REFUSE else None
+        if behaviour is None:
+            unknown.add(str(value))
+            continue
+        wanted[behaviour].append({"id": f"{Path(path).stem}-{i}", "text": text})
+    if unknown:
+        raise DataError(
+            f"{path}: column {expect_column!r} has values {sorted(unknown)[:5]} that are neither comply "
+            f"({sorted(COMPLY)}) nor refuse ({sorted(REFUSE)})"
+        )
+    stem = Path(path).stem
+    return [(f"{stem}_{b}", b, spread(rows, limit)) for b, rows in wanted.items() if rows]
+
+
+def resolve_sets(names: list[str], limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
+    """(report name, expected behaviour, rows) of every shipped or user set named."""
+    out = []
+    for name in names:
+        if is_user_set(name):
+            out += load_user_set(name, limit)
+        else:
+            out.append((name, SETS[name].expected, load_set(name, limit)))
+    return out

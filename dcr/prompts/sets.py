@@ -56,7 +56,8 @@ def load_xstest() -> datasets.Dataset:
     return datasets.Dataset.from_json(str(DATA_DIR / "xstest" / "prompts.jsonl"))
 
 
-def _read_user(data: str | Path | datasets.Dataset, text_column: str, label_column: str) -> datasets.Dataset:
+def read_table(data: str | Path | datasets.Dataset, text_column: str, label_column: str) -> datasets.Dataset:
+    """A user's file or dataset as (text, label) columns, with clear errors for a missing file or column."""
     if isinstance(data, datasets.DatasetDict):
         raise DataError("pass a single split (a datasets.Dataset), not a DatasetDict")
     if isinstance(data, datasets.Dataset):
@@ -127,7 +128,7 @@ def load_labelled(
         ds = _read_shipped(list(sources) if sources else list(DEFAULT_SOURCES))
         classes = list(classes) if classes else list(DEFAULT_CLASSES)
     else:
-        ds = _read_user(data, text_column, label_column)
+        ds = read_table(data, text_column, label_column)
         classes = [str(c) for c in classes] if classes else sorted(set(ds["label"]))
     if len(set(classes)) != len(classes):
         raise DataError(f"classes {classes} contain duplicates")

@@ -68,7 +68,7 @@ def test_evaluate_writes_results_completions_report_and_plot(tiny, tmp_path):
     assert set(results["sets"]) == set(DEFAULT_SETS)
     for name, s in results["sets"].items():
         assert s["n"] == 6 and 0.0 <= s["score"] <= 1.0
-        assert results["summary"][summary_key(name)] == s["score"]
+        assert results["summary"][summary_key(name, s["expected"])] == s["score"]
     assert {"probe_auroc", "nn_accuracy", "cross_class_cosine", "perplexity"} <= set(results["summary"])
     assert results["perplexity"]["answers"] == 6  # the perplexity answers follow `limit` by default
     saved = json.loads((tmp_path / "results.json").read_text())
