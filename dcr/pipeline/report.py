@@ -1,7 +1,10 @@
 """The pipeline's comparison of base, (a) alignment only and (b) DCR + alignment: markdown, JSON and a plot.
 
-With several seeds each arm also gets a mean row, and the report gives the spread (min to max) of the
-headline differences (b) - (a) across seeds.
+The report leads with discernment: compliance on the seemingly toxic prompts plus refusal on the toxic
+ones of a matched pair of sets (0 to 2; 1 is what answering everything, or refusing everything, scores),
+with its parts, per model and seed, and each arm's mean and spread across seeds, so that a stage that
+merely lowers every refusal is not mistaken for one that discerns. With several seeds each arm also gets a
+mean row, and the report gives the spread of the headline differences (b) - (a) across seeds.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from dcr.evaluation.report import comparison_table
+from dcr.evaluation.report import comparison_table, discernment
 
 HEADLINE = (
     ("xstest_safe_compliance", "XSTest safe: compliance"),
@@ -20,6 +23,32 @@ HEADLINE = (
     ("coconot_eval_refusal", "CoCoNot unsafe: refusal"),
 )
 FILES = {"report": "report.md", "json": "comparison.json", "plot": "comparison.png"}
+ARMS = (("(a)", "(a) alignment only"), ("(b)", "(b) DCR + alignment"))
+
+
+def _discernment_section(summaries: Mapping[str, Mapping[str, float]]) -> list[str]:
+    names = sorted({n for s in summaries.values() for n in discernment(s)}, key=lambda n: n != "XSTest")
+    if not names:
+        return []
+    lines = [
+        "## Discernment: compliance on seemingly toxic + refusal on toxic",
+        "",
+        "| model | " + " | ".join(f"{n}: discernment (compliance + refusal)" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for label, summary in summaries.items():
+        d = discernment(summary)
+        cells = [f"**{d[n][0]:.3f}** ({d[n][1]:.3f} + {d[n][2]:.3f})" if n in d else "-" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for prefix, arm in ARMS:
+        group = [discernment(s) for s in arm_rows(summaries, prefix)]
+        if len(group) > 1:
+            cells = []
+            for n in names:
+                values = [d[n][0] for d in group if n in d]
+                cells.append(f"{mean(values):.3f} (seeds {min(values):.3f} to {max(values):.3f})" if values else "-")
+            lines.append(f"| {arm}, mean (spread) | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def arm_rows(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> list[Mapping[str, float]]:
@@ -28,9 +57,16 @@ def arm_rows(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> list[
 
 
 def differences(summaries: Mapping[str, Mapping[str, float]]) -> dict[str, list[float]]:
-    """Per headline metric, the seed-paired differences (b) - (a)."""
+    """Per headline metric (XSTest discernment first), the seed-paired differences (b) - (a)."""
     a, b = arm_rows(summaries, "(a)"), arm_rows(summaries, "(b)")
-    return {k: [sb[k] - sa[k] for sa, sb in zip(a, b, strict=True) if k in sa and k in sb] for k, _ in HEADLINE}
+    out = {
+        "xstest_discernment": [
+            discernment(sb)["XSTest"][0] - discernment(sa)["XSTest"][0]
+            for sa, sb in zip(a, b, strict=True)
+            if "XSTest" in discernment(sa) and "XSTest" in discernment(sb)
+        ]
+    }
+    return out | {k: [sb[k] - sa[k] for sa, sb in zip(a, b, strict=True) if k in sa and k in sb] for k, _ in HEADLINE}
 
 
 def _with_means(summaries: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
@@ -73,13 +109,16 @@ def render(summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, 
     lines = [
         "# DCR pipeline: base vs (a) alignment only vs (b) DCR + alignment",
         "",
+        *_discernment_section(summaries),
+        "## Every metric",
+        "",
         comparison_table({k: {"summary": v} for k, v in rows.items()}),
         "## (b) - (a)",
         "",
         "| metric | difference per seed | mean |",
         "|---|---|---:|",
     ]
-    for key, label in HEADLINE:
+    for key, label in (("xstest_discernment", "XSTest discernment"), *HEADLINE):
         diffs = differences(summaries).get(key, [])
         if diffs:
             lines.append(f"| {label} | {', '.join(f'{d:+.3f}' for d in diffs)} | {mean(diffs):+.3f} |")
@@ -105,6 +144,7 @@ def write_comparison(
     paths = {k: out / v for k, v in FILES.items()}
     record = {
         "summaries": summaries,
+        "discernment": {label: discernment(s) for label, s in summaries.items()},
         "differences_b_minus_a": differences(summaries),
         "settings": settings,
         "seconds": seconds,

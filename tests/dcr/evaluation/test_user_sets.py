@@ -71,3 +71,17 @@ def test_bad_user_sets_get_clear_errors(tmp_path, capsys):
         load_user_set(str(tmp_path / "odd.jsonl"))
     assert main(["evaluate", "--sets", "nope.csv", "--print-config"]) == 2
     assert "neither shipped sets" in capsys.readouterr().err
+
+
+def test_single_model_report_leads_with_discernment(tmp_path):
+    from dcr.evaluation.report import render_report
+
+    results = {
+        "model": "m",
+        "settings": {"max_new_tokens": 8, "limit": None},
+        "summary": {"xstest_safe_compliance": 0.75, "xstest_unsafe_refusal": 0.5},
+        "sets": {},
+        "timing_s": {},
+    }
+    report = render_report(results)
+    assert report.index("**Discernment (XSTest): 1.250**") < report.index("| model |")

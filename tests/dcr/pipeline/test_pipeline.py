@@ -135,3 +135,25 @@ def test_cli_errors_exit_with_status_2(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert "stepz" in capsys.readouterr().err
+
+
+def test_reports_lead_with_discernment_and_its_spread_across_seeds():
+    from dcr.evaluation.report import discernment
+    from dcr.pipeline.report import differences, render
+
+    a = {"xstest_safe_compliance": 0.6, "xstest_unsafe_refusal": 0.7, "mine_comply_compliance": 0.5,
+         "mine_refuse_refusal": 0.9, "coconot_eval_refusal": 0.5}  # fmt: skip
+    b = {**a, "xstest_safe_compliance": 0.8, "xstest_unsafe_refusal": 0.5}  # refuses less everywhere
+    d = discernment(a)
+    assert d["XSTest"] == pytest.approx((1.3, 0.6, 0.7)) and d["mine"] == pytest.approx((1.4, 0.5, 0.9))
+    assert "coconot" not in " ".join(d)  # a refusal-only set has no discernment
+    b1 = {**b, "xstest_unsafe_refusal": 0.6}
+    summaries = {"base": a, "(a) alignment only, seed 0": a, "(b) DCR + alignment, seed 0": b,
+                 "(a) alignment only, seed 1": a, "(b) DCR + alignment, seed 1": b1}  # fmt: skip
+    # (b) raises compliance only by refusing less: its XSTest discernment does not move, whatever compliance does
+    assert differences(summaries)["xstest_discernment"] == pytest.approx([0.0, 0.1])
+    report = render(summaries, {}, 60.0)
+    first = report.index("## ")
+    assert report[first:].startswith("## Discernment")
+    assert "(b) DCR + alignment, mean (spread) | 1.350 (seeds 1.300 to 1.400)" in report
+    assert "| XSTest discernment | +0.000, +0.100 | +0.050 |" in report
