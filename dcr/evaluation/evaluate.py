@@ -212,14 +212,14 @@ def evaluate(
 
 def evaluate_model(config: EvaluateConfig) -> dict:
     """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
-    from dcr.modeling.model import load_model
+    from dcr.modeling.model import DTYPES, load_model
     from dcr.training.ranks import start
 
     if config.threads:
         torch.set_num_threads(config.threads)
     ranks, device = start(config.device)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = dtypes.get(config.precision, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    auto = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = auto if config.precision == "auto" else DTYPES[config.precision]
     model, tokenizer = load_model(config.model, device=device, dtype=dtype)
     name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
     return evaluate(

@@ -123,9 +123,10 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         if main:
             log.write(record)
             stage.finished_step(log, done)
-        if main and config.save_every and (done % config.save_every == 0 or done == config.steps):
-            extra = {"settings": settings, **stage.checkpoint_extra}
-            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=config.keep_checkpoints)
+            if config.save_every and (done % config.save_every == 0 or done == config.steps):
+                extra = {"settings": settings, **stage.checkpoint_extra}
+                keep = config.keep_checkpoints
+                save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=keep)
     bar.close()
     if main:
         log.trackers.close()

@@ -63,7 +63,7 @@ def make_loss(
 
 def _distributed_loss(name: str, margin: float, gamma: float, temperature: float, center: bool, strategy: str):
     import dcr_kernels.distributed as dd
-    from dcr_kernels.distributed.comm import gather_rows, gather_with_grad
+    from dcr_kernels.distributed.comm import gather_rows, gather_with_grad, row_counts
     from dcr_kernels.distributed.world import World
 
     if name not in LOSSES:
@@ -71,7 +71,7 @@ def _distributed_loss(name: str, margin: float, gamma: float, temperature: float
 
     def loss(e: torch.Tensor, y: torch.Tensor) -> ContrastiveOutput:
         world = World.of()
-        sizes = [int(n) for n in gather_rows(torch.tensor([len(y)], device=y.device), [1] * world.size, world)]
+        sizes = row_counts(y, world)
         if center:  # the global batch mean, with its gradient reaching every rank's rows
             e = e - gather_with_grad(e, sizes, world).mean(0, keepdim=True)
         kw = dict(strategy=strategy, return_metrics=True)

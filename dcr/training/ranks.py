@@ -57,7 +57,10 @@ class Ranks:
         if mean:
             flat /= self.world
         for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
-            p.grad = g.view_as(p).clone()
+            if p.grad is None:
+                p.grad = g.view_as(p).clone()
+            else:
+                p.grad.copy_(g.view_as(p))
 
 
 def start(device: str) -> tuple[Ranks, torch.device]:

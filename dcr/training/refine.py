@@ -167,9 +167,8 @@ def refine(config: RefineConfig, data=None) -> Path:
 
 def _gathered(x: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of x, in rank order (no gradient)."""
-    from dcr_kernels.distributed.comm import gather_rows
+    from dcr_kernels.distributed.comm import gather_rows, row_counts
     from dcr_kernels.distributed.world import World
 
     world = World.of()
-    sizes = [int(n) for n in gather_rows(torch.tensor([len(x)], device=x.device), [1] * world.size, world)]
-    return gather_rows(x.contiguous(), sizes, world)
+    return gather_rows(x.contiguous(), row_counts(x, world), world)

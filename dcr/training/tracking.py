@@ -56,7 +56,5 @@ class Trackers:
         for kind, sink in self.sinks:
             if kind == "tensorboard":
                 sink.close()
-            elif kind == "wandb":
-                sink.finish()
-            else:
+            else:  # wandb's run and trackio
                 sink.finish()

@@ -55,6 +55,14 @@ def offsets(sizes: list[int]) -> list[int]:
     return out
 
 
+def row_counts(x: Tensor, world: World) -> list[int]:
+    """Every rank's number of rows of `x` (dim 0), in rank order."""
+    if world.size == 1:
+        return [x.shape[0]]
+    counts = gather_rows(torch.tensor([x.shape[0]], device=x.device), [1] * world.size, world)
+    return [int(n) for n in counts]
+
+
 def gather_rows(x: Tensor, sizes: list[int], world: World) -> Tensor:
     """The concatenation over ranks of their `x` (rank r holds sizes[r] rows), on every rank; no autograd."""
     if world.size == 1:

@@ -69,13 +69,11 @@ def _check(loss) -> None:
 
 def _gathered(x: Tensor) -> tuple[Tensor, int]:
     """Every rank's rows (autograd: each rank's gradient flows back to its owner) and this rank's offset."""
-    from ..distributed.comm import gather_with_grad, offsets
+    from ..distributed.comm import gather_with_grad, offsets, row_counts
     from ..distributed.world import World
 
     world = World.of()
-    sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world.size)]
-    torch.distributed.all_gather(sizes, torch.tensor(x.shape[0], device=x.device), group=world.group)
-    sizes = [int(s) for s in sizes]
+    sizes = row_counts(x, world)
     return gather_with_grad(x, sizes, world), offsets(sizes)[world.rank]
 
 

@@ -18,6 +18,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .. import interpreting
 from ..base import CIRCLE, SOFTMAX, Pairs
 from . import kernels
 
@@ -52,10 +53,6 @@ _GPU_CONFIGS = {
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
 _WORKSPACE_ROW_ALIGN = 16  # chunk starts keep every row pointer and statistics slice 16-byte aligned
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def input_precision() -> str:
@@ -228,7 +225,8 @@ def pair_grads(
     row_term = tuple(None if x is None else kernel_ready(x) for x in row_term)
     col_term = None if col_term is None else tuple(None if x is None else kernel_ready(x) for x in col_term)
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
-    a_w, b_w = a.to(w_dtype), (a.to(w_dtype) if same_rows else b.to(w_dtype))
+    a_w = a.to(w_dtype)
+    b_w = a_w if same_rows else b.to(w_dtype)
     chunk = workspace_rows(m, n, torch.finfo(w_dtype).bits // 8)
     splits = column_splits(chunk, n, a.device)
     workspace = new_output((chunk, n), w_dtype, a.device)
