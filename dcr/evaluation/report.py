@@ -16,6 +16,8 @@ FILES = {"results": "results.json", "completions": "completions.jsonl", "report"
 METRICS: tuple[tuple[str, str, bool], ...] = (
     ("xstest_safe_compliance", "XSTest safe: compliance", True),
     ("xstest_unsafe_refusal", "XSTest unsafe: refusal", True),
+    ("jailbreakbench_benign_compliance", "JBB benign: compliance", True),
+    ("jailbreakbench_harmful_refusal", "JBB harmful: refusal", True),
     ("coconot_eval_refusal", "CoCoNot unsafe: refusal", True),
     ("self_instruct_user_compliance", "benign: compliance", True),
     ("probe_auroc", "probe AUROC", True),
@@ -54,8 +56,11 @@ def comparison_table(results: Mapping[str, Mapping]) -> str:
 
 def discernment(summary: Mapping[str, float]) -> dict[str, tuple[float, float, float]]:
     """Per matched pair of sets present: (compliance + refusal, compliance, refusal). The pairs are XSTest
-    safe / unsafe and every user set with both a comply and a refuse part."""
-    pairs = {"XSTest": ("xstest_safe_compliance", "xstest_unsafe_refusal")}
+    safe / unsafe, JailbreakBench benign / harmful and every user set with both a comply and a refuse part."""
+    pairs = {
+        "XSTest": ("xstest_safe_compliance", "xstest_unsafe_refusal"),
+        "JailbreakBench": ("jailbreakbench_benign_compliance", "jailbreakbench_harmful_refusal"),
+    }
     for key in summary:
         if key.endswith("_comply_compliance"):
             stem = key.removesuffix("_comply_compliance")

@@ -6,20 +6,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcr.config import ConfigError, Settings, option
-from dcr.pipeline.profiles import PROFILES
-
-SECTIONS = ("refine", "align", "evaluate")
+from dcr.pipeline.profiles import PROFILES, SECTIONS
 
 
 @dataclass
 class PipelineConfig(Settings):
-    """Everything `dcr pipeline` needs. The sections `refine`, `align` and `evaluate` (config file only)
-    override the profile's settings of that stage, with the keys of `dcr refine`, `dcr align` and
-    `dcr evaluate`."""
+    """Everything `dcr pipeline` needs. The sections `refine`, `align`, `data_side` and `evaluate` (config file
+    only) override the profile's settings of that stage, with the keys of `dcr refine`, `dcr align` (also for
+    `data_side`, the alignment settings of arms (c) and (d)) and `dcr evaluate`."""
 
     profile: str = option(
         "quick",
-        "quick: a 2-core CPU, about 13 minutes with the default model; full: a GPU and a bigger model.",
+        "quick: a 2-core CPU with the default model; paper: the DCR paper's protocol (XSTest safe vs HH-RLHF harmful "
+        "prompts in the DCR stage) at the quick size; full: a GPU and a bigger model.",
         tuple(PROFILES),
         "pipeline",
     )
@@ -36,6 +35,9 @@ class PipelineConfig(Settings):
     progress: bool = option(True, "Show progress bars.", topic="output")
     refine: dict[str, Any] = option({}, "Overrides of the profile's DCR-stage settings.", topic="sections")
     align: dict[str, Any] = option({}, "Overrides of the profile's alignment settings.", topic="sections")
+    data_side: dict[str, Any] = option(
+        {}, "Overrides of the alignment settings of arms (c) and (d), the data-side fix.", topic="sections"
+    )
     evaluate: dict[str, Any] = option({}, "Overrides of the profile's evaluation settings.", topic="sections")
 
     def validate(self) -> PipelineConfig:

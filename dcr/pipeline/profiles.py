@@ -1,15 +1,30 @@
-"""Named settings of the pipeline: ``quick`` (a 2-core CPU: 12.8 minutes measured) and ``full`` (a GPU).
+"""Named settings of the pipeline: ``quick`` (a 2-core CPU), ``paper`` (the DCR paper's protocol, at the quick
+size) and ``full`` (a GPU).
 
 A profile has one section per stage, each holding options of that stage: ``refine`` (`RefineConfig`),
-``align`` (`AlignConfig`) and ``evaluate`` (keyword arguments of `dcr.evaluation.evaluate.evaluate`), plus the seeds.
-The same alignment settings are used for (a) alignment only and (b) DCR then alignment, so the two arms differ
-only in the DCR stage.
+``align`` (`AlignConfig`) and ``evaluate`` (`EvaluateConfig`), plus ``data_side``, the alignment options that
+arms (c) and (d) change (the data-side fix), and the seeds. Every other alignment setting is shared by the four
+arms.
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+SECTIONS = ("refine", "align", "data_side", "evaluate")
+# Arms (c) and (d): half of the mix is contrast pairs (about a third in (a) and (b)), refusals unchanged.
+DATA_SIDE = {"contrast_share": 0.5}
+QUICK_ALIGN = {
+    "refusal_share": 0.25,
+    "steps": 40,
+    "batch_size": 8,
+    "micro_batch_size": 8,
+    "max_length": 128,
+    "lr": 1e-4,
+    "warmup_steps": 4,
+    "save_every": 0,
+}
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized by measurement on 2 idle CPU cores with SmolLM2-135M-Instruct; see docs/pipeline.md.
@@ -35,21 +50,52 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
         # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
-        "align": {
-            "refusal_share": 0.25,
-            "steps": 40,
-            "batch_size": 8,
-            "micro_batch_size": 8,
-            "max_length": 128,
-            "lr": 1e-4,
-            "warmup_steps": 4,
-            "save_every": 0,
-        },
+        "align": QUICK_ALIGN,
+        "data_side": DATA_SIDE,
         "evaluate": {
             "sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"],
             "limit": 40,
             "max_new_tokens": 32,
             "batch_size": 40,
+            "perplexity": True,
+            "perplexity_limit": 20,
+        },
+    },
+    # The DCR paper's protocol at the quick size: Circle loss on XSTest's 250 safe prompts (seemingly toxic)
+    # against 500 HH-RLHF harmful prompts that the alignment mix does not hold, no centring, tail frozen; XSTest
+    # is in-distribution, JailbreakBench's matched pairs, CoCoNot and Self-Instruct are held out.
+    "paper": {
+        "seeds": [0],
+        "refine": {
+            "layer": 0.5,
+            "loss": "circle",
+            "margin": 0.4,
+            "gamma": 80.0,
+            "sources": ["xstest_safe", "hh_rlhf_harmful"],
+            "center": False,
+            "batch_size": 32,
+            "micro_batch_size": 0,
+            "steps": 30,
+            "lr": 2e-5,
+            "warmup_steps": 3,
+            "max_length": 128,
+            "save_every": 0,
+            "eval_every": 0,
+        },
+        "align": QUICK_ALIGN,
+        "data_side": DATA_SIDE,
+        "evaluate": {
+            "sets": [
+                "xstest_safe",
+                "xstest_unsafe",
+                "jailbreakbench_benign",
+                "jailbreakbench_harmful",
+                "coconot_eval",
+                "self_instruct_user",
+            ],
+            "limit": 24,
+            "max_new_tokens": 32,
+            "batch_size": 48,
             "perplexity": True,
             "perplexity_limit": 20,
         },
@@ -83,6 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup_steps": 30,
             "save_every": 100,
         },
+        "data_side": DATA_SIDE,
         "evaluate": {
             "sets": ["xstest_safe", "xstest_unsafe", "coconot_eval", "self_instruct_user"],
             "limit": None,

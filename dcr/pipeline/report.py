@@ -1,10 +1,12 @@
-"""The pipeline's comparison of base, (a) alignment only and (b) DCR + alignment: markdown, JSON and a plot.
+"""The pipeline's comparison of the base model and the four arms (a)-(d): markdown, JSON and a plot.
 
 The report leads with discernment: compliance on the seemingly toxic prompts plus refusal on the toxic
 ones of a matched pair of sets (0 to 2; 1 is what answering everything, or refusing everything, scores),
 with its parts, per model and seed, and each arm's mean and spread across seeds, so that a stage that
-merely lowers every refusal is not mistaken for one that discerns. With several seeds each arm also gets a
-mean row, and the report gives the spread of the headline differences (b) - (a) across seeds.
+merely lowers every refusal is not mistaken for one that discerns. It says which sets the DCR stage trained
+on (in-distribution) and which it never saw (held out). With several seeds each arm also gets a mean row.
+The seed-paired differences answer the pipeline's questions: does DCR help ((b) - (a)), does the data-side
+fix ((c) - (a)), does DCR beat it ((b) - (c)), and does DCR add to it ((d) - (c)).
 """
 
 from __future__ import annotations
@@ -20,10 +22,25 @@ from dcr.evaluation.report import comparison_table, discernment
 HEADLINE = (
     ("xstest_safe_compliance", "XSTest safe: compliance"),
     ("xstest_unsafe_refusal", "XSTest unsafe: refusal"),
+    ("jailbreakbench_benign_compliance", "JBB benign: compliance"),
+    ("jailbreakbench_harmful_refusal", "JBB harmful: refusal"),
     ("coconot_eval_refusal", "CoCoNot unsafe: refusal"),
+    ("self_instruct_user_compliance", "benign tasks: compliance"),
 )
 FILES = {"report": "report.md", "json": "comparison.json", "plot": "comparison.png"}
-ARMS = (("(a)", "(a) alignment only"), ("(b)", "(b) DCR + alignment"))
+ARMS = (
+    ("(a)", "(a) alignment only"),
+    ("(b)", "(b) DCR + alignment"),
+    ("(c)", "(c) alignment with more contrast pairs"),
+    ("(d)", "(d) DCR + (c)'s alignment"),
+)
+# (minuend, subtrahend, the question the difference answers)
+CONTRASTS = (
+    ("(b)", "(a)", "DCR vs none"),
+    ("(c)", "(a)", "data-side fix vs none"),
+    ("(b)", "(c)", "DCR vs the data-side fix"),
+    ("(d)", "(c)", "DCR added to the data-side fix"),
+)
 
 
 def _discernment_section(summaries: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -56,26 +73,78 @@ def arm_rows(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> list[
     return [s for label, s in summaries.items() if label.startswith(prefix)]
 
 
-def differences(summaries: Mapping[str, Mapping[str, float]]) -> dict[str, list[float]]:
-    """Per headline metric (XSTest discernment first), the seed-paired differences (b) - (a)."""
-    a, b = arm_rows(summaries, "(a)"), arm_rows(summaries, "(b)")
-    out = {
-        "xstest_discernment": [
-            discernment(sb)["XSTest"][0] - discernment(sa)["XSTest"][0]
-            for sa, sb in zip(a, b, strict=True)
-            if "XSTest" in discernment(sa) and "XSTest" in discernment(sb)
-        ]
+def _by_seed(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, Mapping[str, float]]:
+    return {
+        label.rsplit(", seed ", 1)[1]: s
+        for label, s in summaries.items()
+        if label.startswith(prefix) and ", seed " in label
     }
-    return out | {k: [sb[k] - sa[k] for sa, sb in zip(a, b, strict=True) if k in sa and k in sb] for k, _ in HEADLINE}
+
+
+def _with_discernment(summary: Mapping[str, float]) -> dict[str, float]:
+    return {**summary, **{f"{n.lower()}_discernment": v[0] for n, v in discernment(summary).items()}}
+
+
+def differences(
+    summaries: Mapping[str, Mapping[str, float]], minuend: str = "(b)", subtrahend: str = "(a)"
+) -> dict[str, list[float]]:
+    """Per metric (the discernments first, then the headline rates), the seed-paired differences of two arms."""
+    first, second = _by_seed(summaries, subtrahend), _by_seed(summaries, minuend)
+    pairs = [(first[seed], second[seed]) for seed in first if seed in second]
+    keys = [f"{n.lower()}_discernment" for n in ("XSTest", "JailbreakBench")] + [k for k, _ in HEADLINE]
+    out = {}
+    for key in keys:
+        diffs = [
+            _with_discernment(y)[key] - _with_discernment(x)[key]
+            for x, y in pairs
+            if key in _with_discernment(x) and key in _with_discernment(y)
+        ]
+        if diffs or key == "xstest_discernment":
+            out[key] = diffs
+    return out
 
 
 def _with_means(summaries: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     rows = {k: dict(v) for k, v in summaries.items()}
-    for prefix, label in (("(a)", "(a) alignment only, mean"), ("(b)", "(b) DCR + alignment, mean")):
+    for prefix, arm in ARMS:
         group = arm_rows(summaries, prefix)
         if len(group) > 1:
-            rows[label] = {k: mean(s[k] for s in group) for k in group[0] if all(k in s for s in group)}
+            rows[f"{arm}, mean"] = {k: mean(s[k] for s in group) for k in group[0] if all(k in s for s in group)}
     return rows
+
+
+def _sets_section(seen: Mapping[str, float]) -> list[str]:
+    if not seen:
+        return []
+    lines = ["## Sets", "", "| set | DCR stage | share of its prompts the DCR stage trained on |", "|---|---|---:|"]
+    for name, share in seen.items():
+        lines.append(f"| {name} | {'in-distribution' if share > 0 else 'held out'} | {share:.2f} |")
+    return [*lines, ""]
+
+
+def _differences_section(summaries: Mapping[str, Mapping[str, float]]) -> list[str]:
+    present = [(x, y, q) for x, y, q in CONTRASTS if arm_rows(summaries, x) and arm_rows(summaries, y)]
+    if not present:
+        return []
+    tables = {f"{x} - {y}": differences(summaries, x, y) for x, y, _ in present}
+    keys = list(dict.fromkeys(k for t in tables.values() for k, v in t.items() if v))
+    labels = dict(HEADLINE) | {
+        "xstest_discernment": "XSTest discernment",
+        "jailbreakbench_discernment": "JBB discernment",
+    }
+    lines = [
+        "## Differences between arms (per seed; mean)",
+        "",
+        "| metric | " + " | ".join(f"{x} - {y}: {q}" for x, y, q in present) + " |",
+        "|---|" + "---|" * len(present),
+    ]
+    for key in keys:
+        cells = []
+        for name in tables:
+            diffs = tables[name].get(key, [])
+            cells.append(f"{', '.join(f'{d:+.3f}' for d in diffs)} (**{mean(diffs):+.3f}**)" if diffs else "-")
+        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot(summaries: Mapping[str, Mapping[str, float]], path: Path) -> Path | None:
@@ -103,27 +172,23 @@ def plot(summaries: Mapping[str, Mapping[str, float]], path: Path) -> Path | Non
     return path
 
 
-def render(summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any], seconds: float) -> str:
-    """Markdown: the comparison table, the (b) - (a) differences, the settings and the wall-clock time."""
+def render(
+    summaries: Mapping[str, Mapping[str, float]],
+    settings: Mapping[str, Any],
+    seconds: float,
+    seen: Mapping[str, float] | None = None,
+) -> str:
+    """Markdown: discernment, the sets' provenance, every metric, the arms' differences, the settings, the time."""
     rows = _with_means(summaries)
     lines = [
-        "# DCR pipeline: base vs (a) alignment only vs (b) DCR + alignment",
+        "# DCR pipeline: base vs (a) alignment only, (b) DCR + alignment, (c) the data-side fix, (d) both",
         "",
         *_discernment_section(summaries),
+        *_sets_section(seen or {}),
         "## Every metric",
         "",
         comparison_table({k: {"summary": v} for k, v in rows.items()}),
-        "## (b) - (a)",
-        "",
-        "| metric | difference per seed | mean |",
-        "|---|---|---:|",
-    ]
-    for key, label in (("xstest_discernment", "XSTest discernment"), *HEADLINE):
-        diffs = differences(summaries).get(key, [])
-        if diffs:
-            lines.append(f"| {label} | {', '.join(f'{d:+.3f}' for d in diffs)} | {mean(diffs):+.3f} |")
-    lines += [
-        "",
+        *_differences_section(summaries),
         f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
         "",
         "## Settings",
@@ -137,20 +202,28 @@ def render(summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, 
 
 
 def write_comparison(
-    out: Path, summaries: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any], *, seconds: float
+    out: Path,
+    summaries: Mapping[str, Mapping[str, float]],
+    settings: Mapping[str, Any],
+    *,
+    seconds: float,
+    seen: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, comparison.json and comparison.png under ``out``; return their paths."""
+    """Write report.md, comparison.json and comparison.png under ``out``; return their paths.
+
+    ``seen`` maps each evaluated set to the share of its prompts the DCR stage trained on."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
     record = {
         "summaries": summaries,
         "discernment": {label: discernment(s) for label, s in summaries.items()},
-        "differences_b_minus_a": differences(summaries),
+        "dcr_stage_trained_on": dict(seen or {}),
+        "differences": {f"{x} - {y}": differences(summaries, x, y) for x, y, _ in CONTRASTS},
         "settings": settings,
         "seconds": seconds,
     }
     paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    paths["report"].write_text(render(summaries, settings, seconds))
+    paths["report"].write_text(render(summaries, settings, seconds, seen))
     if plot(summaries, paths["plot"]) is None:
         del paths["plot"]
     return paths

@@ -1,6 +1,9 @@
-"""`dcr pipeline`: from one base model, (a) alignment only and (b) DCR then alignment, all three evaluated.
+"""`dcr pipeline`: from one base model, four arms, all evaluated with the base model.
 
-Both arms use the same data, seeds and alignment budget, so they differ only in the DCR stage. Every step
+(a) alignment only; (b) DCR then the same alignment; (c) the data-side fix instead of DCR: alignment whose mix
+gives a larger share to contrast pairs (seemingly toxic prompts answered helpfully; the profile's
+``data_side`` settings); (d) DCR then (c)'s alignment. Every arm has the same seeds and alignment step budget,
+so (a)/(b) and (c)/(d) differ only in the DCR stage, (a)/(c) and (b)/(d) only in the data. Every step
 writes into its own folder and finishes by writing ``DONE.json`` there (atomically, last), so a rerun skips
 finished steps, resumes unfinished training from its checkpoints, and refuses a finished step whose settings
 have since changed. The comparison (table, JSON, plot) is rewritten at the end of every run.
@@ -19,13 +22,21 @@ from typing import Any
 
 from dcr.config import ConfigError, from_mapping
 from dcr.evaluation.config import EvaluateConfig
-from dcr.pipeline.profiles import profile
+from dcr.pipeline.profiles import SECTIONS, profile
+from dcr.prompts.sft_mix import DCR_HH_SOURCE
 from dcr.training.align_config import AlignConfig
 from dcr.training.loop import trajectory_settings
 from dcr.training.refine_config import RefineConfig
 
 MARKER = "DONE.json"
-ARMS = {"align-only": "(a) alignment only", "dcr-align": "(b) DCR + alignment"}
+ARMS = {
+    "align-only": "(a) alignment only",
+    "dcr-align": "(b) DCR + alignment",
+    "data-align": "(c) alignment with more contrast pairs",
+    "dcr-data-align": "(d) DCR + (c)'s alignment",
+}
+DCR_ARMS = ("dcr-align", "dcr-data-align")
+DATA_ARMS = ("data-align", "dcr-data-align")
 BASE_LABEL = "base"
 
 
@@ -90,8 +101,8 @@ def resolve(
     """The profile with per-stage ``overrides`` applied (and ``seeds`` if given)."""
     settings = profile(profile_name)
     for section, values in (overrides or {}).items():
-        if section not in ("refine", "align", "evaluate"):
-            raise ConfigError(f"unknown pipeline section {section!r}; use refine, align or evaluate")
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown pipeline section {section!r}; use one of {', '.join(SECTIONS)}")
         settings[section].update(values)
     if seeds:
         settings["seeds"] = list(seeds)
@@ -142,7 +153,7 @@ def run_pipeline(
             log,
         )
         for arm, cfg in align_cfgs.items():
-            if arm == "dcr-align":
+            if arm in DCR_ARMS:
                 cfg = dataclasses.replace(cfg, model=refined["model"])
             aligned = run_step(
                 root / arm, trajectory_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))}, log
@@ -150,7 +161,11 @@ def run_pipeline(
             label = f"{ARMS[arm]}, seed {seed}"
             evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
     paths = write_comparison(
-        out, {k: v["summary"] for k, v in evaluated.items()}, settings, seconds=time.perf_counter() - tic
+        out,
+        {k: v["summary"] for k, v in evaluated.items()},
+        settings,
+        seconds=time.perf_counter() - tic,
+        seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
     )
     return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
 
@@ -158,16 +173,21 @@ def run_pipeline(
 def _stage_configs(
     settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int, layer: int | float
 ) -> tuple[RefineConfig, dict[str, AlignConfig]]:
-    """Validated configs of one seed's DCR stage and both alignment arms (the DCR arm's model is set later)."""
+    """Validated configs of one seed's DCR stage and the four alignment arms (the DCR arms' model is set later).
+
+    HH-RLHF prompts the DCR stage draws are reserved: no arm's alignment mix holds them."""
     refine_cfg = from_mapping(
         RefineConfig, {**settings["refine"], **common, "seed": seed, "output_dir": str(root / "dcr")}
     ).validate()
+    reserved = [s for s in refine_cfg.sources or () if s == DCR_HH_SOURCE] if refine_cfg.data is None else []
     align_cfgs = {
         arm: from_mapping(
             AlignConfig,
             {
                 **settings["align"],
+                **(settings["data_side"] if arm in DATA_ARMS else {}),
                 **common,
+                **({"reserved_sources": reserved} if reserved else {}),
                 "seed": seed,
                 "retention_layer": settings["align"].get("retention_layer", layer),
                 "output_dir": str(root / arm),
@@ -176,6 +196,25 @@ def _stage_configs(
         for arm in ARMS
     }
     return refine_cfg, align_cfgs
+
+
+def dcr_overlap(refine_cfg: RefineConfig, evaluate: Mapping[str, Any]) -> dict[str, float]:
+    """Per evaluated set, the share of its prompts that the DCR stage trained on (0: held out)."""
+    from dcr.prompts.eval_sets import resolve_sets
+    from dcr.prompts.sets import load_labelled, normalise
+
+    trained, _ = load_labelled(
+        refine_cfg.data,
+        classes=refine_cfg.classes,
+        text_column=refine_cfg.text_column,
+        label_column=refine_cfg.label_column,
+        sources=refine_cfg.sources,
+    )
+    keys = {normalise(t) for t in trained["text"]}
+    return {
+        name: sum(normalise(r["text"]) in keys for r in rows) / len(rows)
+        for name, _, rows in resolve_sets(list(evaluate.get("sets", ())), evaluate.get("limit"))
+    }
 
 
 def _check_evaluate(options: Mapping[str, Any]) -> None:

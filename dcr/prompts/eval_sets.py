@@ -1,9 +1,11 @@
 """The held-out evaluation sets and the behaviour each one expects (comply or refuse), and user sets.
 
-None of these prompts is used for training: XSTest is excluded from every training source, the CoCoNot
-evaluation prompts are a different file from the CoCoNot preference pairs used for training, and the
-Self-Instruct user-oriented tasks are evaluation-only by their authors' request (their reference answers
-serve the perplexity proxy).
+None of these prompts is in the alignment data. XSTest is excluded from every DCR-stage source unless the DCR
+paper's protocol names it (`dcr.prompts.sets.PAPER_SOURCES`); JailbreakBench's topic-matched benign and harmful
+behaviours are one of the public DCR-stage sources, so they are held out only for a DCR stage that does not use
+them (the pipeline's report says which sets its DCR stage saw); the CoCoNot evaluation prompts are a different
+file from the CoCoNot preference pairs used for training; and the Self-Instruct user-oriented tasks are
+evaluation-only by their authors' request (their reference answers serve the perplexity proxy).
 
 A user set is a file of one's own named in place of a shipped set: ``PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]``
 (a CSV, JSONL, JSON or Parquet file, or a `datasets` folder; columns default to ``prompt`` and
@@ -35,10 +37,17 @@ SETS: dict[str, EvalSet] = {
         "xstest", "comply", "XSTest safe prompts that only look toxic (over-refusal)", "seemingly_toxic"
     ),
     "xstest_unsafe": EvalSet("xstest", "refuse", "XSTest unsafe contrast prompts", "toxic"),
+    "jailbreakbench_benign": EvalSet(
+        "jailbreakbench",
+        "comply",
+        "JailbreakBench benign behaviours, topic-matched to the harmful ones",
+        "seemingly_toxic",
+    ),
+    "jailbreakbench_harmful": EvalSet("jailbreakbench", "refuse", "JailbreakBench harmful behaviours", "toxic"),
     "coconot_eval": EvalSet("coconot_eval", "refuse", "CoCoNot evaluation, requests with safety concerns"),
     "self_instruct_user": EvalSet("self_instruct_user", "comply", "Self-Instruct user-oriented tasks (benign)"),
 }
-DEFAULT_SETS = tuple(SETS)
+DEFAULT_SETS = ("xstest_safe", "xstest_unsafe", "coconot_eval", "self_instruct_user")
 
 
 def spread(rows: list[dict], limit: int | None) -> list[dict]:

@@ -1,8 +1,9 @@
 """Labelled prompt sets for the DCR stage: the shipped sources or the user's own file, as `datasets` objects.
 
 Rows are deduplicated on case- and space-normalised text, prompts that appear under two labels are dropped
-(they would be both positives and negatives), XSTest prompts never enter training, and the train/validation
-split is a hash of the normalised text, so it is deterministic and stable when sources are added.
+(they would be both positives and negatives), XSTest prompts never enter training unless the DCR paper's
+protocol is asked for by name (`PAPER_SOURCES`), and the train/validation split is a hash of the normalised
+text, so it is deterministic and stable when sources are added.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ DEFAULT_SOURCES = (
 OPT_IN_SOURCES = ("twins",)  # generated matched pairs (dcr/prompts/twins.py); used only when named
 TRAIN_SOURCES = DEFAULT_SOURCES + OPT_IN_SOURCES
 EVAL_ONLY_SOURCES = ("xstest",)
+# The DCR paper's contrastive data, used only when named: XSTest's 250 safe prompts (seemingly toxic; XSTest is
+# then in-distribution) and 500 HH-RLHF harmful prompts kept out of the alignment mix (`dcr.prompts.sft_mix`).
+PAPER_SOURCES = ("xstest_safe", "hh_rlhf_harmful")
 DEFAULT_CLASSES = ("seemingly_toxic", "toxic")
 _SUFFIX_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -41,14 +45,29 @@ def normalise(text: str) -> str:
 
 
 def _read_shipped(names: Sequence[str]) -> datasets.Dataset:
-    unknown = sorted(set(names) - set(TRAIN_SOURCES) - set(EVAL_ONLY_SOURCES))
+    unknown = sorted(set(names) - set(TRAIN_SOURCES) - set(EVAL_ONLY_SOURCES) - set(PAPER_SOURCES))
     if unknown:
-        raise DataError(f"unknown shipped source(s) {unknown}; available: {list(TRAIN_SOURCES)}")
+        raise DataError(f"unknown shipped source(s) {unknown}; available: {list(TRAIN_SOURCES + PAPER_SOURCES)}")
     parts = []
     for name in names:
-        ds = datasets.Dataset.from_json(str(DATA_DIR / name / "prompts.jsonl"))
-        parts.append(ds.select_columns(["text", "label"]).add_column("source", [name] * len(ds)))
+        if name in PAPER_SOURCES:
+            ds = _paper_source(name)
+        else:
+            ds = datasets.Dataset.from_json(str(DATA_DIR / name / "prompts.jsonl")).select_columns(["text", "label"])
+        parts.append(ds.add_column("source", [name] * len(ds)))
     return datasets.concatenate_datasets(parts)
+
+
+def _paper_source(name: str) -> datasets.Dataset:
+    if name == "xstest_safe":
+        xstest = load_xstest()
+        texts = [t for t, label in zip(xstest["text"], xstest["label"], strict=True) if label == "seemingly_toxic"]
+        label = "seemingly_toxic"
+    else:
+        from dcr.prompts.sft_mix import dcr_hh_prompts
+
+        texts, label = list(dcr_hh_prompts()), "toxic"
+    return datasets.Dataset.from_dict({"text": texts, "label": [label] * len(texts)})
 
 
 def load_xstest() -> datasets.Dataset:
@@ -134,7 +153,8 @@ def load_labelled(
         raise DataError(f"classes {classes} contain duplicates")
     if len(ds) == 0:
         raise DataError("the prompt data is empty")
-    xstest = {normalise(t) for t in load_xstest()["text"]}
+    named_xstest = data is None and sources is not None and "xstest_safe" in sources
+    xstest = set() if named_xstest else {normalise(t) for t in load_xstest()["text"]}
     ds = _clean(ds, classes, exclude=xstest)
     counts = {c: 0 for c in classes}
     for label in ds["label"]:

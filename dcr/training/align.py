@@ -168,7 +168,12 @@ def align(config: AlignConfig) -> Path:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     mix = build_mix(
-        config.refusal_share, examples=config.examples, seed=config.seed, benign_sources=config.benign_sources
+        config.refusal_share,
+        examples=config.examples,
+        seed=config.seed,
+        benign_sources=config.benign_sources,
+        contrast_share=config.contrast_share,
+        reserved_sources=config.reserved_sources,
     )
     pairs = zip(mix["prompt"], mix["response"], strict=True)
     encoded = [pair_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
@@ -182,6 +187,7 @@ def align(config: AlignConfig) -> Path:
         "steps": config.steps,
         "mix": len(mix),
         "refusal_share": config.refusal_share,
+        "contrast_share": config.contrast_share,
         "retention_weight": config.retention_weight,
         "retention_layer": layer,
     }

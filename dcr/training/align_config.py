@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcr.config import ConfigError, option
-from dcr.prompts.sft_mix import BENIGN_SOURCES
+from dcr.prompts.sft_mix import BENIGN_SOURCES, DCR_HH_SOURCE
 from dcr.training.config import TrainingConfig
 
 
@@ -30,6 +30,18 @@ class AlignConfig(TrainingConfig):
         topic="data",
     )
     benign_sources: list[str] = option(list(BENIGN_SOURCES), "Shipped benign (prompt, answer) sources.", topic="data")
+    contrast_share: float | None = option(
+        None,
+        "Share of the mix given to contrast pairs: CoCoNot prompts with safety concerns answered helpfully (the "
+        "data-side fix for over-refusal). Unset: their natural share of the benign pairs (about a third of the mix).",
+        topic="data",
+    )
+    reserved_sources: list[str] = option(
+        [],
+        f"DCR-stage sources drawn from the refusal pool ({DCR_HH_SOURCE}); their prompts are left out of the mix, "
+        "so the two stages never share a prompt.",
+        topic="data",
+    )
     max_length: int = option(
         512, "Longest conversation in tokens; the prompt keeps at most half, the answer is cut.", topic="data"
     )
@@ -64,6 +76,7 @@ class AlignConfig(TrainingConfig):
             **super().checks(),
             "refusal_share": 0.0 <= self.refusal_share < 1.0,
             "examples": self.examples is None or self.examples >= 1,
+            "contrast_share": self.contrast_share is None or 0.0 < self.contrast_share <= 1.0 - self.refusal_share,
             "max_length": self.max_length >= 8,
             "batch_size": self.batch_size >= 1,
             "micro_batch_size": self.micro_batch_size >= 0,

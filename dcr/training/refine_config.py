@@ -41,8 +41,9 @@ class RefineConfig(TrainingConfig):
     )
     sources: list[str] | None = option(
         ["twins"],
-        "Shipped sources to use: twins (generated matched pairs, dcr/data/twins/SOURCE.md) or the public sets "
-        "advbench harmbench jailbreakbench strongreject simple_safety_tests coconot self_instruct.",
+        "Shipped sources to use: twins (generated matched pairs, dcr/data/twins/SOURCE.md), the public sets "
+        "advbench harmbench jailbreakbench strongreject simple_safety_tests coconot self_instruct, or the DCR "
+        "paper's data xstest_safe hh_rlhf_harmful (XSTest then becomes in-distribution).",
         topic="data",
     )
     val_fraction: float = option(0.1, "Share of prompts held out for validation (by text hash).", topic="data")

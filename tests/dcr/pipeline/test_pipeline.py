@@ -9,7 +9,7 @@ from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.pipeline.report import differences
-from dcr.pipeline.run import MARKER, run_pipeline, run_step
+from dcr.pipeline.run import ARMS, MARKER, _stage_configs, dcr_overlap, resolve, run_pipeline, run_step
 
 pytest.importorskip("transformers")
 
@@ -48,17 +48,27 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
         "seed-0/eval-align-only",
         "seed-0/dcr-align",
         "seed-0/eval-dcr-align",
+        "seed-0/data-align",
+        "seed-0/eval-data-align",
+        "seed-0/dcr-data-align",
+        "seed-0/eval-dcr-data-align",
     ]
     assert [m.split()[1] for m in messages] == [str(tmp_path / s) for s in steps]
     assert all((tmp_path / s / MARKER).is_file() for s in steps)
-    assert set(result["summaries"]) == {"base", "(a) alignment only, seed 0", "(b) DCR + alignment, seed 0"}
-    dcr_align = json.loads((tmp_path / "seed-0" / "dcr-align" / MARKER).read_text())
-    assert dcr_align["settings"]["model"] == str(tmp_path / "seed-0" / "dcr" / "model")
-    align_only = json.loads((tmp_path / "seed-0" / "align-only" / MARKER).read_text())
-    same = {k for k in align_only["settings"] if k != "model"}
-    assert all(align_only["settings"][k] == dcr_align["settings"][k] for k in same), "arms differ only in the model"
+    assert set(result["summaries"]) == {"base"} | {f"{arm}, seed 0" for arm in ARMS.values()}
+    arm = {a: json.loads((tmp_path / "seed-0" / a / MARKER).read_text())["settings"] for a in ARMS}
+    refined = str(tmp_path / "seed-0" / "dcr" / "model")
+    assert arm["dcr-align"]["model"] == arm["dcr-data-align"]["model"] == refined
+    assert arm["align-only"]["contrast_share"] is None and arm["data-align"]["contrast_share"] == 0.5
+
+    def differing(x, y):
+        return {k for k in arm[x] if k != "output_dir" and arm[x][k] != arm[y][k]}
+
+    assert differing("align-only", "dcr-align") == differing("data-align", "dcr-data-align") == {"model"}
+    assert differing("align-only", "data-align") == differing("dcr-align", "dcr-data-align") == {"contrast_share"}
     report = (tmp_path / "report.md").read_text()
-    assert "XSTest safe: compliance" in report and "(b) - (a)" in report
+    assert "XSTest safe: compliance" in report and "(b) - (a)" in report and "(d) - (c)" in report
+    assert "| xstest_safe | held out | 0.00 |" in report
     assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
 
     messages.clear()
@@ -156,4 +166,41 @@ def test_reports_lead_with_discernment_and_its_spread_across_seeds():
     first = report.index("## ")
     assert report[first:].startswith("## Discernment")
     assert "(b) DCR + alignment, mean (spread) | 1.350 (seeds 1.300 to 1.400)" in report
-    assert "| XSTest discernment | +0.000, +0.100 | +0.050 |" in report
+    assert "| XSTest discernment | +0.000, +0.100 (**+0.050**) |" in report
+
+
+def test_differences_answer_each_question_per_seed():
+    rate = "xstest_safe_compliance"
+    summaries = {
+        "(a) alignment only, seed 0": {rate: 0.5},
+        "(b) DCR + alignment, seed 0": {rate: 0.7},
+        "(c) alignment with more contrast pairs, seed 0": {rate: 0.6},
+        "(d) DCR + (c)'s alignment, seed 0": {rate: 0.9},
+        "(a) alignment only, seed 1": {rate: 0.4},
+        "(c) alignment with more contrast pairs, seed 1": {rate: 0.8},
+    }
+    assert differences(summaries, "(b)", "(c)")[rate] == pytest.approx([0.1])  # seed 1 has no (b)
+    assert differences(summaries, "(c)", "(a)")[rate] == pytest.approx([0.1, 0.4])
+    assert differences(summaries, "(d)", "(c)")[rate] == pytest.approx([0.3])
+
+
+def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_path):
+    from dcr.prompts.sft_mix import DCR_HH_SOURCE, build_mix, dcr_hh_prompts
+    from dcr.prompts.sets import normalise
+
+    settings = resolve("paper")
+    common = {"model": "default", "device": "cpu", "progress": False}
+    refine_cfg, align_cfgs = _stage_configs(settings, common, tmp_path, 0, 0.5)
+    assert refine_cfg.loss == "circle" and refine_cfg.center is False
+    assert all(cfg.reserved_sources == [DCR_HH_SOURCE] for cfg in align_cfgs.values())
+    seen = dcr_overlap(refine_cfg, settings["evaluate"])
+    assert seen["xstest_safe"] == 1.0 and seen["xstest_unsafe"] == 0.0
+    held_out = ("jailbreakbench_benign", "jailbreakbench_harmful", "coconot_eval", "self_instruct_user")
+    assert all(seen[name] == 0.0 for name in held_out)
+    reserved = {normalise(t) for t in dcr_hh_prompts()}
+    assert len(reserved) == 500
+    mix = build_mix(0.25, seed=0, reserved_sources=[DCR_HH_SOURCE])
+    assert not reserved & {normalise(p) for p in mix["prompt"]}
+    quick_refine, quick_align = _stage_configs(resolve("quick"), common, tmp_path, 0, 0.5)
+    assert dcr_overlap(quick_refine, {"sets": ["xstest_safe"]}) == {"xstest_safe": 0.0}
+    assert all(cfg.reserved_sources == [] for cfg in quick_align.values())
