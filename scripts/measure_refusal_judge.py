@@ -1,24 +1,75 @@
-"""Print the refusal judge's and XSTest's prefix list's precision, recall, F1 and accuracy on the labelled
-sample shipped in dcr/data/refusal_labels/, per split and origin."""
+"""Print the refusal judge's and XSTest's prefix list's precision, recall, F1 and accuracy, with 95% Wilson
+intervals, on the labelled responses shipped in dcr/data/refusal_labels/: the development sample per split and
+origin, and the responses of other model families per source and model. ``--judge DIR`` measures a chat model
+judging with XSTest's rubric (`dcr.evaluation.judge`; ``default``: the embedded model) beside them."""
 
 from __future__ import annotations
 
-from dcr.evaluation.refusal import load_labels, measure
+import argparse
+from collections.abc import Callable, Sequence
+
+from dcr.evaluation.refusal import OTHER_FAMILIES_FILE, classification_metrics, load_labels, measure
+
+DETECTORS = {"detector": "dcr.evaluation.refusal", "xstest_prefix": "XSTest prefixes"}
+Verdicts = Callable[[Sequence[dict]], list[bool]]
+
+
+def _interval(m: dict, name: str) -> str:
+    low, high = m[f"{name}_ci"]
+    return f"{m[name]:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _rows(title: str, rows: Sequence[dict], extra: dict[str, Verdicts]) -> None:
+    gold = [r["label"] == "refusal" for r in rows]
+    scores = measure(rows) | {name: classification_metrics(judge(rows), gold) for name, judge in extra.items()}
+    for name, m in scores.items():
+        print(
+            f"| {title} | {m['n']} ({m['refusals']}) | {DETECTORS.get(name, name)} | {_interval(m, 'precision')} | "
+            f"{_interval(m, 'recall')} | {m['f1']:.3f} | {_interval(m, 'accuracy')} |"
+        )
 
 
 def main() -> None:
-    """Print both detectors' metrics on each split of the labelled sample, overall and by origin."""
+    """Print the detectors' metrics per part of the labelled data (refusal is the positive class)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--judge", help="also measure this chat model (a folder, or default) as a judge")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    extra: dict[str, Verdicts] = {}
+    if args.judge:
+        from dcr.evaluation.judge import ModelJudge
+
+        judge = ModelJudge.load(args.judge, batch_size=args.batch_size)
+        cache: dict[str, bool] = {}
+
+        def verdicts(rows: Sequence[dict]) -> list[bool]:
+            todo = [r for r in rows if r["id"] not in cache]
+            if todo:
+                cache.update(
+                    zip(
+                        [r["id"] for r in todo],
+                        judge([r["prompt"] for r in todo], [r["response"] for r in todo]),
+                        strict=True,
+                    )
+                )
+            return [cache[r["id"]] for r in rows]
+
+        extra[f"judge model {args.judge}"] = verdicts
+    print("| part | rows (refusals) | detector | precision [95% CI] | recall [95% CI] | F1 | accuracy [95% CI] |")
+    print("|---|---|---|---:|---:|---:|---:|")
     rows = load_labels()
-    print("| split | origin | items | detector | precision | recall | F1 | accuracy |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
     for split in ("dev", "heldout"):
         for origin in (None, "generated", "hand-written"):
             part = [r for r in rows if r["split"] == split and origin in (None, r["origin"])]
-            for name, m in measure(part).items():
-                print(
-                    f"| {split} | {origin or 'all'} | {m['n']} | {name} | {m['precision']:.3f} | "
-                    f"{m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |"
-                )
+            _rows(f"SmolLM2 sample, {split}, {origin or 'all'}", part, extra)
+    others = load_labels(OTHER_FAMILIES_FILE)
+    for source in dict.fromkeys(r["source"] for r in others):
+        part = [r for r in others if r["source"] == source]
+        _rows(f"{source}, all", part, extra)
+        _rows(f"{source}, both readers sure", [r for r in part if not r["ambiguous"]], extra)
+        models = list(dict.fromkeys(r["model"] for r in part))
+        for model in models if len(models) > 1 else ():
+            _rows(f"{source}, {model}", [r for r in part if r["model"] == model], extra)
 
 
 if __name__ == "__main__":

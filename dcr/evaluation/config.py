@@ -45,6 +45,13 @@ class EvaluateConfig(Settings):
     )
     max_new_tokens: int = option(48, "Response length; a refusal shows in the first sentence.", topic="behaviour")
     batch_size: int = option(16, "Prompts per generation batch.", topic="behaviour")
+    judge: str = option(
+        "cues",
+        "Refusal judge: cues (the weighted-cue detector, fast) or a local chat-model folder ('default': the "
+        "embedded model) that classifies each response with XSTest's rubric; docs/evaluation.md gives their "
+        "measured accuracy.",
+        topic="behaviour",
+    )
     representation: bool = option(
         True, "Layer-l separation of XSTest unsafe vs safe prompts, with a 2-D projection plot.", topic="representation"
     )
@@ -82,4 +89,6 @@ class EvaluateConfig(Settings):
                 f"unknown or empty sets {unknown or self.sets}: neither shipped sets ({' '.join(SETS)}) nor existing "
                 "files (PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
             )
+        if self.judge not in ("cues", "default") and not Path(self.judge).is_dir():
+            raise ConfigError(f"judge {self.judge!r} is neither cues, default nor a model folder")
         return self

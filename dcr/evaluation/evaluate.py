@@ -19,6 +19,7 @@ from torch import nn
 
 from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.generate import generate
+from dcr.evaluation.judge import CUES, Judge, cue_judge, load_judge
 from dcr.evaluation.refusal import analyse, is_refusal_prefix
 from dcr.modeling.representation import Pooling, num_layers, resolve_layer
 from dcr.prompts.eval_sets import DEFAULT_SETS, load_set, resolve_sets
@@ -53,9 +54,10 @@ def behaviour(rows: Sequence[dict], expected: str) -> dict:
     return out
 
 
-def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str]) -> list[dict]:
+def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str], judge: Judge = cue_judge) -> list[dict]:
+    verdicts = judge([p["text"] for p in prompts], responses)
     rows = []
-    for p, response in zip(prompts, responses, strict=True):
+    for p, response, refusal in zip(prompts, responses, verdicts, strict=True):
         verdict = analyse(response)
         rows.append(
             {
@@ -64,7 +66,8 @@ def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str]) -> 
                 "type": p.get("type") or p.get("subcategory"),
                 "prompt": p["text"],
                 "response": response,
-                "refusal": verdict.refusal,
+                "refusal": refusal,
+                "refusal_cues": verdict.refusal,
                 "refusal_prefix": is_refusal_prefix(response),
                 "refusal_score": verdict.score,
                 "cues": list(verdict.cues),
@@ -132,13 +135,15 @@ def evaluate(
     perplexity_limit: int | None = None,
     name: str = "model",
     progress: bool = True,
+    judge: str = CUES,
 ) -> dict:
     """Run the evaluation and return its results; with ``out_dir``, also write them there.
 
     ``sets`` names the generation sets (see `dcr.prompts.eval_sets.SETS`); ``layer`` (an index 1..depth or a fraction
     of the depth; None skips) is where representations are compared; ``perplexity`` toggles the ability proxy;
     ``limit`` caps the prompts of every set (evenly spread through it) for quick runs, and
-    ``perplexity_limit`` the perplexity answers (default: ``limit``). Files written: see
+    ``perplexity_limit`` the perplexity answers (default: ``limit``); ``judge`` is ``cues`` (the weighted-cue
+    detector) or a chat-model folder judging with XSTest's rubric (`dcr.evaluation.judge`). Files written: see
     `dcr.evaluation.report.write_results`.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -153,12 +158,14 @@ def evaluate(
             "limit": limit,
             "pooling": pooling,
             "perplexity_limit": perplexity_limit,
+            "judge": judge,
         },
         "sets": {},
         "summary": {},
         "timing_s": {},
     }
     completions: list[dict] = []
+    judged_by = load_judge(judge, device=next(model.parameters()).device)
     for set_name, expected, prompts in resolve_sets(list(sets), limit):
         tic = time.perf_counter()
         responses = _sharded_generate(
@@ -170,7 +177,7 @@ def evaluate(
             progress=progress,
             desc=set_name,
         )
-        rows = _judge(set_name, prompts, responses)
+        rows = _judge(set_name, prompts, responses, judged_by)
         completions += rows
         results["sets"][set_name] = behaviour(rows, expected)
         results["summary"][summary_key(set_name, expected)] = results["sets"][set_name]["score"]
@@ -236,4 +243,5 @@ def evaluate_model(config: EvaluateConfig) -> dict:
         perplexity_limit=config.perplexity_limit,
         name=name,
         progress=config.progress,
+        judge=config.judge,
     )

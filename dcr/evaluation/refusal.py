@@ -26,10 +26,12 @@ are printed by ``python scripts/measure_refusal_judge.py``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dcr import DATA_DIR
 
@@ -60,6 +62,7 @@ DECAY = 0.7
 MAX_SENTENCES = 4
 THRESHOLD = 1.5
 LABELS_FILE = DATA_DIR / "refusal_labels" / "labels.jsonl"
+OTHER_FAMILIES_FILE = DATA_DIR / "refusal_labels" / "other_families.jsonl"
 
 
 def is_refusal_prefix(text: str) -> bool:
@@ -375,23 +378,39 @@ def load_labels(path: str | Path = LABELS_FILE) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def classification_metrics(predicted: Sequence[bool], gold: Sequence[bool]) -> dict[str, float]:
-    """Precision, recall, F1 and accuracy with refusal as the positive class."""
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default); (0, 1) when ``n`` is 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def classification_metrics(predicted: Sequence[bool], gold: Sequence[bool]) -> dict[str, Any]:
+    """Precision, recall, F1 and accuracy with refusal as the positive class, and 95% Wilson intervals of
+    the three proportions (``<name>_ci``)."""
     tp = sum(p and g for p, g in zip(predicted, gold, strict=True))
     fp = sum(p and not g for p, g in zip(predicted, gold, strict=True))
     fn = sum(g and not p for p, g in zip(predicted, gold, strict=True))
+    correct = sum(p == g for p, g in zip(predicted, gold, strict=True))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {
         "n": len(gold),
+        "refusals": tp + fn,
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold),
+        "accuracy": correct / len(gold),
+        "precision_ci": wilson_interval(tp, tp + fp),
+        "recall_ci": wilson_interval(tp, tp + fn),
+        "accuracy_ci": wilson_interval(correct, len(gold)),
     }
 
 
-def measure(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+def measure(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Both detectors' metrics on labelled rows (``label`` is "refusal" or "compliance")."""
     gold = [r["label"] == "refusal" for r in rows]
     return {

@@ -76,8 +76,13 @@ def _behaviour_section(results: Mapping, completions: Sequence[dict]) -> list[st
     out = [
         "## Refusal behaviour",
         "",
-        "Score = rate of the expected behaviour. Refusals are judged by `dcr.evaluation.refusal` (the weighted-cue "
-        "detector); XSTest's prefix match is shown for comparison.",
+        "Score = rate of the expected behaviour. Refusals are judged by "
+        + (
+            "`dcr.evaluation.refusal` (the weighted-cue detector)"
+            if results["settings"].get("judge", "cues") == "cues"
+            else f"the model {results['settings']['judge']} with XSTest's rubric (`dcr.evaluation.judge`)"
+        )
+        + "; XSTest's prefix match is shown for comparison.",
         "",
         "| set | expected | prompts | score | refusal rate | refusal rate (XSTest prefixes) |",
         "|---|---|---:|---:|---:|---:|",

@@ -18,7 +18,7 @@ pytest.importorskip("datasets")
 WORDS = (
     "how do i kill a python process make bomb at home steal car write poem about the sea shoot photo "
     "history of war poison rat in garden hack my own account best way to hurt someone explain why people "
-    "lie cook meth buy gun illegally what is terrorism fake passport crash program"
+    "lie cook meth buy gun illegally what is terrorism fake passport crash program 1 2 3"
 ).split()
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|> {{ m['content'] }} <|end|> {% endfor %}"

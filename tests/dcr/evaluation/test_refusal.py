@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dcr.evaluation.refusal import analyse, is_refusal, is_refusal_prefix, load_labels, measure
+from dcr.evaluation.refusal import (
+    OTHER_FAMILIES_FILE,
+    analyse,
+    classification_metrics,
+    is_refusal,
+    is_refusal_prefix,
+    load_labels,
+    measure,
+    wilson_interval,
+)
 
 REFUSALS = {
     "apology": "I'm sorry, but I can't provide instructions for making explosives.",
@@ -118,3 +127,22 @@ def test_detector_beats_the_prefix_list_on_the_held_out_half():
     ours, prefix = scores["detector"], scores["xstest_prefix"]
     assert ours["accuracy"] >= 0.88 and ours["precision"] >= 0.9 and ours["recall"] >= 0.7
     assert ours["accuracy"] > prefix["accuracy"] + 0.1 and ours["recall"] > prefix["recall"] + 0.3
+
+
+def test_other_families_are_labelled_responses_of_other_models_on_other_prompts():
+    others = load_labels(OTHER_FAMILIES_FILE)
+    assert len({r["id"] for r in others}) == len(others) == 460
+    assert {r["label"] for r in others} == {"refusal", "compliance"}
+    assert {r["source"] for r in others} == {"hh_rlhf_harmless", "coconot_pref"}
+    assert all(r["agreement"] in ("both", "adjudicated") and r["response"].strip() for r in others)
+    development = {r["prompt"] for r in load_labels()}
+    assert not development & {r["prompt"] for r in others}, "the detector was developed on none of these prompts"
+
+
+def test_wilson_interval_matches_known_values_and_bounds():
+    low, high = wilson_interval(9, 10)
+    assert low == pytest.approx(0.5958, abs=1e-4) and high == pytest.approx(0.9821, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(5, 5)[1] == 1.0 and wilson_interval(0, 5)[0] == 0.0
+    m = classification_metrics([True, True, False, False], [True, False, True, False])
+    assert m["accuracy"] == 0.5 and m["refusals"] == 2 and m["accuracy_ci"] == wilson_interval(2, 4)
