@@ -15,6 +15,22 @@ from typing import Any
 SECTIONS = ("refine", "align", "data_side", "evaluate")
 # Arms (c) and (d): half of the mix is contrast pairs (about a third in (a) and (b)), refusals unchanged.
 DATA_SIDE = {"contrast_share": 0.5}
+QUICK_REFINE = {
+    "layer": 0.5,
+    "loss": "circle",
+    "margin": 0.4,
+    "gamma": 80.0,
+    "sources": ["twins"],
+    "center": True,
+    "batch_size": 32,
+    "micro_batch_size": 0,
+    "steps": 30,
+    "lr": 2e-5,
+    "warmup_steps": 3,
+    "max_length": 128,
+    "save_every": 0,
+    "eval_every": 0,
+}
 QUICK_ALIGN = {
     "refusal_share": 0.25,
     "steps": 40,
@@ -32,22 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0],
         # The matched twins with a centred Circle loss: the DCR-stage setting that improves XSTest separation
         # at layer 15 (docs/dcr_stage.md); the public sets' contrast does not carry over to XSTest.
-        "refine": {
-            "layer": 0.5,
-            "loss": "circle",
-            "margin": 0.4,
-            "gamma": 80.0,
-            "sources": ["twins"],
-            "center": True,
-            "batch_size": 32,
-            "micro_batch_size": 0,
-            "steps": 30,
-            "lr": 2e-5,
-            "warmup_steps": 3,
-            "max_length": 128,
-            "save_every": 0,
-            "eval_every": 0,
-        },
+        "refine": QUICK_REFINE,
         # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
         # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
         "align": QUICK_ALIGN,
@@ -66,22 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # is in-distribution, JailbreakBench's matched pairs, CoCoNot and Self-Instruct are held out.
     "paper": {
         "seeds": [0],
-        "refine": {
-            "layer": 0.5,
-            "loss": "circle",
-            "margin": 0.4,
-            "gamma": 80.0,
-            "sources": ["xstest_safe", "hh_rlhf_harmful"],
-            "center": False,
-            "batch_size": 32,
-            "micro_batch_size": 0,
-            "steps": 30,
-            "lr": 2e-5,
-            "warmup_steps": 3,
-            "max_length": 128,
-            "save_every": 0,
-            "eval_every": 0,
-        },
+        "refine": {**QUICK_REFINE, "sources": ["xstest_safe", "hh_rlhf_harmful"], "center": False},
         "align": QUICK_ALIGN,
         "data_side": DATA_SIDE,
         "evaluate": {
