@@ -145,3 +145,18 @@ def test_twins_are_matched_reproducible_and_not_xstest_look_alikes():
     assert all(counts[(f, "toxic")] > 0 and counts[(f, "seemingly_toxic")] > 0 for f in twins.families())
     ds, _ = load_labelled(sources=["twins"])
     assert len(ds) == len(rows) and "twins" not in load_labelled()[0]["source"]
+
+
+def test_paper_sources_bring_xstest_safe_into_training_only_when_named():
+    from dcr.prompts.sets import PAPER_SOURCES
+
+    rows = load_xstest()
+    xstest = {normalise(t) for t in rows["text"]}
+    xstest_safe = {normalise(t) for t, n in zip(rows["text"], rows["label"], strict=True) if n == "seemingly_toxic"}
+    paper, classes = load_labelled(sources=list(PAPER_SOURCES))
+    names = paper["label_name"]
+    assert names.count("seemingly_toxic") == 250 and names.count("toxic") == 500
+    safe = {normalise(t) for t, n in zip(paper["text"], names, strict=True) if n == "seemingly_toxic"}
+    assert safe == xstest_safe and classes == ["seemingly_toxic", "toxic"]
+    hh_only, _ = load_labelled(sources=["hh_rlhf_harmful", "jailbreakbench"])
+    assert not {normalise(t) for t in hh_only["text"]} & xstest

@@ -11,8 +11,16 @@ from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.prompts.refusals import refusal_for
-from dcr.prompts.sets import normalise
-from dcr.prompts.sft_mix import build_mix, dcr_stage_prompts, evaluation_prompts, refusal_prompts
+from dcr.prompts.sets import DataError, normalise
+from dcr.prompts.sft_mix import (
+    DCR_HH_SOURCE,
+    benign_pairs,
+    build_mix,
+    dcr_hh_prompts,
+    dcr_stage_prompts,
+    evaluation_prompts,
+    refusal_prompts,
+)
 from dcr.training.align import align, batch_rows, response_labels
 from dcr.training.align_config import AlignConfig
 from dcr.training.jsonl_log import read_log
@@ -73,6 +81,37 @@ def test_mix_has_the_configured_refusal_share():
     assert build_mix(0.1, examples=200, seed=4)["prompt"] != mix["prompt"]
     full = build_mix(0.05)
     assert abs(full["kind"].count("refusal") / len(full) - 0.05) < 0.002
+
+
+def test_contrast_share_fixes_the_share_of_answered_seemingly_toxic_pairs():
+    contrast = {normalise(r["prompt"]) for r in benign_pairs() if r.get("contrast")}
+    assert 400 < len(contrast) < 500
+
+    def share(mix):
+        return sum(normalise(p) in contrast for p in mix["prompt"]) / len(mix)
+
+    natural = build_mix(0.25, seed=0)
+    assert 0.28 < share(natural) < 0.36  # about a third when unset
+    fixed = build_mix(0.25, examples=200, seed=0, contrast_share=0.5)
+    assert share(fixed) == 0.5 and fixed["kind"].count("refusal") == 50
+    largest = build_mix(0.25, seed=1, contrast_share=0.5)  # every contrast pair the share allows
+    assert abs(share(largest) - 0.5) < 0.01 and sum(normalise(p) in contrast for p in largest["prompt"]) <= len(
+        contrast
+    )
+    assert "contrast" not in largest.column_names
+    with pytest.raises(DataError, match="contrast_share"):
+        build_mix(0.25, contrast_share=0.8)
+    with pytest.raises(DataError, match="cannot draw"):
+        build_mix(0.25, examples=5000, contrast_share=0.5)
+
+
+def test_reserved_hh_prompts_leave_the_refusal_pool_only_when_asked():
+    reserved = {normalise(t) for t in dcr_hh_prompts()}
+    assert len(reserved) == 500 and reserved <= {normalise(t) for t in refusal_prompts()}
+    kept = {normalise(t) for t in refusal_prompts([DCR_HH_SOURCE])}
+    assert not kept & reserved and len(kept) == len(refusal_prompts()) - 500
+    with pytest.raises(DataError, match="reserved source"):
+        refusal_prompts(["twins"])
 
 
 def test_refusal_prompts_are_disjoint_from_dcr_and_evaluation_prompts():
