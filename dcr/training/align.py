@@ -173,7 +173,7 @@ def align(config: AlignConfig) -> Path:
         seed=config.seed,
         benign_sources=config.benign_sources,
         contrast_share=config.contrast_share,
-        reserved_sources=config.reserved_sources,
+        reserved_sources=config.reserved_sources or (),
     )
     pairs = zip(mix["prompt"], mix["response"], strict=True)
     encoded = [pair_ids(tokenizer, p, r, config.max_length) for p, r in pairs]

@@ -36,8 +36,8 @@ class AlignConfig(TrainingConfig):
         "data-side fix for over-refusal). Unset: their natural share of the benign pairs (about a third of the mix).",
         topic="data",
     )
-    reserved_sources: list[str] = option(
-        [],
+    reserved_sources: list[str] | None = option(
+        None,
         f"DCR-stage sources drawn from the refusal pool ({DCR_HH_SOURCE}); their prompts are left out of the mix, "
         "so the two stages never share a prompt.",
         topic="data",

@@ -18,7 +18,7 @@ pytest.importorskip("datasets")
 WORDS = (
     "how do i kill a python process make bomb at home steal car write poem about the sea shoot photo "
     "history of war poison rat in garden hack my own account best way to hurt someone explain why people "
-    "lie cook meth buy gun illegally what is terrorism fake passport crash program 1 2 3"
+    "lie cook meth buy gun illegally what is terrorism fake passport crash program"
 ).split()
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -44,9 +44,9 @@ SEEMINGLY = [
 ]
 
 
-def _tokenizer() -> transformers.PreTrainedTokenizerFast:
+def _tokenizer(extra_words: tuple[str, ...] = ()) -> transformers.PreTrainedTokenizerFast:
     specials = ["<pad>", "<eos>", "[UNK]", "<|user|>", "<|end|>", "<|assistant|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)))}
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)) + list(extra_words))}
     model = tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]")
     tok = tokenizers.Tokenizer(model)
     tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
@@ -57,11 +57,14 @@ def _tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 @functools.cache
-def tiny_model_dir(arch: str = "llama", layers: int = 4, dropout: float = 0.0) -> Path:
-    """A saved random causal LM (Llama or Qwen2 architecture) with a word-level tokenizer and chat template."""
+def tiny_model_dir(
+    arch: str = "llama", layers: int = 4, dropout: float = 0.0, extra_words: tuple[str, ...] = ()
+) -> Path:
+    """A saved random causal LM (Llama or Qwen2 architecture) with a word-level tokenizer and chat template
+    (whose vocabulary ``extra_words`` extends)."""
     import torch
 
-    tok = _tokenizer()
+    tok = _tokenizer(extra_words)
     common = dict(
         vocab_size=len(tok),
         hidden_size=32,

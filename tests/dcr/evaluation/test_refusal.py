@@ -131,7 +131,7 @@ def test_detector_beats_the_prefix_list_on_the_held_out_half():
 
 def test_other_families_are_labelled_responses_of_other_models_on_other_prompts():
     others = load_labels(OTHER_FAMILIES_FILE)
-    assert len({r["id"] for r in others}) == len(others) == 460
+    assert len({r["id"] for r in others}) == len(others) == 839
     assert {r["label"] for r in others} == {"refusal", "compliance"}
     assert {r["source"] for r in others} == {"hh_rlhf_harmless", "coconot_pref"}
     assert all(r["agreement"] in ("both", "adjudicated") and r["response"].strip() for r in others)

@@ -203,4 +203,4 @@ def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_pat
     assert not reserved & {normalise(p) for p in mix["prompt"]}
     quick_refine, quick_align = _stage_configs(resolve("quick"), common, tmp_path, 0, 0.5)
     assert dcr_overlap(quick_refine, {"sets": ["xstest_safe"]}) == {"xstest_safe": 0.0}
-    assert all(cfg.reserved_sources == [] for cfg in quick_align.values())
+    assert all(cfg.reserved_sources is None for cfg in quick_align.values())
