@@ -90,16 +90,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "seeds": [0, 1, 2],
         "refine": {
-            "layer": 0.5,
-            "loss": "circle",
-            "margin": 0.4,
-            "gamma": 80.0,
-            "sources": ["twins"],
-            "center": True,
+            **QUICK_REFINE,
             "batch_size": 256,
             "micro_batch_size": 32,
             "steps": 200,
-            "lr": 2e-5,
             "warmup_steps": 20,
             "max_length": 512,
             "save_every": 50,
