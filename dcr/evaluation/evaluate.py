@@ -55,10 +55,10 @@ def behaviour(rows: Sequence[dict], expected: str) -> dict:
 
 
 def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str], judge: Judge = cue_judge) -> list[dict]:
-    verdicts = judge([p["text"] for p in prompts], responses)
+    cues = [analyse(r) for r in responses]
+    verdicts = [v.refusal for v in cues] if judge is cue_judge else judge([p["text"] for p in prompts], responses)
     rows = []
-    for p, response, refusal in zip(prompts, responses, verdicts, strict=True):
-        verdict = analyse(response)
+    for p, response, refusal, verdict in zip(prompts, responses, verdicts, cues, strict=True):
         rows.append(
             {
                 "set": set_name,

@@ -90,15 +90,11 @@ def differences(
 ) -> dict[str, list[float]]:
     """Per metric (the discernments first, then the headline rates), the seed-paired differences of two arms."""
     first, second = _by_seed(summaries, subtrahend), _by_seed(summaries, minuend)
-    pairs = [(first[seed], second[seed]) for seed in first if seed in second]
+    pairs = [(_with_discernment(first[seed]), _with_discernment(second[seed])) for seed in first if seed in second]
     keys = [f"{n.lower()}_discernment" for n in ("XSTest", "JailbreakBench")] + [k for k, _ in HEADLINE]
     out = {}
     for key in keys:
-        diffs = [
-            _with_discernment(y)[key] - _with_discernment(x)[key]
-            for x, y in pairs
-            if key in _with_discernment(x) and key in _with_discernment(y)
-        ]
+        diffs = [y[key] - x[key] for x, y in pairs if key in x and key in y]
         if diffs or key == "xstest_discernment":
             out[key] = diffs
     return out

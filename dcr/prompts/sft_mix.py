@@ -72,7 +72,8 @@ def benign_pairs(sources: Sequence[str] = BENIGN_SOURCES) -> list[dict]:
     return out
 
 
-def _hh_pool() -> list[str]:
+@cache
+def _hh_pool() -> tuple[str, ...]:
     """HH-RLHF harmless first turns that are neither shipped DCR-stage nor evaluation prompts, first copy kept."""
     banned = evaluation_prompts() | dcr_stage_prompts()
     seen, out = set(), []
@@ -81,7 +82,7 @@ def _hh_pool() -> list[str]:
         if key and key not in banned and key not in seen:
             seen.add(key)
             out.append(r["text"])
-    return out
+    return tuple(out)
 
 
 @cache
