@@ -1,6 +1,7 @@
 """Print the refusal judge's and XSTest's prefix list's precision, recall, F1 and accuracy, with 95% Wilson
 intervals, on the labelled responses shipped in dcr/data/refusal_labels/: the development sample per split and
-origin, and the responses of other model families per source and model. ``--judge DIR`` measures a chat model
+origin, the responses of other model families per source and model, and the held-out family (scored once, after
+the detector was frozen) per system-prompt setting and prompt source. ``--judge DIR`` measures a chat model
 judging with XSTest's rubric (`dcr.evaluation.judge`; ``default``: the embedded model) beside them."""
 
 from __future__ import annotations
@@ -8,7 +9,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from dcr.evaluation.refusal import OTHER_FAMILIES_FILE, classification_metrics, load_labels, measure
+from dcr.evaluation.refusal import (
+    HELD_OUT_FAMILY_FILE,
+    OTHER_FAMILIES_FILE,
+    classification_metrics,
+    load_labels,
+    measure,
+)
 
 DETECTORS = {"detector": "dcr.evaluation.refusal", "xstest_prefix": "XSTest prefixes"}
 Verdicts = Callable[[Sequence[dict]], list[bool]]
@@ -70,6 +77,12 @@ def main() -> None:
         models = list(dict.fromkeys(r["model"] for r in part))
         for model in models if len(models) > 1 else ():
             _rows(f"{source}, {model}", [r for r in part if r["model"] == model], extra)
+    held_out = load_labels(HELD_OUT_FAMILY_FILE)
+    _rows("held-out family, all", held_out, extra)
+    _rows("held-out family, both readers sure", [r for r in held_out if not r["ambiguous"]], extra)
+    for key in ("setting", "source"):
+        for value in dict.fromkeys(r[key] for r in held_out):
+            _rows(f"held-out family, {key} {value}", [r for r in held_out if r[key] == value], extra)
 
 
 if __name__ == "__main__":

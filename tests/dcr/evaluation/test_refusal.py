@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dcr.evaluation.refusal import (
+    HELD_OUT_FAMILY_FILE,
     OTHER_FAMILIES_FILE,
     analyse,
     classification_metrics,
@@ -137,6 +138,23 @@ def test_other_families_are_labelled_responses_of_other_models_on_other_prompts(
     assert all(r["agreement"] in ("both", "adjudicated") and r["response"].strip() for r in others)
     development = {r["prompt"] for r in load_labels()}
     assert not development & {r["prompt"] for r in others}, "the detector was developed on none of these prompts"
+
+
+def test_held_out_family_is_new_prompts_in_two_settings_labelled_twice():
+    held_out = load_labels(HELD_OUT_FAMILY_FILE)
+    assert len({r["id"] for r in held_out}) == len(held_out) == 300
+    assert {r["setting"] for r in held_out} == {"plain", "cautious"}
+    assert all(r["agreement"] in ("both", "adjudicated") and r["response"].strip() for r in held_out)
+    assert all(len(r["response"]) <= 500 for r in held_out)
+    earlier = {r["prompt"] for r in load_labels()} | {r["prompt"] for r in load_labels(OTHER_FAMILIES_FILE)}
+    assert not earlier & {r["prompt"] for r in held_out}, "no prompt of the held-out family was labelled before"
+
+
+def test_detector_meets_the_accuracy_goal_on_the_held_out_family():
+    held_out = load_labels(HELD_OUT_FAMILY_FILE)
+    ours = measure(held_out)["detector"]
+    assert ours["accuracy"] >= 0.93 and ours["recall"] >= 0.90 and ours["n"] == 300
+    assert min(sum(r["label"] == lab for r in held_out) for lab in ("refusal", "compliance")) >= 100
 
 
 def test_wilson_interval_matches_known_values_and_bounds():
