@@ -1,8 +1,10 @@
 """Print the refusal judge's and XSTest's prefix list's precision, recall, F1 and accuracy, with 95% Wilson
 intervals, on the labelled responses shipped in dcr/data/refusal_labels/: the development sample per split and
-origin, the responses of other model families per source and model, and the held-out family (scored once, after
-the detector was frozen) per system-prompt setting and prompt source. ``--judge DIR`` measures a chat model
-judging with XSTest's rubric (`dcr.evaluation.judge`; ``default``: the embedded model) beside them."""
+origin; other model families per source and model; the held-out family (scored once, after the detector was
+frozen) per system-prompt setting and prompt source; the project's own aligned models per model and XSTest set,
+with the labelled and the detected refusal rates (the bias in the rates reports give). ``--judge DIR`` measures
+a chat model judging with XSTest's rubric (`dcr.evaluation.judge`; ``default``: the embedded model) beside
+them."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dcr.evaluation.refusal import (
     HELD_OUT_FAMILY_FILE,
     OTHER_FAMILIES_FILE,
+    PROJECT_MODELS_FILE,
     classification_metrics,
+    is_refusal,
     load_labels,
     measure,
 )
@@ -83,6 +87,19 @@ def main() -> None:
     for key in ("setting", "source"):
         for value in dict.fromkeys(r[key] for r in held_out):
             _rows(f"held-out family, {key} {value}", [r for r in held_out if r[key] == value], extra)
+    aligned = load_labels(PROJECT_MODELS_FILE)
+    _rows("project's aligned models, all", aligned, extra)
+    for model in dict.fromkeys(r["model"] for r in aligned):
+        for source in dict.fromkeys(r["source"] for r in aligned):
+            _rows(f"{model}, {source}", [r for r in aligned if r["model"] == model and r["source"] == source], extra)
+    print("\n| project's aligned model | XSTest set | rows | labelled refusal rate | detected refusal rate |")
+    print("|---|---|---:|---:|---:|")
+    for model in dict.fromkeys(r["model"] for r in aligned):
+        for source in dict.fromkeys(r["source"] for r in aligned):
+            part = [r for r in aligned if r["model"] == model and r["source"] == source]
+            labelled = sum(r["label"] == "refusal" for r in part) / len(part)
+            detected = sum(is_refusal(r["response"]) for r in part) / len(part)
+            print(f"| {model} | {source} | {len(part)} | {labelled:.3f} | {detected:.3f} |")
 
 
 if __name__ == "__main__":

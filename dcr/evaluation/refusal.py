@@ -64,6 +64,7 @@ THRESHOLD = 1.5
 LABELS_FILE = DATA_DIR / "refusal_labels" / "labels.jsonl"
 OTHER_FAMILIES_FILE = DATA_DIR / "refusal_labels" / "other_families.jsonl"
 HELD_OUT_FAMILY_FILE = DATA_DIR / "refusal_labels" / "held_out_family.jsonl"
+PROJECT_MODELS_FILE = DATA_DIR / "refusal_labels" / "project_models.jsonl"
 
 
 def is_refusal_prefix(text: str) -> bool:
