@@ -4,6 +4,8 @@ as CLIP does: the module holds log(1/temperature), and the scale exp(.) is clamp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +33,41 @@ class _Temperature(nn.Module):
         return torch.exp(-self.log_scale.clamp(max=math.log(self.max_scale)))
 
 
-class InfoNCELoss(nn.Module):
+class _Loss(nn.Module):
+    """What the loss modules share: ``_functional`` is the loss function they call, ``_options`` the keyword
+    arguments the module holds for it (a subclass adds its own, e.g. a strategy and a process group)."""
+
+    _functional: Callable[..., Tensor | F.ContrastiveOutput]
+
+    def __init__(self, *, normalize: bool, reduction: str, backend: str):
+        super().__init__()
+        self.normalize, self.reduction, self.backend = normalize, reduction, backend
+
+    def _options(self) -> dict[str, Any]:
+        return {"normalize": self.normalize, "reduction": self.reduction, "backend": self.backend}
+
+
+class _LabelledLoss(_Loss):
+    """A loss over labelled embeddings (positives = same label), against an optional labelled key set."""
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        key: Tensor | None = None,
+        key_labels: Tensor | None = None,
+        weight: Tensor | None = None,
+        return_metrics: bool = False,
+    ) -> Tensor | F.ContrastiveOutput:
+        return self._functional(
+            embeddings, labels, key, key_labels, weight=weight, return_metrics=return_metrics, **self._options()
+        )
+
+
+class InfoNCELoss(_Loss):
     """`functional.info_nce` as a module; `learnable_temperature=True` makes the temperature a parameter."""
+
+    _functional = staticmethod(F.info_nce)
 
     def __init__(
         self,
@@ -45,18 +80,16 @@ class InfoNCELoss(nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
         self.temp = _Temperature(temperature, learnable_temperature, max_scale)
-        self.normalize, self.symmetric, self.reduction, self.backend = (
-            normalize,
-            symmetric,
-            reduction,
-            backend,
-        )
+        self.symmetric = symmetric
 
     @property
     def temperature(self) -> Tensor:
         return self.temp.temperature()
+
+    def _options(self) -> dict[str, Any]:
+        return super()._options() | {"temperature": self.temperature, "symmetric": self.symmetric}
 
     def forward(
         self,
@@ -66,22 +99,15 @@ class InfoNCELoss(nn.Module):
         weight: Tensor | None = None,
         return_metrics: bool = False,
     ) -> Tensor | F.ContrastiveOutput:
-        return F.info_nce(
-            query,
-            key,
-            positive=positive,
-            temperature=self.temperature,
-            normalize=self.normalize,
-            symmetric=self.symmetric,
-            weight=weight,
-            reduction=self.reduction,
-            backend=self.backend,
-            return_metrics=return_metrics,
+        return self._functional(
+            query, key, positive=positive, weight=weight, return_metrics=return_metrics, **self._options()
         )
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(_LabelledLoss):
     """`functional.supcon_loss` as a module; `learnable_temperature=True` makes the temperature a parameter."""
+
+    _functional = staticmethod(F.supcon_loss)
 
     def __init__(
         self,
@@ -93,39 +119,21 @@ class SupConLoss(nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
         self.temp = _Temperature(temperature, learnable_temperature, max_scale)
-        self.normalize, self.reduction, self.backend = normalize, reduction, backend
 
     @property
     def temperature(self) -> Tensor:
         return self.temp.temperature()
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        key: Tensor | None = None,
-        key_labels: Tensor | None = None,
-        weight: Tensor | None = None,
-        return_metrics: bool = False,
-    ) -> Tensor | F.ContrastiveOutput:
-        return F.supcon_loss(
-            embeddings,
-            labels,
-            key,
-            key_labels,
-            temperature=self.temperature,
-            normalize=self.normalize,
-            weight=weight,
-            reduction=self.reduction,
-            backend=self.backend,
-            return_metrics=return_metrics,
-        )
+    def _options(self) -> dict[str, Any]:
+        return super()._options() | {"temperature": self.temperature}
 
 
-class CircleLoss(nn.Module):
+class CircleLoss(_LabelledLoss):
     """`functional.circle_loss` as a module (margin m, scale gamma)."""
+
+    _functional = staticmethod(F.circle_loss)
 
     def __init__(
         self,
@@ -136,29 +144,8 @@ class CircleLoss(nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
         self.margin, self.gamma = margin, gamma
-        self.normalize, self.reduction, self.backend = normalize, reduction, backend
 
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor,
-        key: Tensor | None = None,
-        key_labels: Tensor | None = None,
-        weight: Tensor | None = None,
-        return_metrics: bool = False,
-    ) -> Tensor | F.ContrastiveOutput:
-        return F.circle_loss(
-            embeddings,
-            labels,
-            key,
-            key_labels,
-            margin=self.margin,
-            gamma=self.gamma,
-            normalize=self.normalize,
-            weight=weight,
-            reduction=self.reduction,
-            backend=self.backend,
-            return_metrics=return_metrics,
-        )
+    def _options(self) -> dict[str, Any]:
+        return super()._options() | {"margin": self.margin, "gamma": self.gamma}

@@ -242,6 +242,33 @@ def test_module_forms_learn_the_temperature():
     assert module.temp.log_scale.grad is not None and torch.isfinite(module.temp.log_scale.grad)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_module_forms_pass_their_options_to_the_functions(strategy):
+    """In one process each distributed module equals its function with the same options (world size 1)."""
+    torch.manual_seed(0)
+    x, key = torch.randn(9, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    labels, key_labels = torch.randint(0, 3, (9,)), torch.randint(0, 3, (5,))
+    pairs = [
+        (
+            dd.InfoNCELoss(0.3, symmetric=True, strategy=strategy)(x, x.flip(0)),
+            dd.info_nce(x, x.flip(0), temperature=0.3, symmetric=True, strategy=strategy),
+        ),
+        (
+            dd.SupConLoss(0.2, reduction="sum", strategy=strategy)(x, labels, key, key_labels),
+            dd.supcon_loss(x, labels, key, key_labels, temperature=0.2, reduction="sum", strategy=strategy),
+        ),
+        (
+            dd.CircleLoss(0.3, 16.0, normalize=False, strategy=strategy)(x, labels),
+            dd.circle_loss(x, labels, margin=0.3, gamma=16.0, normalize=False, strategy=strategy),
+        ),
+    ]
+    for got, want in pairs:  # a module holds log(1 / t) in float32: equal to its rounding
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert torch.equal(pairs[2][0], dk.circle_loss(x, labels, margin=0.3, gamma=16.0, normalize=False))
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        dd.CircleLoss(strategy="allgather")(x, labels)
+
+
 def test_nothing_counted_gives_a_zero_loss_with_a_warning():
     x = torch.randn(4, 8, requires_grad=True)
     with pytest.warns(RuntimeWarning, match="no row is counted"):
