@@ -5,8 +5,11 @@ written what the test reads; `done()` checks that, and anything else still fails
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -16,3 +19,18 @@ def spawn_ranks(worker: Callable, world: int, args: tuple, done: Callable[[], bo
     except mp.ProcessExitedException as err:
         if err.signal_name != "SIGABRT" or not done():
             raise
+
+
+def free_port() -> int:
+    """A TCP port that is free now, for the ranks' rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives a rank (one thread each, so that two ranks share the CPU fairly)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)

@@ -5,6 +5,7 @@ settings instead of running. `dcr` alone prints this help; `dcr --version` the v
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(config), end="")
             return 0
-        print(command.run(config))
+        result = command.run(config)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate, rank 0 speaks for the run
+            print(result)
         return 0
     except (ConfigError, DataError, FileNotFoundError, ImportError) as err:
         print(f"dcr {args.command}: error: {err}", file=sys.stderr)

@@ -7,6 +7,10 @@ so (a)/(b) and (c)/(d) differ only in the DCR stage, (a)/(c) and (b)/(d) only in
 writes into its own folder and finishes by writing ``DONE.json`` there (atomically, last), so a rerun skips
 finished steps, resumes unfinished training from its checkpoints, and refuses a finished step whose settings
 have since changed. The comparison (table, JSON, plot) is rewritten at the end of every run.
+
+Under `torchrun` or `accelerate launch` every rank runs the same steps (each stage shares its work over the
+ranks); rank 0 alone logs, writes the markers and the comparison, and every rank decides what to skip from the
+same markers, so the ranks stay in step.
 """
 
 from __future__ import annotations
@@ -54,9 +58,17 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
 
 
 def run_step(
-    folder: Path, settings: Mapping[str, Any], work: Callable[[], dict[str, Any]], log: Callable[[str], None] = print
+    folder: Path,
+    settings: Mapping[str, Any],
+    work: Callable[[], dict[str, Any]],
+    log: Callable[[str], None] = print,
+    *,
+    main: bool = True,
 ) -> dict[str, Any]:
-    """Run ``work`` unless ``folder`` holds a marker for the same ``settings``; return the marker's record."""
+    """Run ``work`` unless ``folder`` holds a marker for the same ``settings``; return the marker's record.
+    Only the ``main`` process logs and writes the marker (``work`` runs on every process)."""
+    if not main:
+        log = _silent
     settings = json.loads(json.dumps(settings))
     if is_done(folder):
         record = json.loads((folder / MARKER).read_text())
@@ -71,8 +83,13 @@ def run_step(
     tic = time.perf_counter()
     result = work()
     record = {"settings": settings, "seconds": time.perf_counter() - tic, "finished": time.time(), **result}
-    _write_marker(folder, record)
+    if main:
+        _write_marker(folder, record)
     return record
+
+
+def _silent(message: str) -> None:
+    """The log of a process other than rank 0."""
 
 
 def _evaluate(
@@ -121,10 +138,12 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
-    from dcr.pipeline.report import write_comparison
+    from dcr.pipeline.report import FILES, write_comparison
     from dcr.training.align import align
+    from dcr.training.ranks import start
     from dcr.training.refine import refine
 
+    ranks, _ = start(device)  # joins the launcher's process group, if there is one
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
     layer = settings["refine"].get("layer", 0.5)
@@ -140,6 +159,7 @@ def run_pipeline(
             step,
             lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer, device, progress),
             log,
+            main=ranks.main,
         )
 
     plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
@@ -151,22 +171,31 @@ def run_pipeline(
             trajectory_settings(refine_cfg),
             lambda c=refine_cfg: {"model": str(refine(_resumable(c)))},
             log,
+            main=ranks.main,
         )
         for arm, cfg in align_cfgs.items():
             if arm in DCR_ARMS:
                 cfg = dataclasses.replace(cfg, model=refined["model"])
             aligned = run_step(
-                root / arm, trajectory_settings(cfg), lambda c=cfg: {"model": str(align(_resumable(c)))}, log
+                root / arm,
+                trajectory_settings(cfg),
+                lambda c=cfg: {"model": str(align(_resumable(c)))},
+                log,
+                main=ranks.main,
             )
             label = f"{ARMS[arm]}, seed {seed}"
             evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
-    paths = write_comparison(
-        out,
-        {k: v["summary"] for k, v in evaluated.items()},
-        settings,
-        seconds=time.perf_counter() - tic,
-        seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
-    )
+    if ranks.main:
+        paths = write_comparison(
+            out,
+            {k: v["summary"] for k, v in evaluated.items()},
+            settings,
+            seconds=time.perf_counter() - tic,
+            seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
+        )
+    ranks.barrier()  # the comparison is written before any rank returns its paths
+    if not ranks.main:
+        paths = {k: out / v for k, v in FILES.items() if (out / v).exists()}
     return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
 
 

@@ -8,15 +8,13 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 from safetensors.torch import load_file
-from spawn_ranks import spawn_ranks
+from spawn_ranks import free_port, launcher_env, spawn_ranks
 
 from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
@@ -27,16 +25,8 @@ from dcr.training.refine_config import RefineConfig
 pytest.importorskip("transformers")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, stage: str, config) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    os.environ["LOCAL_RANK"] = str(rank)
-    torch.set_num_threads(1)
+    launcher_env(rank, world, port)
     try:
         (refine if stage == "refine" else align)(config)  # ends with a barrier after rank 0 saved the model
     finally:
@@ -50,7 +40,7 @@ def _run(stage: str, config, world: int):
     else:
         path = os.path.join(config.output_dir, "model")
         done = lambda: os.path.exists(os.path.join(path, "model.safetensors"))  # noqa: E731
-        spawn_ranks(_worker, world, (_free_port(), stage, config), done=done)
+        spawn_ranks(_worker, world, (free_port(), stage, config), done=done)
     return load_file(os.path.join(path, "model.safetensors"))
 
 
@@ -114,4 +104,4 @@ def _failing_worker(rank: int, world: int, port: int, config) -> None:
 def test_a_failing_rank_ends_the_run_with_its_error(tmp_path):
     config = _refine_config(tmp_path, "fails")
     with pytest.raises(mp.ProcessRaisedException, match="missing"):
-        mp.spawn(_failing_worker, args=(2, _free_port(), config), nprocs=2, join=True)
+        mp.spawn(_failing_worker, args=(2, free_port(), config), nprocs=2, join=True)
