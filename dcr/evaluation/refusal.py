@@ -342,7 +342,7 @@ class Verdict:
     refusal: bool
     score: float
     cues: tuple[str, ...]
-    family_scores: dict[str, float] = field(default_factory=dict)
+    family_scores: dict[str, float] = field(default_factory=dict, hash=False)
 
 
 def _opening(text: str) -> list[str]:
