@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dcr.evaluation.config import EvaluateConfig
+from dcr.evaluation.config import EvaluateConfig, RejudgeConfig
 from dcr.pipeline.config import PipelineConfig
 from dcr.training.align_config import AlignConfig
 from dcr.training.refine_config import RefineConfig
@@ -41,6 +41,17 @@ def _evaluate(config: EvaluateConfig) -> str:
     results = evaluate_model(config)
     lines = [f"{key}: {value:.4f}" for key, value in results["summary"].items()]
     return "\n".join([*lines, f"report written to {Path(config.output_dir) / 'report.md'}"])
+
+
+def _rejudge(config: RejudgeConfig) -> str:
+    from pathlib import Path
+
+    from dcr.evaluation.rejudge import rejudge
+    from dcr.modeling.runtime import pick_device
+
+    results = rejudge(config.run_dir, config.judge, device=pick_device(config.device))
+    lines = [f"{key}: {value:.4f}" for key, value in results["summary"].items()]
+    return "\n".join([*lines, f"report rewritten in {Path(config.run_dir) / 'report.md'}"])
 
 
 def _pipeline(config: PipelineConfig) -> str:
@@ -85,11 +96,21 @@ COMMANDS = {
         EvaluateConfig,
         _evaluate,
     ),
+    "rejudge": Command(
+        "re-score a finished evaluation with another refusal judge",
+        "Judge the completions of a finished `dcr evaluate` folder again with another refusal judge, without "
+        "generating again; rewrites results.json, completions.jsonl and report.md (representation and perplexity "
+        "results are kept).",
+        "dcr rejudge --run-dir runs/eval --judge path/to/judge-model",
+        RejudgeConfig,
+        _rejudge,
+    ),
     "pipeline": Command(
-        "base vs alignment only vs DCR then alignment, evaluated and compared",
-        "From one base model, run (a) alignment only and (b) the DCR stage then alignment with the same data, "
-        "seeds and budget; evaluate the base, (a) and (b); write report.md, comparison.json and comparison.png. "
-        "A rerun skips finished steps.",
+        "base vs alignment only vs DCR vs the data-side fix, evaluated and compared",
+        "From one base model, run (a) alignment only, (b) the DCR stage then alignment, (c) alignment with more "
+        "seemingly toxic prompts answered helpfully and (d) DCR then (c), with the same seeds and budget; evaluate "
+        "the base and every arm; write report.md, comparison.json and comparison.png. A rerun skips finished "
+        "steps and re-judges finished evaluations when only the judge changed.",
         "dcr pipeline --profile quick --output-dir runs/pipeline",
         PipelineConfig,
         _pipeline,

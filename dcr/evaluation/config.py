@@ -9,6 +9,13 @@ from dcr.config import ConfigError, Settings, option
 from dcr.prompts.eval_sets import DEFAULT_SETS, SETS
 
 
+def check_judge(name: str) -> str:
+    """``name`` if it can be a judge (cues, default or an existing folder), else a `ConfigError` that says so."""
+    if name not in ("cues", "default") and not Path(name).is_dir():
+        raise ConfigError(f"judge {name!r} is neither cues, default nor a model folder")
+    return name
+
+
 @dataclass
 class EvaluateConfig(Settings):
     """Everything `dcr evaluate` needs."""
@@ -89,6 +96,23 @@ class EvaluateConfig(Settings):
                 f"unknown or empty sets {unknown or self.sets}: neither shipped sets ({' '.join(SETS)}) nor existing "
                 "files (PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
             )
-        if self.judge not in ("cues", "default") and not Path(self.judge).is_dir():
-            raise ConfigError(f"judge {self.judge!r} is neither cues, default nor a model folder")
+        check_judge(self.judge)
+        return self
+
+
+@dataclass
+class RejudgeConfig(Settings):
+    """Everything `dcr rejudge` needs."""
+
+    run_dir: str = option("runs/eval", "A finished evaluation's folder (results.json and completions.jsonl).")
+    judge: str = option(
+        "cues",
+        "Refusal judge: cues (the weighted-cue detector) or a local chat-model folder ('default': the embedded "
+        "model) that classifies each response with XSTest's rubric.",
+    )
+    device: str = option("auto", "Device of a judge model: auto (CUDA if available), cpu, cuda, ...")
+
+    def validate(self) -> RejudgeConfig:
+        super().validate()
+        check_judge(self.judge)
         return self

@@ -54,7 +54,11 @@ def behaviour(rows: Sequence[dict], expected: str) -> dict:
     return out
 
 
-def _judge(set_name: str, prompts: Sequence[dict], responses: Sequence[str], judge: Judge = cue_judge) -> list[dict]:
+def judged_rows(
+    set_name: str, prompts: Sequence[dict], responses: Sequence[str], judge: Judge = cue_judge
+) -> list[dict]:
+    """The completion rows of a set: each response with the judge's verdict, the cue detector's and the prefix
+    match's (``prompts``: rows with id, text and optionally type or subcategory)."""
     cues = [analyse(r) for r in responses]
     verdicts = [v.refusal for v in cues] if judge is cue_judge else judge([p["text"] for p in prompts], responses)
     rows = []
@@ -177,7 +181,7 @@ def evaluate(
             progress=progress,
             desc=set_name,
         )
-        rows = _judge(set_name, prompts, responses, judged_by)
+        rows = judged_rows(set_name, prompts, responses, judged_by)
         completions += rows
         results["sets"][set_name] = behaviour(rows, expected)
         results["summary"][summary_key(set_name, expected)] = results["sets"][set_name]["score"]

@@ -5,8 +5,9 @@ gives a larger share to contrast pairs (seemingly toxic prompts answered helpful
 ``data_side`` settings); (d) DCR then (c)'s alignment. Every arm has the same seeds and alignment step budget,
 so (a)/(b) and (c)/(d) differ only in the DCR stage, (a)/(c) and (b)/(d) only in the data. Every step
 writes into its own folder and finishes by writing ``DONE.json`` there (atomically, last), so a rerun skips
-finished steps, resumes unfinished training from its checkpoints, and refuses a finished step whose settings
-have since changed. The comparison (table, JSON, plot) is rewritten at the end of every run.
+finished steps, resumes unfinished training from its checkpoints, re-judges a finished evaluation from its
+completions when only the refusal judge changed, and refuses a finished step whose other settings have since
+changed. The comparison (table, JSON, plot) is rewritten at the end of every run.
 
 Under `torchrun` or `accelerate launch` every rank runs the same steps (each stage shares its work over the
 ranks); rank 0 alone logs, writes the markers and the comparison, and every rank decides what to skip from the
@@ -57,6 +58,25 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, folder / MARKER)
 
 
+def _plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as a marker stores them (JSON types)."""
+    return json.loads(json.dumps(settings))
+
+
+def _finished_with_another_judge(folder: Path, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The marker's record when the evaluation step in ``folder`` finished with settings that differ from
+    ``settings`` in the refusal judge alone (its completions can be judged again), else None."""
+    if not is_done(folder):
+        return None
+    record = json.loads((folder / MARKER).read_text())
+    old, new = dict(record["settings"]), _plain(settings)
+    if old == new:
+        return None
+    old.pop("judge", None)
+    new.pop("judge", None)
+    return record if old == new else None
+
+
 def run_step(
     folder: Path,
     settings: Mapping[str, Any],
@@ -69,7 +89,7 @@ def run_step(
     Only the ``main`` process logs and writes the marker (``work`` runs on every process)."""
     if not main:
         log = _silent
-    settings = json.loads(json.dumps(settings))
+    settings = _plain(settings)
     if is_done(folder):
         record = json.loads((folder / MARKER).read_text())
         if record["settings"] != settings:
@@ -138,6 +158,9 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
+    from dcr.evaluation.judge import CUES
+    from dcr.evaluation.rejudge import rejudge
+    from dcr.modeling.runtime import pick_device
     from dcr.pipeline.report import FILES, write_comparison
     from dcr.training.align import align
     from dcr.training.ranks import start
@@ -154,6 +177,13 @@ def run_pipeline(
 
     def evaluation(folder: Path, model_path: str, name: str) -> dict[str, Any]:
         step = {"model": model_path, "layer": layer, **settings["evaluate"]}
+        finished = _finished_with_another_judge(folder, step)
+        if finished is not None:
+            if ranks.main:
+                log(f"[rejudge] {folder}")
+                results = rejudge(folder, step.get("judge", CUES), device=pick_device(device))
+                _write_marker(folder, {**finished, "settings": _plain(step), "summary": results["summary"]})
+            ranks.barrier()  # every rank reads the new marker
         return run_step(
             folder,
             step,

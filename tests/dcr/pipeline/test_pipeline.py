@@ -204,3 +204,26 @@ def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_pat
     quick_refine, quick_align = _stage_configs(resolve("quick"), common, tmp_path, 0, 0.5)
     assert dcr_overlap(quick_refine, {"sets": ["xstest_safe"]}) == {"xstest_safe": 0.0}
     assert all(cfg.reserved_sources is None for cfg in quick_align.values())
+
+
+def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generating(tmp_path):
+    model, judge = str(tiny_model_dir("llama")), str(tiny_model_dir(extra_words=("1", "2", "3")))
+    run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=lambda m: None)
+    messages: list[str] = []
+    judged = {**TINY, "evaluate": {**TINY["evaluate"], "judge": judge}}
+    result = run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
+    evals = sorted(str(p.parent) for p in tmp_path.rglob("results.json"))
+    assert sorted(m.split()[1] for m in messages if m.startswith("[rejudge]")) == evals and len(evals) == 5
+    assert not [m for m in messages if m.startswith("[run]")]
+    for folder in evals:
+        marker = json.loads((tmp_path / folder / MARKER).read_text())
+        results = json.loads((tmp_path / folder / "results.json").read_text())
+        assert marker["settings"]["judge"] == results["settings"]["judge"] == judge
+        assert marker["summary"] == results["summary"]
+    assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
+    messages.clear()
+    run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
+    assert all(m.startswith("[skip]") for m in messages)
+    changed = {**judged, "evaluate": {**judged["evaluate"], "judge": "cues", "limit": 3}}
+    with pytest.raises(ConfigError, match="other settings"):
+        run_pipeline(model, tmp_path, "quick", overrides=changed, device="cpu", progress=False, log=lambda m: None)
