@@ -49,9 +49,9 @@ def _rejudge(config: RejudgeConfig) -> str:
     from dcr.evaluation.rejudge import rejudge
     from dcr.modeling.runtime import pick_device
 
-    results = rejudge(config.run_dir, config.judge, device=pick_device(config.device))
+    results = rejudge(config.output_dir, config.judge, device=pick_device(config.device), progress=config.progress)
     lines = [f"{key}: {value:.4f}" for key, value in results["summary"].items()]
-    return "\n".join([*lines, f"report rewritten in {Path(config.run_dir) / 'report.md'}"])
+    return "\n".join([*lines, f"report rewritten in {Path(config.output_dir) / 'report.md'}"])
 
 
 def _pipeline(config: PipelineConfig) -> str:
@@ -101,7 +101,7 @@ COMMANDS = {
         "Judge the completions of a finished `dcr evaluate` folder again with another refusal judge, without "
         "generating again; rewrites results.json, completions.jsonl and report.md (representation and perplexity "
         "results are kept).",
-        "dcr rejudge --run-dir runs/eval --judge path/to/judge-model",
+        "dcr rejudge --output-dir runs/eval --judge path/to/judge-model",
         RejudgeConfig,
         _rejudge,
     ),

@@ -104,13 +104,19 @@ class EvaluateConfig(Settings):
 class RejudgeConfig(Settings):
     """Everything `dcr rejudge` needs."""
 
-    run_dir: str = option("runs/eval", "A finished evaluation's folder (results.json and completions.jsonl).")
     judge: str = option(
         "cues",
         "Refusal judge: cues (the weighted-cue detector) or a local chat-model folder ('default': the embedded "
         "model) that classifies each response with XSTest's rubric.",
+        topic="behaviour",
     )
-    device: str = option("auto", "Device of a judge model: auto (CUDA if available), cpu, cuda, ...")
+    device: str = option("auto", "Device of a judge model: auto (CUDA if available), cpu, cuda, ...", topic="model")
+    output_dir: str = option(
+        "runs/eval",
+        "The finished evaluation's folder (the --output-dir of dcr evaluate), rewritten in place.",
+        topic="output",
+    )
+    progress: bool = option(True, "Show a progress bar over the sets.", topic="output")
 
     def validate(self) -> RejudgeConfig:
         super().validate()

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from dcr.config import ConfigError
 from dcr.evaluation.evaluate import behaviour, judged_rows, summary_key
@@ -20,7 +21,7 @@ from dcr.evaluation.judge import load_judge
 from dcr.evaluation.report import FILES, write_results
 
 
-def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu") -> dict:
+def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu", progress: bool = False) -> dict:
     """Judge the completions in ``folder`` with ``judge`` (``cues`` or a chat-model folder); return the new
     results, also written to ``folder``."""
     folder = Path(folder)
@@ -33,7 +34,7 @@ def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu
         completions = [json.loads(line) for line in f if line.strip()]
     judged_by = load_judge(judge, device=device)
     rejudged: list[dict] = []
-    for set_name, previous in results["sets"].items():
+    for set_name, previous in tqdm(results["sets"].items(), desc="rejudge", unit="set", disable=not progress):
         rows = [c for c in completions if c["set"] == set_name]
         prompts = [{"id": c["id"], "text": c["prompt"], "type": c.get("type")} for c in rows]
         rows = judged_rows(set_name, prompts, [c["response"] for c in rows], judged_by)

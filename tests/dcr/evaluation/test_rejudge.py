@@ -49,9 +49,9 @@ def test_rejudged_evaluation_equals_one_judged_so_from_the_start(tmp_path):
 
 def test_cli_rejudges_and_refuses_what_it_cannot(tmp_path, capsys):
     _evaluate(tmp_path / "run", "cues")
-    assert main(["rejudge", "--run-dir", str(tmp_path / "run"), "--judge", "cues", "--device", "cpu"]) == 0
+    assert main(["rejudge", "--output-dir", str(tmp_path / "run"), "--judge", "cues", "--device", "cpu"]) == 0
     assert "report rewritten" in capsys.readouterr().out
-    assert main(["rejudge", "--run-dir", str(tmp_path / "run"), "--judge", str(tmp_path / "nowhere")]) == 2
+    assert main(["rejudge", "--output-dir", str(tmp_path / "run"), "--judge", str(tmp_path / "nowhere")]) == 2
     assert "neither cues" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="not a finished evaluation.*results.json"):
         rejudge(tmp_path / "empty", "cues")
