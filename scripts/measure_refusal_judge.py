@@ -89,17 +89,17 @@ def main() -> None:
             _rows(f"held-out family, {key} {value}", [r for r in held_out if r[key] == value], extra)
     aligned = load_labels(PROJECT_MODELS_FILE)
     _rows("project's aligned models, all", aligned, extra)
-    for model in dict.fromkeys(r["model"] for r in aligned):
-        for source in dict.fromkeys(r["source"] for r in aligned):
-            _rows(f"{model}, {source}", [r for r in aligned if r["model"] == model and r["source"] == source], extra)
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in aligned:
+        cells.setdefault((r["model"], r["source"]), []).append(r)
+    for (model, source), part in cells.items():
+        _rows(f"{model}, {source}", part, extra)
     print("\n| project's aligned model | XSTest set | rows | labelled refusal rate | detected refusal rate |")
     print("|---|---|---:|---:|---:|")
-    for model in dict.fromkeys(r["model"] for r in aligned):
-        for source in dict.fromkeys(r["source"] for r in aligned):
-            part = [r for r in aligned if r["model"] == model and r["source"] == source]
-            labelled = sum(r["label"] == "refusal" for r in part) / len(part)
-            detected = sum(is_refusal(r["response"]) for r in part) / len(part)
-            print(f"| {model} | {source} | {len(part)} | {labelled:.3f} | {detected:.3f} |")
+    for (model, source), part in cells.items():
+        labelled = sum(r["label"] == "refusal" for r in part) / len(part)
+        detected = sum(is_refusal(r["response"]) for r in part) / len(part)
+        print(f"| {model} | {source} | {len(part)} | {labelled:.3f} | {detected:.3f} |")
 
 
 if __name__ == "__main__":

@@ -367,8 +367,9 @@ def analyse(text: str) -> Verdict:
                 continue
             if pattern.search(sentence):
                 seen.add(name)
-                score += weight * DECAY**position
-                families[name] = families.get(name, 0.0) + weight * DECAY**position
+                share = weight * DECAY**position
+                score += share
+                families[name] = families.get(name, 0.0) + share
                 fired.append(f"{name}@{i}")
     return Verdict(score >= THRESHOLD, round(score, 3), tuple(fired), families)
 

@@ -35,9 +35,9 @@ def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu
     judged_by = load_judge(judge, device=device)
     rejudged: list[dict] = []
     for set_name, previous in tqdm(results["sets"].items(), desc="rejudge", unit="set", disable=not progress):
-        rows = [c for c in completions if c["set"] == set_name]
-        prompts = [{"id": c["id"], "text": c["prompt"], "type": c.get("type")} for c in rows]
-        rows = judged_rows(set_name, prompts, [c["response"] for c in rows], judged_by)
+        generated = [c for c in completions if c["set"] == set_name]
+        prompts = [{"id": c["id"], "text": c["prompt"], "type": c.get("type")} for c in generated]
+        rows = judged_rows(set_name, prompts, [c["response"] for c in generated], judged_by)
         results["sets"][set_name] = behaviour(rows, previous["expected"])
         results["summary"][summary_key(set_name, previous["expected"])] = results["sets"][set_name]["score"]
         rejudged += rows
