@@ -72,12 +72,13 @@ def _poison(monkeypatch):
 @pytest.mark.parametrize("d", [130, 600, 1100, 2100])
 def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
     """D spanning many BLOCK_K slices and not a multiple of 8 or 16; outputs poisoned; the backward's
-    workspace set to 16 rows, so it runs in several row chunks (36 rows: 16 + 16 + 4); 36 columns take
-    two column splits in the interpreter."""
+    workspace set to 16 x 2n elements, so it runs in 32 x 32 blocks with ragged edges (36 rows: 32 + 4;
+    36 or 72 columns: 32 + 4, 32 + 32 + 8), accumulating dA over column blocks and dB over row blocks;
+    36 columns take two column splits in the interpreter."""
     _poison(monkeypatch)
     n = 36
     elem = 4 if dtype == torch.float32 else 2
-    monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", str(16 * 2 * n * elem / 2**20))  # 16 rows (extra keys: 2n cols)
+    monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", str(16 * 2 * n * elem / 2**20))  # (extra keys: 2n cols)
     i = [130, 600, 1100, 2100].index(d)
     case = make_case(
         loss,
@@ -94,9 +95,12 @@ def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
 
 def test_workspace_and_splits_follow_the_shapes(monkeypatch):
     monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", "1")
-    assert launch.workspace_rows(10_000, 4096, 4) == 64  # 1 MiB / (4096 x 4 bytes)
-    assert launch.workspace_rows(10, 4096, 4) == 10
-    assert launch.workspace_rows(10_000, 10**7, 2) == 16  # never below 16 rows
+    assert launch.workspace_shape(100, 2000, 4) == (100, 2000)  # 0.8 MB: one block
+    assert launch.workspace_shape(10_000, 400, 4) == (640, 400)  # every column, as many rows as fit
+    assert launch.workspace_shape(10, 40_000, 4) == (10, 26_208)  # every row, as many columns as fit
+    assert launch.workspace_shape(10_000, 4096, 4) == (512, 512)  # square blocks of 1 MiB / 4 bytes
+    assert launch.workspace_shape(10_000, 10**7, 2) == (720, 720)
+    assert launch.workspace_shape(10**6, 10**7, 2**20) == (16, 16)  # never below 16 x 16
     if launch.interpreting():
         assert [launch.column_splits(40, n, torch.device("cpu")) for n in (1, 33, 65, 10_000)] == [1, 2, 3, 3]
 

@@ -36,7 +36,7 @@ class _SoftmaxLSE(torch.autograd.Function):
         lse, _, argmax, _ = rows_forward(q, q if self_mode else k, Pairs(SOFTMAX, diag, s))
         col_lse = torch.empty(0, device=q.device)
         if columns:
-            col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s))
+            col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s), want_best=False)
         ctx.save_for_backward(q, k, s, lse, col_lse)
         ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
         ctx.mark_non_differentiable(argmax)

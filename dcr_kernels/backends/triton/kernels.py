@@ -29,6 +29,9 @@ from ..base import SOFTMAX as _SOFTMAX
 
 SOFTMAX: tl.constexpr = tl.constexpr(_SOFTMAX)
 CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum; |z| is at most 4 gamma
 
 
 @triton.jit
@@ -73,6 +76,22 @@ def _not_excluded(m0, n0, diag_offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.conste
 
 
 @triton.jit
+def _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Whether the tile at (m0, n0) needs a mask: it holds padding rows or columns, or the excluded pair.
+    Interior tiles (at large batch almost all of them) skip the mask arithmetic."""
+    shift = m0 + diag_offset - n0
+    return (m0 + BLOCK_M > M) | (n0 + BLOCK_N > n_end) | ((shift > -BLOCK_M) & (shift < BLOCK_N))
+
+
+@triton.jit
+def _candidates(m0, n0, M, n_end, diag_offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile mask of candidate pairs: inside M x N and not excluded."""
+    mask_m = tl.arange(0, BLOCK_M) < M - m0
+    mask_n = tl.arange(0, BLOCK_N) < n_end - n0
+    return mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
 def _column_range(N, BLOCK_N: tl.constexpr):
     """This program's columns: (first column as int64, tile count, end), whole BLOCK_N tiles dealt
     evenly over num_programs(1) splits."""
@@ -83,43 +102,61 @@ def _column_range(N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _online_lse(m, l, z):
-    """Merge a tile of logits z (rows x cols, -inf where masked) into running (max, sum of exp)."""
-    m_new = tl.maximum(m, tl.max(z, 1))
+def _online_lse2(m, l, z, z_max):
+    """Merge a tile of base-2 logits z (-inf where masked), whose row maxima are z_max, into the running
+    (max, sum of 2^(z - max)) of each row: one exp2 per entry."""
+    m_new = tl.maximum(m, z_max)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[:, None]), 1)
+    l = l * tl.math.exp2(m - m_safe) + tl.sum(tl.math.exp2(z - m_safe[:, None]), 1)
     return m_new, l
 
 
 @triton.jit
-def _finish_lse(m, l):
-    """m + log(l), and -inf for rows whose candidate set is empty (l = 0)."""
-    return tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))
+def _finish_lse2(m, l):
+    """Natural-log LSE from base-2 running statistics, (m + log2 l) ln 2; -inf for an empty set (l = 0)."""
+    return tl.where(l > 0, (m + tl.math.log2(tl.where(l > 0, l, 1.0))) * LN2, float("-inf"))
 
 
 @triton.jit
-def _circle_logits(sim, same, margin, gamma):
-    """Circle logit z and slope dz/dS (alpha detached) of every entry in its own set: positives (same
-    label) z = -gamma relu(1 + m - S) (S - (1 - m)), negatives z = gamma relu(S + m) (S - m)."""
-    slope = tl.where(same, -gamma * tl.maximum(1.0 + margin - sim, 0.0), gamma * tl.maximum(sim + margin, 0.0))
-    return slope * (sim - tl.where(same, 1.0 - margin, margin)), slope
+def _circle_terms(sim, pos, margin):
+    """Circle's per-entry terms without gamma, one formula for both sets (pos = 1.0 for a positive pair, 0.0
+    for a negative one; floats rather than masks, since a tile's worth of masks does not fit the predicate
+    registers): v = 1 + m - S for positives and S + m for negatives, alpha = relu(v), and
+    z / gamma = alpha (v - 2m), which is -alpha (S - (1 - m)) for positives and alpha (S - m) for negatives.
+    Returns (z / gamma, alpha)."""
+    v = pos * (1.0 - 2.0 * sim) + (sim + margin)
+    alpha = tl.maximum(v, 0.0)
+    return alpha * (v - 2.0 * margin), alpha
 
 
 @triton.jit
+def _best_column(best, best_idx, sim, tile_best, n0):
+    """Running best similarity and its first column. The tile's argmax is searched only when a row of the
+    block improves, which after the first tiles of a long row is rare."""
+    better = tile_best > best  # strict: the first column wins a tie
+    if tl.sum(better.to(tl.int32), 0) > 0:
+        tile_idx = tl.argmax(sim, 1).to(tl.int64) + n0
+        best_idx = tl.where(better, tile_idx, best_idx)
+        best = tl.where(better, tile_best, best)
+    return best, best_idx
+
+
+@triton.jit(do_not_specialize=["M", "N", "diag_offset"])
 def similarity_stats_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # A (M, D), B (N, D); int32 labels (Circle); scale s = 1/temperature (fp32)
     STAT1, STAT2, BEST, BEST_IDX,  # (splits, M): softmax lse | Circle lse over positives, over negatives; best
     M, N, D, stride_a, stride_b,
     margin, gamma, diag_offset,
-    LOSS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    LOSS: tl.constexpr, WANT_BEST: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     mask_m = tl.arange(0, BLOCK_M) < M - m0
     if LOSS == SOFTMAX:
-        scale = tl.load(SCALE)
+        log2_scale = tl.load(SCALE) * LOG2E  # z in base 2: s S log2(e), so each entry costs one exp2
     else:
         labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1)
+        log2_gamma = gamma * LOG2E
     m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l1 = tl.zeros((BLOCK_M,), tl.float32)
     m2 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -134,30 +171,47 @@ def similarity_stats_kernel(
             A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
-        valid = mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
-        sim_valid = tl.where(valid, sim, float("-inf"))
-        tile_best = tl.max(sim_valid, 1)
-        tile_idx = tl.argmax(sim_valid, 1).to(tl.int64) + n0
-        better = tile_best > best  # strict: the first column wins a tie
-        best_idx = tl.where(better, tile_idx, best_idx)
-        best = tl.where(better, tile_best, best)
+        edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
         if LOSS == SOFTMAX:
-            m1, l1 = _online_lse(m1, l1, tl.where(valid, sim * scale, float("-inf")))
+            if edge:
+                sim = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), sim, float("-inf"))
+            tile_best = tl.max(sim, 1)  # s > 0, so the best similarity gives the largest logit
+            if WANT_BEST:
+                best, best_idx = _best_column(best, best_idx, sim, tile_best, n0)
+            m1, l1 = _online_lse2(m1, l1, sim * log2_scale, tile_best * log2_scale)
         else:
             labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N), mask=mask_n, other=-2)
             same = labels_a[:, None] == labels_b[None, :]
-            z, _ = _circle_logits(sim, same, margin, gamma)
-            m1, l1 = _online_lse(m1, l1, tl.where(valid & same, z, float("-inf")))
-            m2, l2 = _online_lse(m2, l2, tl.where(valid & ~same, z, float("-inf")))
+            pos, neg = same.to(tl.float32), (~same).to(tl.float32)
+            z, _ = _circle_terms(sim, pos, margin)
+            if edge:
+                valid = _candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
+                z = tl.where(valid, z, float("-inf"))
+                if WANT_BEST:
+                    sim = tl.where(valid, sim, float("-inf"))
+            if WANT_BEST:
+                best, best_idx = _best_column(best, best_idx, sim, tl.max(sim, 1), n0)
+            # each set's running maximum (the other set's entries pushed BIG below), then one exp2 per entry
+            # against its own set's maximum; a set absent so far has a maximum near -BIG and a zero sum
+            m1_new = tl.maximum(m1, tl.max(z - neg * BIG, 1) * log2_gamma)
+            m2_new = tl.maximum(m2, tl.max(z - pos * BIG, 1) * log2_gamma)
+            m1_safe = tl.where(m1_new < -BIG, 0.0, m1_new)
+            m2_safe = tl.where(m2_new < -BIG, 0.0, m2_new)
+            ref = pos * (m1_safe - m2_safe)[:, None] + m2_safe[:, None]
+            e = tl.math.exp2(z * log2_gamma - ref)
+            l1 = l1 * tl.math.exp2(m1 - m1_safe) + tl.sum(e * pos, 1)
+            l2 = l2 * tl.math.exp2(m2 - m2_safe) + tl.sum(e * neg, 1)
+            m1, m2 = m1_new, m2_new
     out = tl.program_id(1).to(tl.int64) * M + m0 + tl.arange(0, BLOCK_M)
-    tl.store(STAT1 + out, _finish_lse(m1, l1), mask=mask_m)
+    tl.store(STAT1 + out, _finish_lse2(m1, l1), mask=mask_m)
     if LOSS == CIRCLE:
-        tl.store(STAT2 + out, _finish_lse(m2, l2), mask=mask_m)
-    tl.store(BEST + out, best, mask=mask_m)
-    tl.store(BEST_IDX + out, best_idx, mask=mask_m)
+        tl.store(STAT2 + out, _finish_lse2(m2, l2), mask=mask_m)
+    if WANT_BEST:
+        tl.store(BEST + out, best, mask=mask_m)
+        tl.store(BEST_IDX + out, best_idx, mask=mask_m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N", "diag_offset", "col_scale"])
 def pair_weights_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # as in the forward
     STAT1_A, STAT2_A, COEF_A,  # row term: final statistics and upstream coefficients of A's rows
@@ -172,16 +226,22 @@ def pair_weights_kernel(
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     mask_m = tl.arange(0, BLOCK_M) < M - m0
+    # Row constants, so that an entry costs one exp2 per term: statistics in base 2, and the slope's constant
+    # factor (s for softmax, gamma for Circle) folded into the coefficients.
+    coef_a = tl.load(COEF_A + offs_m, mask=mask_m, other=0.0)
+    stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))[:, None] * LOG2E
+    stat2_a = stat1_a
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
+        log2_scale = scale * LOG2E
+        coef_a = coef_a * scale
     else:
         labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1)
-    coef_a = tl.load(COEF_A + offs_m, mask=mask_m, other=0.0)[:, None]
-    stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
-    stat2_a = stat1_a
-    if LOSS == CIRCLE:
-        stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
-    dscale = tl.zeros((BLOCK_M,), tl.float32)
+        stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None] * LOG2E
+        log2_gamma = gamma * LOG2E
+        coef_a = coef_a * gamma
+    coef_a = coef_a[:, None]
+    ws = tl.zeros((BLOCK_M,), tl.float32)  # sum_j W_ij S_ij of the terms that count towards d loss / d scale
     n_start, n_tiles, n_end = _column_range(N, BLOCK_N)
     for t in range(0, n_tiles):
         n0 = n_start + t * BLOCK_N
@@ -191,31 +251,37 @@ def pair_weights_kernel(
             A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
-        valid = mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
         if LOSS == SOFTMAX:
-            z = tl.where(valid, sim * scale, float("-inf"))
-            slope = scale
+            z = sim * log2_scale
             stat_a = stat1_a
         else:
             labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2)
             same = labels_a[:, None] == labels_b[None, :]
-            z, slope = _circle_logits(sim, same, margin, gamma)
-            z = tl.where(valid, z, float("-inf"))
+            z, alpha = _circle_terms(sim, same, margin)
+            z = z * log2_gamma
             stat_a = tl.where(same, stat1_a, stat2_a)
-        p = coef_a * tl.exp(z - stat_a)  # W = slope * p; +inf statistics (rows not counted) give 0
-        if LOSS == SOFTMAX:
-            dscale += tl.sum(p * sim, 1)
+        if _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N):
+            z = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), z, float("-inf"))
+        w = coef_a * tl.math.exp2(z - stat_a)  # +inf statistics (rows not counted) give 0
         if COL_TERM:
             coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)[None, :]
-            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))[None, :]
-            if LOSS == CIRCLE:
-                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))[None, :]
-                stat_b = tl.where(same, stat_b, stat2_b)
-            p_col = coef_b * tl.exp(z - stat_b)
+            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))[None, :] * LOG2E
             if LOSS == SOFTMAX:
-                dscale += col_scale * tl.sum(p_col * sim, 1)
-            p += p_col
-        w = slope * p
+                coef_b = coef_b * scale
+            else:
+                coef_b = coef_b * gamma
+                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))[None, :] * LOG2E
+                stat_b = tl.where(same, stat_b, stat2_b)
+            w_col = coef_b * tl.math.exp2(z - stat_b)
+            if LOSS == SOFTMAX:
+                ws += tl.sum((w + col_scale * w_col) * sim, 1)
+            w += w_col
+        elif LOSS == SOFTMAX:
+            ws += tl.sum(w * sim, 1)
+        if LOSS == CIRCLE:
+            w = w * tl.where(same, -alpha, alpha)  # dz/dS = -gamma alpha (positives), gamma alpha (negatives)
         w_ptrs = W + m0 * stride_w + n0 + tl.arange(0, BLOCK_M)[:, None] * stride_w + tl.arange(0, BLOCK_N)[None, :]
         tl.store(w_ptrs, w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-    tl.store(DSCALE + tl.program_id(1).to(tl.int64) * M + offs_m, dscale, mask=mask_m)
+    if LOSS == SOFTMAX:
+        ws = ws / scale  # W = s P, and d loss / d s sums P S
+    tl.store(DSCALE + tl.program_id(1).to(tl.int64) * M + offs_m, ws, mask=mask_m)

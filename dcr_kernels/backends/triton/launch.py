@@ -1,17 +1,18 @@
-"""Host side of the kernels: tile configs, column splits, the backward's row-chunk workspace, and the dtype
+"""Host side of the kernels: tile configs, column splits, the backward's block workspace, and the dtype
 rules (fp32 statistics, gradients in the input dtype).
 
 Forward: one launch of `similarity_stats_kernel`, whose per-split statistics are merged here (a
 log-sum-exp and a first-wins argmax over at most a few dozen splits: deterministic).
-Backward: for each chunk of A's rows (as many as fit in the workspace budget), `pair_weights_kernel`
-writes W = d loss / d S for the chunk against all of B, and cuBLAS forms dA[chunk] = W B and, in cross
-mode, dB += W^T A[chunk]. D is a loop trip count in the kernels and a GEMM dimension in cuBLAS, so any D
-runs with the same tiles.
+Backward: for each block of rows and columns (as many as fit in the workspace budget, `workspace_shape`),
+`pair_weights_kernel` writes W = d loss / d S for the block, and cuBLAS forms dA[rows] += W B[cols] and, in
+cross mode, dB[cols] += W^T A[rows]; with all columns in one block, dA[rows] = W B is one GEMM. D is a
+loop trip count in the kernels and a GEMM dimension in cuBLAS, so any D runs with the same tiles.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -52,7 +53,7 @@ _GPU_CONFIGS = {
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
-_WORKSPACE_ROW_ALIGN = 16  # chunk starts keep every row pointer and statistics slice 16-byte aligned
+_WORKSPACE_ROW_ALIGN = 16  # block starts keep every row pointer and statistics slice 16-byte aligned
 
 
 def input_precision() -> str:
@@ -89,6 +90,11 @@ def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, precision: str
     )
 
 
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the CUDA device."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def column_splits(m: int, n: int, device: torch.device) -> int:
     """Programs per row block: enough (row block, column range) programs to fill the GPU twice over when M
     is small, each streaming at least _MIN_SPLIT_COLS columns. Under the interpreter up to 3, so that the
@@ -96,16 +102,27 @@ def column_splits(m: int, n: int, device: torch.device) -> int:
     tiles = triton.cdiv(n, _INTERPRETER_META["BLOCK_N"] if interpreting() else _MIN_SPLIT_COLS)
     if interpreting():
         return max(1, min(3, tiles))
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    programs = 2 * sm_count(device)
     return max(1, min(tiles, triton.cdiv(programs, triton.cdiv(m, 128))))
 
 
-def workspace_rows(m: int, n: int, element_bytes: int) -> int:
-    """Rows of W per backward chunk: as many as fit in DCR_TRITON_WORKSPACE_MB (default 1024 MiB), a
-    multiple of 16, at least 16."""
-    budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20)
-    rows = budget // max(1, n * element_bytes) // _WORKSPACE_ROW_ALIGN * _WORKSPACE_ROW_ALIGN
-    return min(m, max(_WORKSPACE_ROW_ALIGN, rows))
+def workspace_shape(m: int, n: int, element_bytes: int) -> tuple[int, int]:
+    """(rows, columns) of the backward's W blocks within DCR_TRITON_WORKSPACE_MB (default 1024 MiB).
+
+    dA accumulates over column blocks and dB over row blocks, so the accumulation traffic is
+    M N D (1 / rows + 1 / columns) elements: the blocks are as square as the budget allows (the whole of a
+    side that fits), which keeps it a fixed fraction of the matmul work at any batch. Block edges are
+    multiples of 16 (at least 16) unless they span all of M or N."""
+    budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20) // element_bytes
+    if m * n <= budget:
+        return m, n
+    align = _WORKSPACE_ROW_ALIGN
+    side = max(align, math.isqrt(budget) // align * align)
+    if n <= side:
+        return min(m, max(align, budget // n // align * align)), n
+    if m <= side:
+        return m, min(n, max(align, budget // m // align * align))
+    return side, side
 
 
 def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **constexprs) -> None:
@@ -148,9 +165,11 @@ def _diag(exclude_offset: int | None, n: int) -> int:
     return n if exclude_offset is None else exclude_offset
 
 
-def rows_forward(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+def rows_forward(
+    a: Tensor, b: Tensor, pairs: Pairs, *, want_best: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Row statistics of S = a b^T over the candidate pairs: (lse, None, argmax, best) for softmax,
-    (lse_pos, lse_neg, argmax, best) for Circle."""
+    (lse_pos, lse_neg, argmax, best) for Circle; argmax and best are None unless `want_best`."""
     loss = pairs.loss
     m, n = a.shape[0], b.shape[0]
     same_rows = a is b
@@ -162,9 +181,8 @@ def rows_forward(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor | N
     splits = column_splits(m, n, a.device)
     stat1 = new_output((splits, m), torch.float32, a.device)
     stat2 = new_output((splits, m), torch.float32, a.device) if loss == CIRCLE else stat1
-    best = new_output((splits, m), torch.float32, a.device)
-    best_idx = new_output((splits, m), torch.int64, a.device)
-    dummy = best
+    best = new_output((splits, m), torch.float32, a.device) if want_best else stat1
+    best_idx = new_output((splits, m), torch.int64, a.device) if want_best else stat1
     _launch(
         "similarity_stats_kernel",
         m,
@@ -172,9 +190,9 @@ def rows_forward(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor | N
         a,
         a,
         b,
-        dummy if labels_a is None else labels_a,
-        dummy if labels_b is None else labels_b,
-        dummy if scale is None else scale,
+        stat1 if labels_a is None else labels_a,  # any valid pointer stands for an argument the kernel skips
+        stat1 if labels_b is None else labels_b,
+        stat1 if scale is None else scale,
         stat1,
         stat2,
         best,
@@ -188,14 +206,17 @@ def rows_forward(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[Tensor, Tensor | N
         float(pairs.gamma),
         _diag(exclude_offset, n),
         LOSS=loss,
+        WANT_BEST=want_best,
         **_common(),
     )
     if splits > 1:
         stat1 = torch.logsumexp(stat1, dim=0, keepdim=True)
         stat2 = torch.logsumexp(stat2, dim=0, keepdim=True) if loss == CIRCLE else stat1
-        winner = best.argmax(dim=0, keepdim=True)  # the first split, so the lowest column, wins a tie
-        best, best_idx = best.gather(0, winner), best_idx.gather(0, winner)
-    return stat1[0], (stat2[0] if loss == CIRCLE else None), best_idx[0], best[0]
+        if want_best:
+            winner = best.argmax(dim=0, keepdim=True)  # the first split, so the lowest column, wins a tie
+            best, best_idx = best.gather(0, winner), best_idx.gather(0, winner)
+    stat2 = stat2[0] if loss == CIRCLE else None
+    return (stat1[0], stat2, best_idx[0], best[0]) if want_best else (stat1[0], stat2, None, None)
 
 
 Term = tuple[Tensor, Tensor | None, Tensor]  # (stat1, stat2, coefficients), +inf statistics where not counted
@@ -227,55 +248,76 @@ def pair_grads(
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
     a_w = a.to(w_dtype)
     b_w = a_w if same_rows else b.to(w_dtype)
-    chunk = workspace_rows(m, n, torch.finfo(w_dtype).bits // 8)
-    splits = column_splits(chunk, n, a.device)
-    workspace = new_output((chunk, n), w_dtype, a.device)
-    da = new_output((m, a.shape[1]), a.dtype, a.device)
+    block_rows, block_cols = workspace_shape(m, n, torch.finfo(w_dtype).bits // 8)
+    splits = column_splits(block_rows, block_cols, a.device)
+    # W's row stride padded to 16 elements: aligned, vectorised stores whatever N is
+    workspace = new_output((block_rows, -(-block_cols // 16) * 16), w_dtype, a.device)
+    workspace[:, block_cols:] = 0  # never part of W, but a CPU 16-bit GEMM reads the padding of a strided view
+    partial = new_output((splits, block_rows), torch.float32, a.device)
+    one_block = block_cols == n  # dA of a row block in one GEMM; else accumulated over column blocks in fp32
+    da = new_output((m, a.shape[1]), a.dtype if one_block else torch.float32, a.device)
+    if not one_block:
+        da.zero_()
     db = torch.zeros(n, a.shape[1], dtype=torch.float32, device=a.device) if want_db and not same_rows else None
     dscale = torch.zeros((), dtype=torch.float32, device=a.device)
-    partial = new_output((splits, chunk), torch.float32, a.device)
-    dummy = partial
     r1, r2, rc = row_term
-    c1, c2, cc = col_term if col_term is not None else (dummy, None, dummy)
-    for r0 in range(0, m, chunk):
-        rows = min(chunk, m - r0)
-        part = slice(r0, r0 + rows)
-        w = workspace[:rows]
-        _launch(
-            "pair_weights_kernel",
-            rows,
-            splits,
-            a,
-            a[part],
-            b,
-            dummy if labels_a is None else labels_a[part],
-            dummy if labels_b is None else labels_b,
-            dummy if scale is None else scale,
-            r1[part],
-            (r1 if r2 is None else r2)[part],
-            rc[part],
-            c1,
-            c1 if c2 is None else c2,
-            cc,
-            w,
-            partial,
-            rows,
-            n,
-            a.shape[1],
-            a.stride(0),
-            b.stride(0),
-            w.stride(0),
-            float(pairs.margin),
-            float(pairs.gamma),
-            _diag(exclude_offset, n) + (0 if exclude_offset is None else r0),
-            0 if same_rows else 1,
-            LOSS=loss,
-            COL_TERM=col_term is not None,
-            **_common(),
-        )
-        if loss == SOFTMAX:
-            dscale += partial.view(-1)[: splits * rows].sum()  # the kernel wrote (splits, rows)
-        da[part] = w @ b_w
-        if db is not None:
-            db += w.T @ a_w[part]
-    return da[:, :d], (None if db is None else db[:, :d].to(b.dtype)), dscale
+    c1, c2, cc = col_term if col_term is not None else (None, None, None)
+
+    def part(x: Tensor | None, span: slice) -> Tensor:
+        return partial if x is None else x[span]  # any valid pointer stands for an argument the kernel skips
+
+    for r0 in range(0, m, block_rows):
+        rows = slice(r0, min(m, r0 + block_rows))
+        for c0 in range(0, n, block_cols):
+            cols = slice(c0, min(n, c0 + block_cols))
+            w = workspace[: rows.stop - r0, : cols.stop - c0]
+            _launch(
+                "pair_weights_kernel",
+                w.shape[0],
+                splits,
+                a,
+                a[rows],
+                b[cols],
+                part(labels_a, rows),
+                part(labels_b, cols),
+                partial if scale is None else scale,
+                r1[rows],
+                part(r1 if r2 is None else r2, rows),
+                rc[rows],
+                part(c1, cols),
+                part(c1 if c2 is None else c2, cols),
+                part(cc, cols),
+                w,
+                partial,
+                w.shape[0],
+                w.shape[1],
+                a.shape[1],
+                a.stride(0),
+                b.stride(0),
+                w.stride(0),
+                float(pairs.margin),
+                float(pairs.gamma),
+                _diag(exclude_offset, n) + (0 if exclude_offset is None else r0 - c0),
+                0 if same_rows else 1,
+                LOSS=loss,
+                COL_TERM=col_term is not None,
+                **_common(),
+            )
+            if loss == SOFTMAX:
+                dscale += partial.view(-1)[: splits * w.shape[0]].sum()  # the kernel wrote (splits, rows)
+            if one_block:
+                da[rows] = w @ b_w
+            else:
+                _accumulate(da[rows], w, b_w[cols])
+            if db is not None:
+                _accumulate(db[cols], w.T, a_w[rows])
+    return da[:, :d].to(a.dtype), (None if db is None else db[:, :d].to(b.dtype)), dscale
+
+
+def _accumulate(out: Tensor, x: Tensor, y: Tensor) -> None:
+    """out += x @ y into an fp32 accumulator: one GEMM with beta = 1 when x is fp32, else the 16-bit
+    product (fp32 accumulation inside the GEMM) added in."""
+    if x.dtype == out.dtype:
+        out.addmm_(x, y)
+    else:
+        out += x @ y
