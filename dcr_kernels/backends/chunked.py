@@ -28,7 +28,7 @@ from .base import CircleStats, SoftmaxStats, compute_dtype
 DEFAULT_CHUNK_BYTES = 16 << 20
 MIN_DEFAULT_ROWS = 64
 _SOFTMAX_TEMPORARIES = 2  # the chunk's scores (exponentiated in place), the column term of the symmetric loss
-_CIRCLE_TEMPORARIES = 5  # scores, label mask, slope, positive logits, a float64 code difference
+_CIRCLE_TEMPORARIES = 2  # the chunk's similarities (then logits, then d loss / dS) and slopes
 _ARGMAX_BLOCK = 64
 # Exponents are clamped here: exp(-60) is 1e-26 of a row's largest term, so no sum or gradient changes
 # beyond rounding, and exp stays off its slow paths (out-of-range inputs, subnormal results: 20-70x slower).
@@ -167,6 +167,13 @@ def _column_lse(q: Tensor, k: Tensor, s: Tensor, chunk: int) -> Tensor:
     return col
 
 
+def _label_runs(labels: Tensor) -> list[tuple[int, int, int]]:
+    """(label, first row, end row) of each run of equal labels in a sorted label vector."""
+    values, counts = torch.unique_consecutive(labels, return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return [(y, e - c, e) for y, c, e in zip(values.tolist(), counts.tolist(), ends, strict=True)]
+
+
 def _circle_pass(
     q: Tensor,
     k: Tensor,
@@ -182,56 +189,89 @@ def _circle_pass(
     """One pass over row chunks: per-row Circle loss and argmax and, when `g` is given, the gradients of
     sum_i g_i L_i.
 
-    Masks are float arithmetic, not boolean selects (several times slower on CPU): `other` is 1 where
-    the labels differ, and each set's logits get a large finite penalty outside the set, so that
-    exp(z - set max) is at the floor (negligible) there. Rows whose set is empty are known from the label
-    counts."""
+    Queries and keys are sorted by label, so that the positives of a run of rows with one label are one
+    block of consecutive columns: no label mask is ever formed. With v = S on negatives and v = 1 - S on
+    positives, both sets' logits are z = gamma (w^2 - m^2) with w = max(v, -m), and the slope dz/dS is
+    +-gamma (w + m). Each chunk is scored as if every pair were negative; the positive blocks (a small
+    part of the chunk) are then recomputed, exponentiated against their own maximum, and set aside, so
+    that every entry is exponentiated once. Results are returned in the callers' order."""
     m, n = q.shape[0], k.shape[0]
+    q_labels, q_perm = torch.sort(q_labels, stable=True)
+    k_labels, k_perm = (q_labels, q_perm) if self_mode else torch.sort(k_labels, stable=True)
+    q, g = q[q_perm], None if g is None else g[q_perm]
+    k = q if self_mode else k[k_perm]
+    counts = torch.bincount(k_labels, minlength=int(max(q_labels[-1], k_labels[-1])) + 1)
+    k_end, k_count = counts.cumsum(0).tolist(), counts.tolist()
+    n_same = counts[q_labels]
+    has_pos, has_neg = n_same > int(self_mode), n_same < n
+    runs = [(r0, r1, k_end[y] - k_count[y], k_end[y]) for y, r0, r1 in _label_runs(q_labels)]
+    runs = [run for run in runs if run[3] - run[2] > int(self_mode)]  # the rows have positives
     row_loss = torch.empty(m, dtype=q.dtype, device=q.device)
     argmax = torch.empty(m, dtype=torch.long, device=q.device)
     grads = _Grads(q, k, self_mode) if g is not None else None
-    n_same = torch.bincount(k_labels, minlength=int(max(q_labels.max(), k_labels.max())) + 1)[q_labels]
-    has_pos, has_neg = n_same > int(self_mode), n_same < n
-    code = torch.float32 if q.dtype == torch.float32 and n + m < 1 << 24 else torch.float64  # exact codes
-    q_codes, k_codes = q_labels.to(code), k_labels.to(code)
-    penalty = torch.finfo(q.dtype).max / 8
-    buffers = _workspace(4, min(chunk, m), q, n)
+    shift = gamma * margin * margin  # z = gamma w^2 - shift
+    sims, slopes = _workspace(2, min(chunk, m), q, n)
     for r0 in range(0, m, chunk):
         rows = slice(r0, r0 + chunk)
         qb = q[rows]
-        sim, other, alpha_pos, slope = (b[: qb.shape[0]] for b in buffers)
+        r1 = r0 + qb.shape[0]
+        sim, slope = sims[: qb.shape[0]], slopes[: qb.shape[0]]
         torch.mm(qb, k.T, out=sim)
         if self_mode:
             sim.diagonal(r0).fill_(float("-inf"))
         argmax[rows] = _row_max(sim)[1]
         if self_mode:
             sim.diagonal(r0).fill_(0.0)  # any finite value: the pair is excluded below
-        if code == q.dtype:
-            torch.sub(q_codes[rows, None], k_codes[None, :], out=other)
-        else:  # float64 codes; a nonzero difference stays nonzero when cast
-            other.copy_(q_codes[rows, None] - k_codes[None, :])
-        other.abs_().clamp_(max=1)
-        torch.neg(sim, out=alpha_pos).add_(1.0 + margin).relu_()
-        # slope = dz/dS: -gamma relu(1 + m - S) on positives, gamma relu(S + m) on negatives
-        torch.add(sim, margin, out=slope).relu_().add_(alpha_pos).mul_(other).sub_(alpha_pos).mul_(gamma)
-        z_pos = torch.sub(sim, 1.0 - margin, out=alpha_pos).mul_(slope).add_(other, alpha=-penalty)
-        z_neg = sim.sub_(margin).mul_(slope).add_(other.sub_(1.0), alpha=penalty)
+        blocks = [(max(a, r0) - r0, min(b, r1) - r0, c0, c1) for a, b, c0, c1 in runs if a < r1 and b > r0]
+        torch.clamp(sim, min=-margin, out=slope)
+        for a, b, c0, c1 in blocks:
+            torch.clamp(1.0 - sim[a:b, c0:c1], min=-margin, out=slope[a:b, c0:c1])
+        z = torch.addcmul(sim.new_zeros(()), slope, slope, value=gamma, out=sim)  # z + shift
         if self_mode:
-            z_pos.diagonal(r0).fill_(float("-inf"))
-        lse, inv = [], []
-        for z, valid in ((z_pos, has_pos[rows]), (z_neg, has_neg[rows])):
-            top = z.amax(dim=1)
-            total = z.sub_(top[:, None]).clamp_(min=_EXP_FLOOR).exp_().sum(dim=1)  # exp(z - set max), ~0 outside
-            lse.append(torch.where(valid, top + total.log(), float("-inf")))
-            inv.append(torch.where(valid, 1.0 / total, 0.0)[:, None])
-        row_loss[rows] = circle_row_loss(*lse)
+            z.diagonal(r0).fill_(float("-inf"))
+        pos_top, pos_total = torch.zeros_like(qb[:, 0]), torch.ones_like(qb[:, 0])
+        pos_exp = []
+        for a, b, c0, c1 in blocks:
+            block = z[a:b, c0:c1]
+            pos_top[a:b] = block.amax(dim=1)
+            pos_exp.append(block.sub(pos_top[a:b, None]).clamp_(min=_EXP_FLOOR).exp_())
+            pos_total[a:b] = pos_exp[-1].sum(dim=1)
+            block.fill_(float("-inf"))
+        valid_pos, valid_neg = has_pos[rows], has_neg[rows]
+        neg_top = torch.where(valid_neg, z.amax(dim=1), 0.0)
+        neg_total = z.sub_(neg_top[:, None]).clamp_(min=_EXP_FLOOR).exp_().sum(dim=1)  # exp(z - max), ~0 on P
+        lse_pos = torch.where(valid_pos, pos_top + pos_total.log() - shift, float("-inf"))
+        lse_neg = torch.where(valid_neg, neg_top + neg_total.log() - shift, float("-inf"))
+        row_loss[rows] = circle_row_loss(lse_pos, lse_neg)
         if grads is None:
             continue
-        both = lse[0] + lse[1]
+        # d L_i / d S_ij = c_i softmax within the entry's set x slope; c_i gamma / (negatives' sum) is the
+        # row scale, so the positive blocks are multiplied by -(negatives' sum) / (positives' sum)
+        both = lse_pos + lse_neg
         coef = torch.where(torch.isfinite(both), torch.sigmoid(both) * g[rows], 0.0)
-        dsim = z_neg.mul_(inv[1]).add_(z_pos.mul_(inv[0])).mul_(slope)  # softmax within each set x dz/dS
-        grads.add_chunk(r0, dsim, qb, k, coef)
-    return row_loss, argmax, grads
+        scale = torch.where(valid_neg, coef * gamma / neg_total, 0.0)
+        ratio = -neg_total / pos_total
+        dsim = z.mul_(slope.add_(margin))
+        for (a, b, c0, c1), block in zip(blocks, pos_exp, strict=True):
+            torch.mul(block, slope[a:b, c0:c1], out=dsim[a:b, c0:c1]).mul_(ratio[a:b, None])
+        if self_mode:
+            dsim.diagonal(r0).fill_(0.0)
+        grads.add_chunk(r0, dsim, qb, k, scale)
+    return _unsorted(row_loss, argmax, grads, q_perm, k_perm)
+
+
+def _unsorted(
+    row_loss: Tensor, argmax: Tensor, grads: _Grads | None, q_perm: Tensor, k_perm: Tensor
+) -> tuple[Tensor, Tensor, _Grads | None]:
+    """Row results and gradients of inputs sorted by `q_perm` and `k_perm`, back in the inputs' order."""
+    argmax = torch.where(argmax >= 0, k_perm[argmax.clamp(min=0)], -1)
+    out_loss, out_argmax = torch.empty_like(row_loss), torch.empty_like(argmax)
+    out_loss[q_perm], out_argmax[q_perm] = row_loss, argmax
+    if grads is not None:
+        dq = torch.empty_like(grads.dq).index_copy_(0, q_perm, grads.dq)
+        grads.dk = dq if grads.self_mode else torch.empty_like(grads.dk).index_copy_(0, k_perm, grads.dk)
+        grads.dq = dq
+    return out_loss, out_argmax, grads
 
 
 def _upcast(q: Tensor, k: Tensor, self_mode: bool) -> tuple[Tensor, Tensor]:
