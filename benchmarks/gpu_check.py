@@ -8,7 +8,9 @@
    rows at D = 256 bf16; then the B x D grid against eager dense PyTorch, with peak memory above the inputs;
 4. the checks of the kernel issue beside the cost model's predictions (benchmarks/cost_model.py): forward
    at B = 65536, D = 1024 bf16 against the measured matmul peak (target 0.6); symmetric forward+backward
-   against Inf-CL (target 3x); peak memory per row;
+   against Inf-CL (target 3x); peak memory per row; and, before the sweep, one forward + backward per
+   point of `PER_KERNEL` profiled kernel by kernel beside the model's prediction for each pass (ragged
+   batches and dimensions are in the plan too);
 5. one DCR step at Qwen2.5-1.5B's and LLaMA-3-8B's architectures (benchmarks/gpu_dcr_step.py) in the time
    that is left (`--dcr-step-s` of it kept for this).
 
@@ -62,7 +64,13 @@ PLAN = [
     ("circle", 65536, 4096, "bfloat16", ("ours",)),
     ("clip", 65536, 256, "bfloat16", ("ours", "inf-cl")),
     ("info_nce", 1048576, 256, "bfloat16", ("ours",)),
+    # ragged batches and dimensions (N % 16 != 0, D % 16 != 0): the launches the resource test captures
+    ("clip", 65000, 1000, "bfloat16", ("ours",)),
+    ("circle", 1000, 130, "bfloat16", ("ours",)),
+    ("supcon", 65000, 130, "float32", ("ours",)),
 ]
+# (loss, B, D): forward + backward profiled kernel by kernel against benchmarks/cost_model.py's passes
+PER_KERNEL = [("clip", 65536, 1024), ("info_nce", 65536, 256), ("circle", 65536, 1024), ("clip", 65536, 256)]
 _LONG_MS = 200.0  # a step this slow is timed twice instead of by do_bench's repeated runs
 TEMPERATURE, MARGIN, GAMMA = 0.07, 0.4, 80.0
 
@@ -253,6 +261,64 @@ def full_plan(max_b: int | None) -> list[tuple]:
     return plan
 
 
+def _kernel_group(name: str) -> str:
+    for kernel in ("similarity_stats_kernel", "pair_weights_kernel"):
+        if kernel in name:
+            return kernel
+    return "cuBLAS GEMMs" if any(k in name.lower() for k in ("gemm", "xmma", "cutlass", "sm90")) else "other"
+
+
+def per_kernel(device: torch.device, backend: str, clock: Clock, reserve_s: float) -> list[dict]:
+    """One forward + backward of each PER_KERNEL point under the CUDA profiler: measured milliseconds per
+    kernel (grouped as the cost model's passes are) beside the predicted ones, so that a first GPU run
+    calibrates the model kernel by kernel."""
+    if device.type != "cuda":
+        return []
+    from torch.profiler import ProfilerActivity, profile
+
+    out = []
+    for loss, b, d in PER_KERNEL:
+        if clock.left() < reserve_s:
+            break
+        fn = _providers(loss, backend)["ours"]
+        gen = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(b, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+        k = torch.randn(b, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+        y = torch.arange(b, device=device) % max(1, b // 4)
+        fn(q, k, y).backward()  # compile and autotune outside the profile
+        q.grad = k.grad = None
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(q, k, y).backward()
+            torch.cuda.synchronize(device)
+        measured: dict[str, float] = {}
+        for event in prof.key_averages():
+            total_us = getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
+            if total_us:
+                group = _kernel_group(event.key)
+                measured[group] = measured.get(group, 0.0) + total_us / 1e3
+        model_loss = "circle" if loss == "circle" else "softmax"
+        predicted: dict[str, float] = {}
+        mode = "symmetric" if loss == "clip" else "self"
+        for name, seconds, _ in cost_model.passes(model_loss, d, mode, batch=b):
+            group = (
+                "similarity_stats_kernel"
+                if name.startswith("forward")
+                else "pair_weights_kernel"
+                if "W kernel" in name
+                else "cuBLAS GEMMs"
+                if "cuBLAS" in name
+                else "other"
+            )
+            predicted[group] = predicted.get(group, 0.0) + seconds * 1e3
+        row = {"loss": loss, "B": b, "D": d, "measured_ms": measured, "predicted_ms": predicted}
+        out.append(row)
+        print(json.dumps(row), flush=True)
+        del q, k
+        torch.cuda.empty_cache()
+    return out
+
+
 def checks(rows: list[dict], peak_tflops: float) -> dict:
     """The kernel issue's GPU criteria, computed from the measured rows."""
 
@@ -310,6 +376,12 @@ def write(result: dict, out_dir: Path) -> Path:
         "## Predicted (benchmarks/cost_model.py, H200)",
         "",
         cost_model.markdown(),
+        "## Per kernel: measured against predicted (ms)",
+        "",
+        fence,
+        *[json.dumps(r) for r in result.get("per_kernel", [])],
+        fence,
+        "",
         "## One DCR step (benchmarks/gpu_dcr_step.py)",
         "",
         fence,
@@ -350,6 +422,7 @@ def main() -> None:
     result["tests"] = {"tail": ["skipped"]} if args.skip_tests else run_tests(clock, args.tests_s)
     print("\n".join(result["tests"]["tail"]), flush=True)
     peak = matmul_peak_tflops(device)
+    result["per_kernel"] = per_kernel(device, args.backend, clock, reserve_s=args.dcr_step_s + 60)
     result["sweep"] = sweep(device, args.backend, full_plan(args.max_b), clock, reserve_s=args.dcr_step_s + 10)
     archs = ["tiny"] if args.max_b else ["qwen2.5-1.5b", "llama-3-8b"]
     batches = (64,) if args.max_b else (256, 1024)

@@ -64,7 +64,7 @@ def _recording(calls: list) -> Iterator[None]:
             os.environ["TRITON_INTERPRET"] = saved[2]
 
 
-def _run_case(batch: int, dim: int, dtype: str, loss: str, call: str) -> None:
+def _run_case(batch: int, dim: int, dtype: str, loss: str, call: str, metrics: bool) -> None:
     """Forward and backward of one loss through the Triton backend's autograd functions, on meta tensors."""
     import torch
 
@@ -77,24 +77,28 @@ def _run_case(batch: int, dim: int, dtype: str, loss: str, call: str) -> None:
     k = q if call == "self" else torch.empty(keys, dim, requires_grad=True, **meta)
     if loss == "softmax":
         scale = torch.empty((), device="meta", dtype=torch.float32, requires_grad=True)
-        stats = backend.softmax_stats(q, k, scale, self_mode=call == "self", columns=call == "symmetric")
+        columns = call == "symmetric"
+        stats = backend.softmax_stats(q, k, scale, self_mode=call == "self", columns=columns, argmax=metrics)
         out = stats.lse.sum() + (stats.col_lse.sum() if stats.col_lse is not None else 0)
     else:
         labels_q = torch.empty(batch, device="meta", dtype=torch.int64)
         labels_k = labels_q if call == "self" else torch.empty(keys, device="meta", dtype=torch.int64)
-        stats = backend.circle_stats(q, k, labels_q, labels_k, margin=0.25, gamma=64.0, self_mode=call == "self")
+        args = dict(margin=0.25, gamma=64.0, self_mode=call == "self", argmax=metrics)
+        stats = backend.circle_stats(q, k, labels_q, labels_k, **args)
         out = stats.row_loss.sum()
     out.backward()
 
 
-def capture(batch: int, dim: int, dtype: str, loss: str, call: str, precision: str = "tf32") -> list[tuple]:
+def capture(
+    batch: int, dim: int, dtype: str, loss: str, call: str, precision: str = "tf32", metrics: bool = False
+) -> list[tuple]:
     """The launcher's calls (kernel name, positional arguments, constexprs) for one case."""
     calls: list = []
     saved = os.environ.get("DCR_INPUT_PRECISION")
     os.environ["DCR_INPUT_PRECISION"] = precision
     try:
         with _recording(calls):
-            _run_case(batch, dim, dtype, loss, call)
+            _run_case(batch, dim, dtype, loss, call, metrics)
     finally:
         if saved is None:
             os.environ.pop("DCR_INPUT_PRECISION")
@@ -127,11 +131,12 @@ def bind(name: str, args: tuple, constexprs: dict, capability: int) -> Variant:
 
 
 def cases() -> list[tuple]:
-    """(batch, dim, dtype, loss, call, fp32 dot precision) for every shape, dtype, loss and call."""
+    """(batch, dim, dtype, loss, call, fp32 dot precision, top-1 metrics) for every shape, dtype, loss and
+    call, with and without the metrics (which make the forward track each row's best column)."""
     out = []
-    for batch, dim, dtype, (loss, call) in product(BATCHES, DIMS, DTYPES, CALLS):
+    for batch, dim, dtype, (loss, call), metrics in product(BATCHES, DIMS, DTYPES, CALLS, (False, True)):
         for precision in ("tf32", "ieee") if dtype == "fp32" else ("tf32",):
-            out.append((batch, dim, dtype, loss, call, precision))
+            out.append((batch, dim, dtype, loss, call, precision, metrics))
     return out
 
 

@@ -26,11 +26,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import sass  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {80: ("sm_80", 163 * 1024), 90: ("sm_90a", 227 * 1024)}  # ptxas arch, shared memory per block
 LOSSES = {0: "softmax", 1: "circle"}
 DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 MAX_REGISTERS = 255
+REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80 and sm_90)
 
 
 def variants() -> list[dict]:
@@ -46,7 +50,8 @@ def variants() -> list[dict]:
         for v in captured_variants(cap):
             dtype = v.signature["A"].lstrip("*")
             precision = v.constexprs["INPUT_PRECISION"] if dtype == "fp32" else ""
-            for c in launch.gpu_configs(v.kernel, torch_dtypes[dtype], cap, precision or "tf32"):
+            loss = v.constexprs["LOSS"]
+            for c in launch.gpu_configs(v.kernel, torch_dtypes[dtype], cap, precision or "tf32", loss):
                 out.append(
                     dict(
                         capability=cap,
@@ -58,6 +63,7 @@ def variants() -> list[dict]:
                         block=[c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
                         warps=c.num_warps,
                         stages=c.num_stages,
+                        maxnreg=c.maxnreg,
                         launches=len(v.cases),
                         shapes=sorted({f"{b}x{d}" for b, d, *_ in v.cases}),
                         signature=v.signature,
@@ -81,7 +87,7 @@ def compile_row(row: dict):
     return triton.compile(
         ASTSource(fn=getattr(kernels, row["kernel"]), signature=row["signature"], constexprs=constexprs, attrs=attrs),
         target=GPUTarget("cuda", row["capability"], 32),
-        options={"num_warps": row["warps"], "num_stages": row["stages"]},
+        options={"num_warps": row["warps"], "num_stages": row["stages"], "maxnreg": row["maxnreg"]},
     )
 
 
@@ -105,13 +111,22 @@ def inspect(row: dict) -> dict:
     ttgir = compiled.asm["ttgir"]
     mma = "wgmma" if "warp_group_dot" in ttgir else "mma.sync" if "nvidia_mma" in ttgir else "fma"
     kept = {k: v for k, v in row.items() if k not in ("signature", "attrs", "constexprs")}
-    return dict(
+    out = dict(
         kept,
+        want_best=row["constexprs"].get("WANT_BEST"),
         shared=compiled.metadata.shared,
         registers=int(re.search(r"Used (\d+) registers", log).group(1)),
         spill=int(re.search(r"(\d+) bytes spill stores", log).group(1)),
         mma=mma,
     )
+    threads = 32 * row["warps"]
+    out["blocks_per_sm"] = min(
+        REGISTER_FILE // (out["registers"] * threads), TARGETS[row["capability"]][1] // max(1, out["shared"])
+    )
+    if row["capability"] == 90 and mma == "wgmma":  # the instruction counts the cost model reads
+        found = sass.counts(sass.disassemble(compiled.asm["cubin"], tool("nvdisasm")), *row["block"][:2], row["warps"])
+        out["sass"] = {k: v for k, v in found.items() if k != "hot_opcodes"}
+    return out
 
 
 def fits(row: dict) -> bool:
@@ -136,24 +151,42 @@ def markdown(rows: list[dict]) -> str:
         f"# Triton kernel resources (Triton {triton.__version__}, compiled on the CPU)",
         "",
         "Written by `benchmarks/kernel_resources.py`. Shared memory per block (limits: sm_80 163 KiB, sm_90 227 KiB),",
-        "registers and spill bytes per thread from `ptxas -v`, and the MMA kind of the similarity dots.",
+        "registers and spill bytes per thread from `ptxas -v`, and the MMA kind of the similarity dots. On sm_90,",
+        "the SASS counts per thread (benchmarks/sass.py): instructions per pair outside the K loop on an interior",
+        "tile's path (hot) and on every path, MUFU (exp2 / log2) per pair, and instructions and MMAs per K step.",
         "Each row is one compile of a launch captured from the launcher (benchmarks/kernel_launches.py) and",
         "specialised by Triton's binder; `launches` counts the captured calls (aligned and ragged batches,",
         "B in {1000, 65536}, D in {130, 256, 1536}, self / cross / symmetric) that compile to it.",
         "",
         "| target | kernel | loss | dtype | column term | fp32 dots | BLOCK M x N x K | warps | stages "
-        "| launches | shared KiB | registers | spill B | MMA | fits |",
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| best column | launches | shared KiB | registers | spill B | MMA | fits | blocks / SM "
+        "| epilogue instr. / pair (hot, all paths) | MUFU / pair | instr. / K step | MMA / K step |",
+        "|---|---|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         col = "" if r["col_term"] is None else ("yes" if r["col_term"] else "no")
         lines.append(
             f"| sm_{r['capability']} | {r['kernel']} | {r['loss']} | {r['dtype']} | {col} | {r['precision']} "
-            f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']} | {r['launches']} "
-            f"| {r['shared'] / 1024:.0f} "
-            f"| {r['registers']} | {r['spill']} | {r['mma']} | {'yes' if fits(r) else '**no**'} |"
+            f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']}{_cap(r)} "
+            f"| {'' if r['want_best'] is None else ('yes' if r['want_best'] else 'no')} | {r['launches']} "
+            f"| {r['shared'] / 1024:.0f} | {r['registers']} | {r['spill']} | {r['mma']} "
+            f"| {'yes' if fits(r) else '**no**'} | {r['blocks_per_sm']} | {_sass_cells(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cap(r: dict) -> str:
+    return "" if r["maxnreg"] is None else f", max {r['maxnreg']} registers"
+
+
+def _sass_cells(r: dict) -> str:
+    if "sass" not in r:
+        return " | | |"
+    c = r["sass"]
+    return (
+        f"{c['epilogue_per_pair']:.1f}, {c['epilogue_all_paths_per_pair']:.1f} | {c['mufu_per_pair']:.2f} "
+        f"| {c['k_step_instructions']} | {c['mma_per_k_step']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,22 +34,23 @@ class Pairs(NamedTuple):
 class SoftmaxStats(NamedTuple):
     """lse: row log-sum-exp of z = s * S over the candidate set (M,), -inf for an empty set.
     col_lse: column log-sum-exp (N,) for the symmetric loss, else None.
-    argmax: index of the row's most similar candidate key (M,), -1 if none.
+    argmax: index of the row's most similar candidate key (M,), -1 if none; None where the call asked for no
+    argmax (`argmax=False`, so that the Triton forward skips the search).
     total: sum_i coeff_i lse_i + sum_j col_coeff_j col_lse_j when coefficients were given, else None."""
 
     lse: Tensor
     col_lse: Tensor | None
-    argmax: Tensor
+    argmax: Tensor | None
     total: Tensor | None
 
 
 class CircleStats(NamedTuple):
     """row_loss: softplus(LSE_P z + LSE_N z) per row (M,), 0 where P(i) or N(i) is empty.
-    argmax: index of the row's most similar other key (M,), -1 if none.
+    argmax: index of the row's most similar other key (M,), -1 if none; None as for SoftmaxStats.
     total: sum_i coeff_i row_loss_i when coefficients were given, else None."""
 
     row_loss: Tensor
-    argmax: Tensor
+    argmax: Tensor | None
     total: Tensor | None
 
 

@@ -1,6 +1,7 @@
 """Dense reference backend: the full M x N similarity matrix and plain autograd, in any dtype.
 
-The ground truth for tests (run it in float64). Memory O(M N): not for large batches.
+The ground truth for tests (run it in float64). Memory O(M N): not for large batches. The argmax is always
+computed (`argmax=False` is accepted and changes nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def softmax_stats(
     columns: bool,
     coeff: Tensor | None = None,
     col_coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> SoftmaxStats:
     sim, candidate = _similarity(q, k, self_mode)
     z = scale.to(sim.dtype) * sim
@@ -49,6 +51,7 @@ def circle_stats(
     gamma: float,
     self_mode: bool,
     coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> CircleStats:
     sim, candidate = _similarity(q, k, self_mode)
     same = q_labels[:, None] == k_labels[None, :]

@@ -71,10 +71,9 @@ def _poison(monkeypatch):
 @pytest.mark.parametrize("loss,mode", LOSS_MODES)
 @pytest.mark.parametrize("d", [130, 600, 1100, 2100])
 def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
-    """D spanning many BLOCK_K slices and not a multiple of 8 or 16; outputs poisoned; the backward's
-    workspace set to 16 x 2n elements, so it runs in 32 x 32 blocks with ragged edges (36 rows: 32 + 4;
-    36 or 72 columns: 32 + 4, 32 + 32 + 8), accumulating dA over column blocks and dB over row blocks;
-    36 columns take two column splits in the interpreter."""
+    """D spanning many BLOCK_K slices and not a multiple of 8 or 16 (padded to 64 for the kernels); outputs
+    poisoned; the backward's workspace set to 16 rows, so that the cross mode with extra keys (72 columns)
+    runs in row blocks; 36 columns take two column splits in the interpreter."""
     _poison(monkeypatch)
     n = 36
     elem = 4 if dtype == torch.float32 else 2
@@ -93,14 +92,27 @@ def test_any_dimension_matches_oracle(dtype, loss, mode, d, monkeypatch):
     assert_close_to_oracle(case, "triton", dtype, FP32_TOL if dtype == torch.float32 else LOW_TOL, DEVICE)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("loss,mode", LOSS_MODES)
+def test_backward_in_blocks_matches_oracle(dtype, loss, mode, monkeypatch):
+    """The workspace set to 128 x 160 elements: the backward runs in 128 x 128 blocks of W with ragged
+    edges (300 rows and columns: 128 + 128 + 44; 600 extra-key columns), accumulating dA over column
+    blocks and dB over row blocks; outputs poisoned."""
+    _poison(monkeypatch)
+    elem = 4 if dtype == torch.float32 else 2
+    monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", str(128 * 160 * elem / 2**20))
+    case = make_case(loss, mode, 300, 48, seed=_seed(), layout="many_classes", prenormalize=dtype != torch.float32)
+    assert_close_to_oracle(case, "triton", dtype, FP32_TOL if dtype == torch.float32 else LOW_TOL, DEVICE)
+
+
 def test_workspace_and_splits_follow_the_shapes(monkeypatch):
     monkeypatch.setenv("DCR_TRITON_WORKSPACE_MB", "1")
     assert launch.workspace_shape(100, 2000, 4) == (100, 2000)  # 0.8 MB: one block
     assert launch.workspace_shape(10_000, 400, 4) == (640, 400)  # every column, as many rows as fit
-    assert launch.workspace_shape(10, 40_000, 4) == (10, 26_208)  # every row, as many columns as fit
+    assert launch.workspace_shape(10, 40_000, 4) == (10, 26_112)  # every row, as many columns as fit
     assert launch.workspace_shape(10_000, 4096, 4) == (512, 512)  # square blocks of 1 MiB / 4 bytes
-    assert launch.workspace_shape(10_000, 10**7, 2) == (720, 720)
-    assert launch.workspace_shape(10**6, 10**7, 2**20) == (16, 16)  # never below 16 x 16
+    assert launch.workspace_shape(10_000, 10**7, 2) == (640, 640)  # edges are multiples of 128
+    assert launch.workspace_shape(10**6, 10**7, 2**20) == (128, 128)  # never below 128 x 128
     if launch.interpreting():
         assert [launch.column_splits(40, n, torch.device("cpu")) for n in (1, 33, 65, 10_000)] == [1, 2, 3, 3]
 

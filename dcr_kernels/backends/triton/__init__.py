@@ -29,11 +29,12 @@ class _SoftmaxLSE(torch.autograd.Function):
     """Row (and column) log-sum-exp of z = s * Q K^T over the candidates, with fused backward."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, self_mode, columns):
+    def forward(ctx, q, k, scale, self_mode, columns, want_argmax):
         q, k = _contiguous(q, k)
         s = scale.detach().reshape(1).float()
         diag = 0 if self_mode else None
-        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, Pairs(SOFTMAX, diag, s))
+        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, Pairs(SOFTMAX, diag, s), want_best=want_argmax)
+        argmax = _no_argmax(lse) if argmax is None else argmax
         col_lse = torch.empty(0, device=q.device)
         if columns:
             col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s), want_best=False)
@@ -49,9 +50,14 @@ class _SoftmaxLSE(torch.autograd.Function):
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
             dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s), row, row, self_mode=True)
-            return dq, None, ds.to(ctx.scale_dtype), None, None
+            return dq, None, ds.to(ctx.scale_dtype), None, None, None
         dq, dk, ds = pair_grads(q, k, Pairs(SOFTMAX, None, s), row, col, want_db=ctx.needs_input_grad[1])
-        return dq, dk, ds.to(ctx.scale_dtype), None, None
+        return dq, dk, ds.to(ctx.scale_dtype), None, None, None
+
+
+def _no_argmax(like: Tensor) -> Tensor:
+    """Stands for the argmax output when the kernel did not track it (autograd outputs are tensors)."""
+    return torch.empty(0, dtype=torch.int64, device=like.device)
 
 
 def _coef(grad: Tensor | None, stat: Tensor) -> Tensor:
@@ -62,10 +68,11 @@ class _CircleRows(torch.autograd.Function):
     """Per-row Circle loss softplus(LSE_P + LSE_N) with fused backward."""
 
     @staticmethod
-    def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode):
+    def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode, want_argmax):
         q, k = _contiguous(q, k)
         pairs = Pairs(CIRCLE, 0 if self_mode else None, None, q_labels, k_labels, margin, gamma)
-        lse_pos, lse_neg, argmax, _ = rows_forward(q, q if self_mode else k, pairs)
+        lse_pos, lse_neg, argmax, _ = rows_forward(q, q if self_mode else k, pairs, want_best=want_argmax)
+        argmax = _no_argmax(lse_pos) if argmax is None else argmax
         ctx.save_for_backward(q, k, lse_pos, lse_neg)
         ctx.self_mode, ctx.pairs = self_mode, pairs
         ctx.mark_non_differentiable(argmax)
@@ -84,9 +91,9 @@ class _CircleRows(torch.autograd.Function):
         )
         if ctx.self_mode:
             dq, _, _ = pair_grads(q, q, ctx.pairs, term, term, self_mode=True)
-            return dq, None, None, None, None, None, None
+            return dq, None, None, None, None, None, None, None
         dq, dk, _ = pair_grads(q, k, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
-        return dq, dk, None, None, None, None, None
+        return dq, dk, None, None, None, None, None, None
 
 
 def softmax_stats(
@@ -98,10 +105,11 @@ def softmax_stats(
     columns: bool,
     coeff: Tensor | None = None,
     col_coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> SoftmaxStats:
-    lse, col_lse, argmax = _SoftmaxLSE.apply(q, k, scale, self_mode, columns)
+    lse, col_lse, best = _SoftmaxLSE.apply(q, k, scale, self_mode, columns, argmax)
     col_lse = col_lse if columns else None
-    return SoftmaxStats(lse, col_lse, argmax, softmax_total(lse, col_lse, coeff, col_coeff))
+    return SoftmaxStats(lse, col_lse, best if argmax else None, softmax_total(lse, col_lse, coeff, col_coeff))
 
 
 def circle_stats(
@@ -114,8 +122,8 @@ def circle_stats(
     gamma: float,
     self_mode: bool,
     coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> CircleStats:
-    yq, yk = q_labels.to(torch.int32).contiguous(), k_labels.to(torch.int32).contiguous()
-    row_loss, argmax = _CircleRows.apply(q, k, yq, yk, margin, gamma, self_mode)
+    row_loss, best = _CircleRows.apply(q, k, q_labels, k_labels, margin, gamma, self_mode, argmax)
     total = weighted_total(coeff.float(), row_loss) if coeff is not None else None
-    return CircleStats(row_loss, argmax, total)
+    return CircleStats(row_loss, best if argmax else None, total)

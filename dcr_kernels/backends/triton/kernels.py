@@ -44,21 +44,23 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def _similarity_tile(
-    A_rows, B_rows, mask_m, mask_n, D, stride_a, stride_b,
+    A_rows, B_rows, D, stride_a, stride_b,
     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """S for the BLOCK_M rows at A_rows against the BLOCK_N rows at B_rows, in fp32, accumulated over D in
-    BLOCK_K slices. The row blocks' base pointers carry the 64-bit part of the offsets, so the per-element
-    offsets stay 32-bit (fewer registers, and the loads pipeline as in a GEMM)."""
+    BLOCK_K slices. The loads are unmasked: the launcher pads the rows to a multiple of ROW_PAD and D to a
+    multiple of D_PAD with zeros, so every tile of rows and every slice of D exists (rows past M or N are
+    masked in the epilogue of edge tiles), and the K loop issues only its loads, address steps and MMAs.
+    The row blocks' base pointers carry the 64-bit part of the offsets, so the per-element offsets stay
+    32-bit (fewer registers, and the loads pipeline as in a GEMM)."""
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = A_rows + tl.arange(0, BLOCK_M)[:, None] * stride_a + offs_k[None, :]
     b_ptrs = B_rows + tl.arange(0, BLOCK_N)[None, :] * stride_b + offs_k[:, None]  # B^T slice: BLOCK_K x BLOCK_N
-    for k0 in range(0, D, BLOCK_K):
-        in_k = offs_k < D - k0
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & in_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=in_k[:, None] & mask_n[None, :], other=0.0)
+    for _ in range(0, D, BLOCK_K):
+        a = tl.load(a_ptrs)
+        b = tl.load(b_ptrs)
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = _dot(a, b, acc, INPUT_PRECISION)
@@ -102,31 +104,44 @@ def _column_range(N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _online_lse2(m, l, z, z_max):
-    """Merge a tile of base-2 logits z (-inf where masked), whose row maxima are z_max, into the running
-    (max, sum of 2^(z - max)) of each row: one exp2 per entry."""
-    m_new = tl.maximum(m, z_max)
+def _online_lse2(m, l, x, x_max, c):
+    """Merge a tile of values x (-inf where masked), whose row maxima are x_max, into the running
+    (max of x, sum of 2^(c (x - max))) of each row, for logits z = x c / log2(e): one exp2 per entry. The
+    difference is taken before scaling, so the largest entry contributes exactly 1."""
+    m_new = tl.maximum(m, x_max)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l = l * tl.math.exp2(m - m_safe) + tl.sum(tl.math.exp2(z - m_safe[:, None]), 1)
+    l = l * tl.math.exp2((m - m_safe) * c) + tl.sum(tl.math.exp2((x - m_safe[:, None]) * c), 1)
     return m_new, l
 
 
 @triton.jit
-def _finish_lse2(m, l):
-    """Natural-log LSE from base-2 running statistics, (m + log2 l) ln 2; -inf for an empty set (l = 0)."""
-    return tl.where(l > 0, (m + tl.math.log2(tl.where(l > 0, l, 1.0))) * LN2, float("-inf"))
+def _finish_lse(m, l):
+    """LSE from a row's running statistics, with m the largest logit in natural units: m + ln(l); -inf for an
+    empty set (l = 0)."""
+    return tl.where(l > 0, m + tl.math.log2(tl.where(l > 0, l, 1.0)) * LN2, float("-inf"))
 
 
 @triton.jit
 def _circle_terms(sim, pos, margin):
-    """Circle's per-entry terms without gamma, one formula for both sets (pos = 1.0 for a positive pair, 0.0
-    for a negative one; floats rather than masks, since a tile's worth of masks does not fit the predicate
-    registers): v = 1 + m - S for positives and S + m for negatives, alpha = relu(v), and
-    z / gamma = alpha (v - 2m), which is -alpha (S - (1 - m)) for positives and alpha (S - m) for negatives.
-    Returns (z / gamma, alpha)."""
-    v = pos * (1.0 - 2.0 * sim) + (sim + margin)
+    """Circle's per-entry terms without gamma, one formula for both sets: v = 1 + m - S for positives and
+    S + m for negatives, alpha = relu(v), and z / gamma = alpha (v - 2m), which is -alpha (S - (1 - m)) for
+    positives and alpha (S - m) for negatives. `pos` marks the positive pairs, either as 1.0 / 0.0 (fewer
+    instructions: no mask held per entry) or as a mask (fewer registers). Returns (z / gamma, alpha)."""
+    if pos.dtype == tl.int1:
+        v = tl.where(pos, (1.0 + margin) - sim, sim + margin)
+    else:
+        v = pos * (1.0 - 2.0 * sim) + (sim + margin)
     alpha = tl.maximum(v, 0.0)
     return alpha * (v - 2.0 * margin), alpha
+
+
+@triton.jit
+def _label_match(labels_a, labels_b):
+    """(pos, neg): 1.0 / 0.0 for pairs with equal / different labels, from the labels as exact float codes in
+    two arithmetic instructions per pair (no masks: a tile's worth of them does not fit the predicate
+    registers, and spilling them costs more than this)."""
+    neg = tl.minimum(tl.abs(labels_a[:, None] - labels_b[None, :]), 1.0)
+    return 1.0 - neg, neg
 
 
 @triton.jit
@@ -143,7 +158,7 @@ def _best_column(best, best_idx, sim, tile_best, n0):
 
 @triton.jit(do_not_specialize=["M", "N", "diag_offset"])
 def similarity_stats_kernel(
-    A, B, LABELS_A, LABELS_B, SCALE,  # A (M, D), B (N, D); int32 labels (Circle); scale s = 1/temperature (fp32)
+    A, B, LABELS_A, LABELS_B, SCALE,  # A (M, D), B (N, D); fp32 label codes (Circle); scale s = 1/temperature (fp32)
     STAT1, STAT2, BEST, BEST_IDX,  # (splits, M): softmax lse | Circle lse over positives, over negatives; best
     M, N, D, stride_a, stride_b,
     margin, gamma, diag_offset,
@@ -153,9 +168,10 @@ def similarity_stats_kernel(
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     mask_m = tl.arange(0, BLOCK_M) < M - m0
     if LOSS == SOFTMAX:
-        log2_scale = tl.load(SCALE) * LOG2E  # z in base 2: s S log2(e), so each entry costs one exp2
+        scale = tl.load(SCALE)
+        log2_scale = scale * LOG2E  # z in base 2, s S log2(e): each entry costs one exp2
     else:
-        labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1)
+        labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1.0)
         log2_gamma = gamma * LOG2E
     m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l1 = tl.zeros((BLOCK_M,), tl.float32)
@@ -166,9 +182,8 @@ def similarity_stats_kernel(
     n_start, n_tiles, n_end = _column_range(N, BLOCK_N)
     for t in range(0, n_tiles):
         n0 = n_start + t * BLOCK_N
-        mask_n = tl.arange(0, BLOCK_N) < n_end - n0
         sim = _similarity_tile(
-            A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
+            A + m0 * stride_a, B + n0 * stride_b, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
         edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
@@ -178,11 +193,11 @@ def similarity_stats_kernel(
             tile_best = tl.max(sim, 1)  # s > 0, so the best similarity gives the largest logit
             if WANT_BEST:
                 best, best_idx = _best_column(best, best_idx, sim, tile_best, n0)
-            m1, l1 = _online_lse2(m1, l1, sim * log2_scale, tile_best * log2_scale)
+            m1, l1 = _online_lse2(m1, l1, sim, tile_best, log2_scale)  # m1: the best similarity
         else:
-            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N), mask=mask_n, other=-2)
-            same = labels_a[:, None] == labels_b[None, :]
-            pos, neg = same.to(tl.float32), (~same).to(tl.float32)
+            mask_n = tl.arange(0, BLOCK_N) < n_end - n0
+            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N), mask=mask_n, other=-2.0)
+            pos, neg = _label_match(labels_a, labels_b)
             z, _ = _circle_terms(sim, pos, margin)
             if edge:
                 valid = _candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
@@ -203,9 +218,11 @@ def similarity_stats_kernel(
             l2 = l2 * tl.math.exp2(m2 - m2_safe) + tl.sum(e * neg, 1)
             m1, m2 = m1_new, m2_new
     out = tl.program_id(1).to(tl.int64) * M + m0 + tl.arange(0, BLOCK_M)
-    tl.store(STAT1 + out, _finish_lse2(m1, l1), mask=mask_m)
-    if LOSS == CIRCLE:
-        tl.store(STAT2 + out, _finish_lse2(m2, l2), mask=mask_m)
+    if LOSS == SOFTMAX:
+        tl.store(STAT1 + out, _finish_lse(m1 * scale, l1), mask=mask_m)
+    else:
+        tl.store(STAT1 + out, _finish_lse(m1 * LN2, l1), mask=mask_m)  # Circle's maxima are in base 2
+        tl.store(STAT2 + out, _finish_lse(m2 * LN2, l2), mask=mask_m)
     if WANT_BEST:
         tl.store(BEST + out, best, mask=mask_m)
         tl.store(BEST_IDX + out, best_idx, mask=mask_m)
@@ -226,21 +243,20 @@ def pair_weights_kernel(
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     mask_m = tl.arange(0, BLOCK_M) < M - m0
-    # Row constants, so that an entry costs one exp2 per term: statistics in base 2, and the slope's constant
-    # factor (s for softmax, gamma for Circle) folded into the coefficients.
+    # Row constants: the slope's constant factor (s for softmax, gamma for Circle) folded into the
+    # coefficients. Each term costs one exp2 of (z - statistic) log2(e), the difference taken in natural units
+    # as the forward took it, so that a row's largest logit gives exactly its share.
     coef_a = tl.load(COEF_A + offs_m, mask=mask_m, other=0.0)
-    stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))[:, None] * LOG2E
-    stat2_a = stat1_a
+    stat1_a = tl.load(STAT1_A + offs_m, mask=mask_m, other=float("inf"))
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
-        log2_scale = scale * LOG2E
         coef_a = coef_a * scale
     else:
-        labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1)
-        stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None] * LOG2E
-        log2_gamma = gamma * LOG2E
+        labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1.0)
+        stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
         coef_a = coef_a * gamma
     coef_a = coef_a[:, None]
+    stat1_a = stat1_a[:, None]
     ws = tl.zeros((BLOCK_M,), tl.float32)  # sum_j W_ij S_ij of the terms that count towards d loss / d scale
     n_start, n_tiles, n_end = _column_range(N, BLOCK_N)
     for t in range(0, n_tiles):
@@ -248,31 +264,33 @@ def pair_weights_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = tl.arange(0, BLOCK_N) < n_end - n0
         sim = _similarity_tile(
-            A + m0 * stride_a, B + n0 * stride_b, mask_m, mask_n, D, stride_a, stride_b,
+            A + m0 * stride_a, B + n0 * stride_b, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
         if LOSS == SOFTMAX:
-            z = sim * log2_scale
+            z = sim * scale
             stat_a = stat1_a
         else:
-            labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2)
-            same = labels_a[:, None] == labels_b[None, :]
+            labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2.0)
+            same = labels_a[:, None] == labels_b[None, :]  # a mask here: the W tile needs the registers
             z, alpha = _circle_terms(sim, same, margin)
-            z = z * log2_gamma
+            z = z * gamma
             stat_a = tl.where(same, stat1_a, stat2_a)
-        if _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N):
+        edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
+        if edge:
             z = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), z, float("-inf"))
-        w = coef_a * tl.math.exp2(z - stat_a)  # +inf statistics (rows not counted) give 0
+        w = coef_a * tl.math.exp2((z - stat_a) * LOG2E)  # +inf statistics (rows not counted) give 0
         if COL_TERM:
-            coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)[None, :]
-            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))[None, :] * LOG2E
+            coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)
+            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))
             if LOSS == SOFTMAX:
+                stat_b = stat_b[None, :]
                 coef_b = coef_b * scale
             else:
+                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))
+                stat_b = tl.where(same, stat_b[None, :], stat2_b[None, :])
                 coef_b = coef_b * gamma
-                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))[None, :] * LOG2E
-                stat_b = tl.where(same, stat_b, stat2_b)
-            w_col = coef_b * tl.math.exp2(z - stat_b)
+            w_col = coef_b[None, :] * tl.math.exp2((z - stat_b) * LOG2E)
             if LOSS == SOFTMAX:
                 ws += tl.sum((w + col_scale * w_col) * sim, 1)
             w += w_col

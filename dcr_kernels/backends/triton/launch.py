@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -25,35 +26,54 @@ from . import kernels
 
 KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, architectures). BLOCK_M >= 64 so that Hopper lowers
-# the similarity dots to warp-group MMA. Each config fits the shared memory of its targets with no register
-# spills: tests/kernels/test_triton_resources.py compiles every one for sm_80 and sm_90. The 128 x 128
-# forward tile is Hopper-only (with mma.sync on sm_80 its Circle epilogue spills; later architectures are
-# not checked); the first config of each list runs everywhere (DCR_TRITON_AUTOTUNE=0 takes it); the
-# backward's tiles are smaller because its epilogue holds more tile-sized values (S, logits, W).
-ALL, HOPPER = range(80, 1000), range(90, 100)  # compute capabilities (major * 10 + minor)
+
+class Tile(NamedTuple):
+    """One autotuner config: the tile, warps and pipeline stages, the compute capabilities it is kept for
+    (major * 10 + minor), whether only the softmax family keeps it, and a register cap (ptxas maxnreg)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
+    architectures: range = range(80, 1000)
+    softmax_only: bool = False
+    maxnreg: int | None = None
+
+
+# BLOCK_M >= 64 so that Hopper lowers the similarity dots to warp-group MMA. Each config fits the shared
+# memory of its targets with no register spills: tests/kernels/test_triton_resources.py compiles every one
+# for sm_80 and sm_90, as launched. The first config of each list runs everywhere (DCR_TRITON_AUTOTUNE=0
+# takes it). On Hopper, the softmax forward also comes capped at 128 registers, so that two blocks share an
+# SM (2 x 128 registers x 256 threads, 2 x 96 KiB of shared memory) and one's epilogue runs under the
+# other's MMAs; the 128 x 128 forward tile is softmax-only (Circle's epilogue spills there); the backward's
+# tiles are smaller because its epilogue holds more tile-sized values (S, logits, W). Later architectures
+# are not checked.
+HOPPER = range(90, 100)
 _GPU_CONFIGS = {
     ("similarity_stats_kernel", "16-bit"): [
-        (128, 64, 64, 8, 4, ALL),
-        (128, 128, 64, 8, 3, HOPPER),
-        (64, 128, 64, 8, 4, ALL),
-        (64, 64, 64, 4, 4, ALL),
+        Tile(128, 64, 64, 8, 4),
+        Tile(128, 64, 64, 8, 4, HOPPER, softmax_only=True, maxnreg=128),
+        Tile(128, 128, 64, 8, 3, HOPPER, softmax_only=True),
+        Tile(64, 128, 64, 8, 4),
+        Tile(64, 64, 64, 4, 4),
     ],
     ("similarity_stats_kernel", "fp32"): [
-        (128, 64, 32, 8, 4, ALL),
-        (128, 128, 32, 8, 3, HOPPER),
-        (64, 128, 32, 8, 4, ALL),
-        (64, 64, 32, 4, 4, ALL),
+        Tile(128, 64, 32, 8, 4),
+        Tile(128, 64, 32, 8, 4, HOPPER, softmax_only=True, maxnreg=128),
+        Tile(128, 128, 32, 8, 3, HOPPER, softmax_only=True),
+        Tile(64, 128, 32, 8, 4),
+        Tile(64, 64, 32, 4, 4),
     ],
-    ("pair_weights_kernel", "16-bit"): [(128, 64, 64, 8, 4, ALL), (64, 128, 64, 8, 4, ALL), (64, 64, 64, 4, 4, ALL)],
-    ("pair_weights_kernel", "fp32"): [(128, 64, 32, 8, 4, ALL), (64, 128, 32, 8, 4, ALL), (64, 64, 32, 4, 4, ALL)],
+    ("pair_weights_kernel", "16-bit"): [Tile(128, 64, 64, 8, 4), Tile(64, 128, 64, 8, 4), Tile(64, 64, 64, 4, 4)],
+    ("pair_weights_kernel", "fp32"): [Tile(128, 64, 32, 8, 4), Tile(64, 128, 32, 8, 4), Tile(64, 64, 32, 4, 4)],
     # exact fp32 dots (DCR_INPUT_PRECISION=ieee) run on FMA units, with operands held in registers
-    ("similarity_stats_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, ALL), (64, 32, 16, 4, 2, ALL)],
-    ("pair_weights_kernel", "fp32-ieee"): [(64, 64, 16, 8, 2, ALL), (64, 32, 16, 4, 2, ALL)],
+    ("similarity_stats_kernel", "fp32-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
+    ("pair_weights_kernel", "fp32-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
-_WORKSPACE_ROW_ALIGN = 16  # block starts keep every row pointer and statistics slice 16-byte aligned
+_BLOCK_ALIGN = 128  # W blocks start at multiples of ROW_PAD, so that a block's last tile stays in the padding
 
 
 def input_precision() -> str:
@@ -69,22 +89,30 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def gpu_configs(kernel_name: str, dtype: torch.dtype, capability: int, precision: str = "tf32") -> list[triton.Config]:
+def gpu_configs(
+    kernel_name: str, dtype: torch.dtype, capability: int, precision: str = "tf32", loss: int = SOFTMAX
+) -> list[triton.Config]:
     """The configs the autotuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
-    `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`."""
+    `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`, for
+    the loss family `loss`."""
     family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s, architectures in _GPU_CONFIGS[(kernel_name, family)]
-        if capability in architectures
+        triton.Config(
+            {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k},
+            num_warps=t.warps,
+            num_stages=t.stages,
+            maxnreg=t.maxnreg,
+        )
+        for t in _GPU_CONFIGS[(kernel_name, family)]
+        if capability in t.architectures and not (t.softmax_only and loss != SOFTMAX)
     ]
 
 
 @functools.cache
-def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, precision: str, autotune: bool):
+def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, precision: str, loss: int, autotune: bool):
     """The kernel autotuned over its configs (keyed by D, the loss and the dtypes), or fixed to the first
     config when `autotune` is off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
-    configs = gpu_configs(kernel_name, dtype, capability, precision)
+    configs = gpu_configs(kernel_name, dtype, capability, precision, loss)
     return triton.autotune(configs=configs if autotune else configs[:1], key=["D", "LOSS"])(
         getattr(kernels, kernel_name)
     )
@@ -112,11 +140,11 @@ def workspace_shape(m: int, n: int, element_bytes: int) -> tuple[int, int]:
     dA accumulates over column blocks and dB over row blocks, so the accumulation traffic is
     M N D (1 / rows + 1 / columns) elements: the blocks are as square as the budget allows (the whole of a
     side that fits), which keeps it a fixed fraction of the matmul work at any batch. Block edges are
-    multiples of 16 (at least 16) unless they span all of M or N."""
+    multiples of _BLOCK_ALIGN (at least that) unless they span all of M or N."""
     budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20) // element_bytes
     if m * n <= budget:
         return m, n
-    align = _WORKSPACE_ROW_ALIGN
+    align = _BLOCK_ALIGN
     side = max(align, math.isqrt(budget) // align * align)
     if n <= side:
         return min(m, max(align, budget // n // align * align)), n
@@ -136,24 +164,39 @@ def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **conste
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), splits)  # noqa: E731
     autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
     major, minor = torch.cuda.get_device_capability(x.device)
-    tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, constexprs["INPUT_PRECISION"], autotune)
+    precision, loss = constexprs["INPUT_PRECISION"], constexprs["LOSS"]
+    tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, precision, loss, autotune)
     with torch.cuda.device(x.device):
         tuned[grid](*args, **constexprs)
 
 
+ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of every BLOCK_K
+
+
 def kernel_ready(x: Tensor) -> Tensor:
-    """x as the kernels are compiled for it: contiguous, 16-byte aligned, and (for a matrix) rows padded
-    with zeros to a multiple of 16 elements, so that every tile load is aligned and pipelines through
-    shared memory at any D (one O(rows x D) copy when x is not already so; zeros add nothing to S)."""
-    width = x.shape[-1] if x.dim() == 2 else 0
-    padded = -(-width // 16) * 16
-    if x.is_contiguous() and x.data_ptr() % 16 == 0 and padded == width:
-        return x
+    """x as the kernels are compiled for it: contiguous and 16-byte aligned; a matrix also zero-padded to a
+    multiple of ROW_PAD rows and D_PAD columns, so that every tile the kernels load exists and their K loop
+    needs no masks (one O(rows x D) copy, only when x is not already so: batches that are multiples of 128
+    with D a multiple of 64 go through as they are; zeros add nothing to S)."""
     if x.dim() == 1:
-        return x.clone()
-    out = torch.zeros(x.shape[0], padded, dtype=x.dtype, device=x.device)
-    out[:, :width] = x
+        return x if x.is_contiguous() and x.data_ptr() % 16 == 0 else x.clone()
+    rows, width = x.shape
+    padded_rows, padded_width = -(-rows // ROW_PAD) * ROW_PAD, -(-width // D_PAD) * D_PAD
+    if x.is_contiguous() and x.data_ptr() % 16 == 0 and (padded_rows, padded_width) == (rows, width):
+        return x
+    out = torch.zeros(padded_rows, padded_width, dtype=x.dtype, device=x.device)
+    out[:rows, :width] = x
     return out
+
+
+def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
+    """Circle's labels as the kernels read them: fp32 codes (exact below 2^24; the codes number at most the
+    rows, so the check is on the shapes), which compare in two arithmetic instructions per pair."""
+    if pairs.labels_a is None:
+        return None, None
+    if pairs.labels_a.shape[0] + pairs.labels_b.shape[0] > 2**24:
+        raise ValueError("the Triton Circle kernels take at most 2^24 rows and keys together; use backend='chunked'")
+    return kernel_ready(pairs.labels_a.float()), kernel_ready(pairs.labels_b.float())
 
 
 def _common() -> dict:
@@ -175,7 +218,7 @@ def rows_forward(
     same_rows = a is b
     a = kernel_ready(a)
     b = a if same_rows else kernel_ready(b)
-    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (pairs.labels_a, pairs.labels_b))
+    labels_a, labels_b = kernel_labels(pairs)
     scale, exclude_offset = pairs.scale, pairs.exclude_offset
     d = a.shape[1]
     splits = column_splits(m, n, a.device)
@@ -241,13 +284,13 @@ def pair_grads(
     same_rows = self_mode
     a = kernel_ready(a)
     b = a if same_rows else kernel_ready(b)
-    labels_a, labels_b = (None if x is None else kernel_ready(x) for x in (pairs.labels_a, pairs.labels_b))
+    labels_a, labels_b = kernel_labels(pairs)
     scale, exclude_offset = pairs.scale, pairs.exclude_offset
     row_term = tuple(None if x is None else kernel_ready(x) for x in row_term)
     col_term = None if col_term is None else tuple(None if x is None else kernel_ready(x) for x in col_term)
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
-    a_w = a.to(w_dtype)
-    b_w = a_w if same_rows else b.to(w_dtype)
+    a_w = a[:m].to(w_dtype)
+    b_w = a_w if same_rows else b[:n].to(w_dtype)
     block_rows, block_cols = workspace_shape(m, n, torch.finfo(w_dtype).bits // 8)
     splits = column_splits(block_rows, block_cols, a.device)
     # W's row stride padded to 16 elements: aligned, vectorised stores whatever N is
