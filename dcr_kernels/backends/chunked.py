@@ -10,8 +10,11 @@ embeddings, normalises them, adds the positive logits' gradients and carries eve
 the normalisation inside the forward, so that what outlives the forward is one gradient per input, which
 the backward hands to autograd without a copy.
 Cost in B^2 D matmul units: fused forward+backward 3 (S, W K, W^T Q), plus 1 for the column statistics
-of the symmetric loss; the per-row path spends 1 forward and 3 backward. On CPU the elementwise work per
-chunk entry is kept to a few in-place passes, so the matrix products dominate.
+of the symmetric loss; the per-row path spends 1 forward and 3 backward. Self mode from
+_SELF_SYMMETRY_MIN_ROWS rows on (4096; smaller batches keep the row path, which was as fast there) scores
+only the row strips on and above the block diagonal of the symmetric S and spends 2 units fused (statistics
+1/2, then S again 1/2 and dX = W X 1), 1/2 + 3/2 on the per-row path ("Self mode by symmetry" below). On CPU
+the elementwise work per chunk entry is kept to a few in-place passes, so the matrix products dominate.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ _ARGMAX_BLOCK = 64
 # beyond rounding, and exp stays off its slow paths (out-of-range inputs, subnormal results: 20-70x slower).
 _EXP_FLOOR = -60.0
 _NORM_EPS = 1e-12  # F.normalize's default
+_SELF_SYMMETRY_MIN_ROWS = 4096  # self mode by symmetry from this batch size on (see `_use_self_symmetry`)
+_SELF_CHUNK_ROWS = 256  # at most this many rows per strip on that path
+_BEST_BLOCK = 256  # columns per block of `_row_best`
+_CIRCLE_SHIFTED_TEMPORARIES = 3  # self mode by symmetry without an offset: one more, for the second exponential
 
 
 def chunk_rows(n_cols: int, temporaries: int, itemsize: int, budget: int | None = None) -> int:
@@ -274,6 +281,361 @@ def _unsorted(
     return out_loss, out_argmax, grads
 
 
+# --- Self mode by symmetry -------------------------------------------------------------------------------
+# In self mode S = X X^T is symmetric, so a row strip I x [I, B) (the row chunk against itself and every later
+# chunk: the tiles on and above the block diagonal) holds, read by rows, part of its own rows' candidates and,
+# read by columns, part of every later row's. Pass 1 scores each strip once and folds it into running row
+# statistics both ways; pass 2 scores it again and forms, for every entry, the loss's derivative from both
+# rows' final statistics, W_ij = d L_i / d S_ij + d L_j / d S_ji, so that one strip gives dX_I += W X_[I, B)
+# and dX_(I, B) += W_off^T X_I (W_off: the strip right of its diagonal tile, which the first product already
+# counts once). Matrix work: 1/2 + 1/2 + 1 units instead of 3.
+
+
+def _use_self_symmetry(self_mode: bool, rows: int) -> bool:
+    """Whether a self-mode pass takes the symmetric path: from _SELF_SYMMETRY_MIN_ROWS rows on. Below that the
+    row path was as fast or faster on one CPU thread (D = 256: B = 2048 about 5% slower by symmetry, B = 4096
+    about 15% faster, B = 8192 about 25% faster): the symmetric path runs two passes with more elementwise
+    work per entry, scores the diagonal tiles whole, and its strips are thinner matrix products."""
+    return self_mode and rows >= _SELF_SYMMETRY_MIN_ROWS
+
+
+def _row_best(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Row maximum and its first column (-1 for a row of -inf): the maxima of contiguous blocks of
+    _BEST_BLOCK columns (one vectorised pass), the best block per row, then that block alone searched."""
+    h, n = z.shape
+    nb = n // _BEST_BLOCK
+    if nb == 0:
+        best, idx = z.max(dim=1)
+    else:
+        main = nb * _BEST_BLOCK
+        block_max = z[:, :main].unflatten(1, (nb, _BEST_BLOCK)).amax(dim=2)
+        if main < n:
+            block_max = torch.cat([block_max, z[:, main:].amax(dim=1, keepdim=True)], dim=1)
+        best, block = block_max.max(dim=1)
+        cols = (block * _BEST_BLOCK)[:, None] + torch.arange(_BEST_BLOCK, device=z.device)
+        vals = z.gather(1, cols.clamp(max=n - 1)).masked_fill_(cols >= n, float("-inf"))
+        idx = cols.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
+    return best, torch.where(best > float("-inf"), idx, -1)
+
+
+def _strips(rows: int, chunk: int):
+    """(r0, r1) of each row chunk; its strip is rows r0:r1 against columns r0:rows. Callers cap the chunk at
+    _SELF_CHUNK_ROWS: thinner strips keep each strip's elementwise passes in cache."""
+    for r0 in range(0, rows, chunk):
+        yield r0, min(r0 + chunk, rows)
+
+
+def _tile(buffer: Tensor, rows: int, cols: int) -> Tensor:
+    """A contiguous rows x cols view at the start of a flat workspace buffer."""
+    return buffer[: rows * cols].view(rows, cols)
+
+
+def _flat_workspace(count: int, chunk: int, like: Tensor) -> list[Tensor]:
+    rows = like.shape[0]
+    return [torch.empty(min(chunk, rows) * rows, dtype=like.dtype, device=like.device) for _ in range(count)]
+
+
+class _RunningLse:
+    """Per-row log-sum-exp merged over pieces: the running maximum `top` and sum of exp(z - top)."""
+
+    def __init__(self, rows: int, like: Tensor):
+        self.top = torch.full((rows,), float("-inf"), dtype=like.dtype, device=like.device)
+        self.total = torch.zeros(rows, dtype=like.dtype, device=like.device)
+
+    def add(self, rows: slice, z: Tensor, dim: int, scratch: Tensor) -> None:
+        """Merge the entries of z (rows along the other dim than `dim`; -inf entries are not candidates),
+        exponentiated into `scratch` after subtracting their maximum."""
+        if z.numel() == 0:
+            return
+        top = z.amax(dim=dim)
+        base = torch.where(top > float("-inf"), top, 0.0)
+        e = torch.sub(z, base.unsqueeze(dim), out=scratch).clamp_(min=_EXP_FLOOR).exp_()
+        self.merge(rows, top, e.sum(dim=dim))
+
+    def merge(self, rows: slice, top: Tensor, total: Tensor) -> None:
+        old_top, old_total = self.top[rows], self.total[rows]
+        high = torch.maximum(old_top, top)
+        base = torch.where(high > float("-inf"), high, 0.0)
+        total = torch.where(top > float("-inf"), total, 0.0)  # a piece without candidates adds nothing
+        old_total.mul_((old_top - base).exp_()).add_(total * (top - base).exp_())
+        old_top.copy_(high)
+
+    def lse(self) -> Tensor:
+        return torch.where(self.top > float("-inf"), self.top + self.total.log(), float("-inf"))
+
+
+class _RunningArgmax:
+    """Per-row best candidate merged over strips. A strip's own rows get their column there; a later row
+    learns only that strip's best value and which strip gave it, and `finish` finds the column afterwards
+    (one row against one chunk). Strips come in column order and only a strictly better value replaces the
+    best, so ties go to the lower column across strips, and within a strip `_row_best` and `finish` take the
+    first maximum: exact ties go to the lowest column, as in the dense reference (Circle's columns are in its
+    label-sorted order, as on its row path)."""
+
+    def __init__(self, rows: int, like: Tensor):
+        self.best = torch.full((rows,), float("-inf"), dtype=like.dtype, device=like.device)
+        self.index = torch.full((rows,), -1, dtype=torch.long, device=like.device)
+        self.source = torch.full((rows,), -1, dtype=torch.long, device=like.device)  # r0 of the giving strip
+
+    def add_rows(self, r0: int, best: Tensor, index: Tensor) -> None:
+        rows = slice(r0, r0 + best.shape[0])
+        better = best > self.best[rows]
+        self.best[rows] = torch.where(better, best, self.best[rows])
+        self.index[rows] = torch.where(better, index + r0, self.index[rows])
+        self.source[rows] = torch.where(better, -1, self.source[rows])
+
+    def add_columns(self, r0: int, r1: int, z_off: Tensor) -> None:
+        if z_off.shape[1] == 0:
+            return
+        best = z_off.amax(dim=0)
+        rows = slice(r1, None)
+        better = best > self.best[rows]
+        self.best[rows] = torch.where(better, best, self.best[rows])
+        self.source[rows] = torch.where(better, r0, self.source[rows])
+
+    def finish(self, left: Tensor, right: Tensor, chunk: int) -> Tensor:
+        """Column indices, scoring a row j whose best came from strip r0 as left_j . right_(r0:r0+chunk)."""
+        for r0 in torch.unique(self.source).tolist():
+            if r0 < 0:
+                continue
+            rows = (self.source == r0).nonzero().squeeze(1)
+            scores = left[rows] @ right[r0 : r0 + chunk].T
+            self.index[rows] = scores.argmax(dim=1) + r0
+        return torch.where(self.best > float("-inf"), self.index, -1)
+
+
+def _self_softmax_stats(x: Tensor, s: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """Row lse and argmax of z = s X X^T without the diagonal, from the strips (pass 1). When no exponent
+    can leave the normal range (`_exp_needs_shift`), exp(z) is summed as it is, by rows and by columns;
+    otherwise each piece is exponentiated against its own maximum and merged."""
+    b, chunk = x.shape[0], min(chunk, _SELF_CHUNK_ROWS)
+    shift = b > 0 and _exp_needs_shift(x, x, s)
+    buf, scratch = _flat_workspace(2, chunk, x)
+    running = _RunningLse(b, x)
+    best = _RunningArgmax(b, x)
+    for r0, r1 in _strips(b, chunk):
+        h, n = r1 - r0, b - r0
+        z = torch.mm(x[r0:r1] * s, x[r0:].T, out=_tile(buf, h, n))
+        z.diagonal().fill_(float("-inf"))
+        best.add_rows(r0, *_row_best(z))
+        best.add_columns(r0, r1, z[:, h:])
+        if shift:
+            running.add(slice(r1, None), z[:, h:], 0, _tile(scratch, h, n - h))
+            running.add(slice(r0, r1), z, 1, _tile(scratch, h, n))
+        else:
+            z.exp_()
+            running.total[r0:r1] += z.sum(dim=1)
+            running.total[r1:] += z[:, h:].sum(dim=0)
+    lse = running.lse() if shift else running.total.log()
+    return lse, best.finish(x, x * s, chunk)
+
+
+def _self_softmax_grads(x: Tensor, s: Tensor, chunk: int, lse: Tensor, g: Tensor) -> _Grads:
+    """Gradients of sum_i g_i lse_i (pass 2): W_ij = g_i P_ij + g_j P_ji per strip entry, P_ij = exp(z_ij -
+    lse_i); without a shift (`_exp_needs_shift`) W = exp(z) (u_i + u_j) with u_i = g_i exp(-lse_i), one
+    exponential per entry, else two."""
+    b, chunk = x.shape[0], min(chunk, _SELF_CHUNK_ROWS)
+    grads = _Grads(x, x, True)
+    if b == 0:
+        return grads
+    shift = _exp_needs_shift(x, x, s)
+    finite = torch.isfinite(lse)
+    gg = torch.where(finite, g, 0.0)
+    if shift:
+        row_base = safe_lse(lse)
+    else:
+        u = torch.where(finite, gg * (-torch.where(finite, lse, 0.0)).exp(), 0.0)
+    buf, wbuf = _flat_workspace(2, chunk, x)
+    ds = torch.zeros((), dtype=x.dtype, device=x.device)
+    for r0, r1 in _strips(b, chunk):
+        h, n = r1 - r0, b - r0
+        xs = x[r0:r1] * s
+        z = torch.mm(xs, x[r0:].T, out=_tile(buf, h, n))
+        z.diagonal().fill_(float("-inf"))
+        w = _tile(wbuf, h, n)
+        if shift:
+            torch.sub(z, row_base[r0:r1, None], out=w).clamp_(min=_EXP_FLOOR).exp_().mul_(gg[r0:r1, None])
+            z.sub_(row_base[None, r0:]).clamp_(min=_EXP_FLOOR).exp_()
+            w.addcmul_(z, gg[None, r0:])
+        else:
+            z.exp_()
+            torch.mul(z, u[r0:r1, None], out=w).addcmul_(z, u[None, r0:])
+        w.diagonal().fill_(0.0)
+        wx = w[:, :h] @ x[r0:r1]  # the diagonal tile holds both (i, j) and (j, i): counted once
+        ds += 0.5 * row_dots(x[r0:r1], wx).sum()
+        if n > h:
+            wx_off = w[:, h:] @ x[r1:]
+            ds += row_dots(x[r0:r1], wx_off).sum()
+            wx += wx_off
+            grads.dq[r1:].addmm_(w[:, h:].T, xs)
+        grads.dq[r0:r1].add_(wx * s)
+    grads.ds += ds
+    return grads
+
+
+def _self_label_blocks(labels: Tensor) -> list[tuple[int, int]]:
+    """(first, end) of each run of equal sorted labels with at least two rows (the rows that have positives)."""
+    return [(a, e) for _, a, e in _label_runs(labels) if e - a > 1]
+
+
+def _strip_blocks(runs: list[tuple[int, int]], r0: int, r1: int) -> list[tuple[int, int, int]]:
+    """The positive blocks of strip r0:r1 in strip coordinates: rows a:b against columns a:c."""
+    return [(max(a, r0) - r0, min(e, r1) - r0, e - r0) for a, e in runs if a < r1 and e > r0]
+
+
+def _circle_offset(x: Tensor, margin: float, gamma: float) -> float | None:
+    """A constant that every negative's logit may be exponentiated against, or None. A negative's
+    z + gamma m^2 = gamma w^2 lies in [0, U] with U = gamma max(m^2, max |x|^4) (|S_ij| <= |x_i| |x_j|); while
+    U <= -2 _EXP_FLOOR, exp(z + gamma m^2 - U / 2) is a normal number for every negative (as in
+    `_exp_needs_shift`), so one exponential per entry serves the row and the column sums. Otherwise (a large
+    gamma, unnormalised rows) each piece is exponentiated against its own maximum."""
+    if x.shape[0] == 0:
+        return None
+    bound = gamma * max(margin * margin, float(torch.linalg.vector_norm(x.detach(), dim=1).max()) ** 4)
+    return bound / 2 if bound <= -2 * _EXP_FLOOR else None
+
+
+def _self_circle_stats(x: Tensor, labels: Tensor, margin: float, gamma: float, chunk: int, offset: float | None):
+    """(lse_pos, lse_neg, argmax) per row of sorted rows x with sorted labels (pass 1). Logits are held as
+    z + gamma m^2 - offset (0 without an offset)."""
+    b = x.shape[0]
+    runs = _self_label_blocks(labels)
+    counts = torch.bincount(labels)
+    n_same = counts[labels]
+    has_pos, has_neg = n_same > 1, n_same < b
+    frame = gamma * margin * margin - (offset or 0.0)  # z = held value - frame
+    sims, scratch = _flat_workspace(2, chunk, x)
+    pos, neg = _RunningLse(b, x), _RunningLse(b, x)
+    if offset is not None:
+        neg.top.zero_()
+    best = _RunningArgmax(b, x)
+    for r0, r1 in _strips(b, chunk):
+        h, n = r1 - r0, b - r0
+        sim = torch.mm(x[r0:r1], x[r0:].T, out=_tile(sims, h, n))
+        sim.diagonal().fill_(float("-inf"))
+        best.add_rows(r0, *_row_best(sim))
+        best.add_columns(r0, r1, sim[:, h:])
+        sim.diagonal().fill_(0.0)  # any finite value: the pair is excluded below
+        blocks = _strip_blocks(runs, r0, r1)
+        w = torch.clamp(sim, min=-margin, out=_tile(scratch, h, n))
+        for a, e, c in blocks:
+            torch.clamp(1.0 - sim[a:e, a:c], min=-margin, out=w[a:e, a:c])
+        z = torch.addcmul(sim.new_full((), -(offset or 0.0)), w, w, value=gamma, out=sim)
+        z.diagonal().fill_(float("-inf"))
+        for a, e, c in blocks:  # rows a:e, columns a:c of the strip; the columns from h on are later rows
+            block = z[a:e, a:c]
+            pos.add(slice(r0 + a, r0 + e), block, 1, torch.empty_like(block))
+            right = block[:, max(h - a, 0) :]
+            pos.add(slice(r0 + max(a, h), r0 + c), right, 0, torch.empty_like(right))
+            block.fill_(float("-inf"))
+        if offset is None:
+            neg.add(slice(r1, None), z[:, h:], 0, _tile(scratch, h, n - h))
+            neg.add(slice(r0, r1), z, 1, _tile(scratch, h, n))
+        else:
+            z.exp_()  # positives and the pair (i, i) give 0
+            neg.total[r0:r1] += z.sum(dim=1)
+            neg.total[r1:] += z[:, h:].sum(dim=0)
+    lse_pos = torch.where(has_pos, pos.lse() - frame, float("-inf"))
+    lse_neg = torch.where(has_neg, neg.lse() - frame, float("-inf"))
+    return lse_pos, lse_neg, best.finish(x, x, chunk)
+
+
+def _self_circle_grads(
+    x: Tensor,
+    labels: Tensor,
+    margin: float,
+    gamma: float,
+    chunk: int,
+    offset: float | None,
+    lse_pos: Tensor,
+    lse_neg: Tensor,
+    g: Tensor,
+) -> _Grads:
+    """Gradients of sum_i g_i L_i for sorted rows (pass 2). With c_i = g_i sigmoid(LSE_P + LSE_N) and L the
+    lse of the entry's set, W_ij = +-(w_ij + m) (c_i exp(z_ij - L_i) + c_j exp(z_ij - L_j)) and dX = gamma W X.
+    With an offset the negatives take one exponential: W_ij = (w_ij + m) exp(z_ij + frame) (u_i + u_j),
+    u_i = c_i exp(-frame - L_i)."""
+    b = x.shape[0]
+    grads = _Grads(x, x, True)
+    runs = _self_label_blocks(labels)
+    frame = gamma * margin * margin - (offset or 0.0)
+    both = lse_pos + lse_neg
+    coef = torch.where(torch.isfinite(both), torch.sigmoid(torch.where(torch.isfinite(both), both, 0.0)) * g, 0.0)
+    base_pos, base_neg = safe_lse(lse_pos) + frame, safe_lse(lse_neg) + frame  # in the frame of the held logits
+    if offset is None:
+        sims, slopes, wbuf = _flat_workspace(3, chunk, x)
+    else:
+        sims, slopes = _flat_workspace(2, chunk, x)
+        finite = torch.isfinite(lse_neg)
+        u = torch.where(finite, coef * (-torch.where(finite, base_neg, 0.0)).exp(), 0.0)
+    for r0, r1 in _strips(b, chunk):
+        h, n = r1 - r0, b - r0
+        sim = torch.mm(x[r0:r1], x[r0:].T, out=_tile(sims, h, n))
+        blocks = _strip_blocks(runs, r0, r1)
+        w = torch.clamp(sim, min=-margin, out=_tile(slopes, h, n))
+        for a, e, c in blocks:
+            torch.clamp(1.0 - sim[a:e, a:c], min=-margin, out=w[a:e, a:c])
+        z = torch.addcmul(sim.new_full((), -(offset or 0.0)), w, w, value=gamma, out=sim)
+        pos_w = []
+        for a, e, c in blocks:
+            block = z[a:e, a:c]
+            rows, cols = slice(r0 + a, r0 + e), slice(r0 + a, r0 + c)
+            term = (block - base_pos[rows, None]).clamp_(min=_EXP_FLOOR).exp_().mul_(coef[rows, None])
+            other = (block - base_pos[None, cols]).clamp_(min=_EXP_FLOOR).exp_()
+            slope = w[a:e, a:c] + margin
+            pos_w.append(term.addcmul_(other, coef[None, cols]).mul_(slope).neg_())  # positives' slope: -(w + m)
+        if offset is None:
+            d = torch.sub(z, base_neg[r0:r1, None], out=_tile(wbuf, h, n)).clamp_(min=_EXP_FLOOR).exp_()
+            d.mul_(coef[r0:r1, None])
+            z.sub_(base_neg[None, r0:]).clamp_(min=_EXP_FLOOR).exp_()
+            d.addcmul_(z, coef[None, r0:]).mul_(w.add_(margin))
+        else:
+            scaled = z.exp_().mul_(w.add_(margin))
+            d = torch.mul(scaled, u[r0:r1, None], out=w).addcmul_(scaled, u[None, r0:])
+        for (a, e, c), block in zip(blocks, pos_w, strict=True):
+            d[a:e, a:c] = block
+        d.diagonal().fill_(0.0)
+        grads.dq[r0:r1].addmm_(d, x[r0:], alpha=gamma)
+        if n > h:
+            grads.dq[r1:].addmm_(d[:, h:].T, x[r0:r1], alpha=gamma)
+    return grads
+
+
+def _self_circle(
+    x: Tensor,
+    labels: Tensor,
+    margin: float,
+    gamma: float,
+    chunk: int,
+    *,
+    g: Tensor | None = None,
+    lse: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, _Grads | None]:
+    """(lse_pos, lse_neg, argmax, grads) of self-mode Circle in the callers' order. The rows are sorted by
+    label first (as in `_circle_pass`), so that each strip's positives are a few blocks. Pass 1 runs unless
+    the statistics `lse` are given (argmax is then None); pass 2 runs when `g` is given."""
+    labels, perm = torch.sort(labels, stable=True)
+    xs, chunk = x[perm], min(chunk, _SELF_CHUNK_ROWS)
+    offset = _circle_offset(x, margin, gamma)
+    argmax = None
+    if lse is None:
+        lse_pos, lse_neg, argmax = _self_circle_stats(xs, labels, margin, gamma, chunk, offset)
+        found = torch.where(argmax >= 0, perm[argmax.clamp(min=0)], -1)
+        argmax = torch.empty_like(found)
+        argmax[perm] = found
+    else:
+        lse_pos, lse_neg = lse[0][perm], lse[1][perm]
+    grads = None
+    if g is not None:
+        grads = _self_circle_grads(xs, labels, margin, gamma, chunk, offset, lse_pos, lse_neg, g[perm])
+        grads.dq = grads.dk = torch.empty_like(grads.dq).index_copy_(0, perm, grads.dq)
+    if lse is not None:
+        return lse[0], lse[1], argmax, grads
+    out_pos, out_neg = torch.empty_like(lse_pos), torch.empty_like(lse_neg)
+    out_pos[perm], out_neg[perm] = lse_pos, lse_neg
+    return out_pos, out_neg, argmax, grads
+
+
 def _upcast(q: Tensor, k: Tensor, self_mode: bool) -> tuple[Tensor, Tensor]:
     dtype = compute_dtype(q.dtype)
     qc = q.to(dtype)
@@ -309,7 +671,11 @@ class _SoftmaxRows(torch.autograd.Function):
     def forward(ctx, q, k, scale, self_mode, columns, chunk):
         qc, kc = _upcast(q, k, self_mode)
         s = scale.to(qc.dtype)
-        lse, argmax, _ = _softmax_pass(qc, kc, s, self_mode, chunk, g=None)
+        ctx.symmetric = _use_self_symmetry(self_mode, q.shape[0])
+        if ctx.symmetric:
+            lse, argmax = _self_softmax_stats(qc, s, chunk)
+        else:
+            lse, argmax, _ = _softmax_pass(qc, kc, s, self_mode, chunk, g=None)
         col_lse = _column_lse(qc, kc, s, chunk) if columns else torch.empty(0, dtype=qc.dtype)
         ctx.save_for_backward(q, k, scale, lse, col_lse)
         ctx.self_mode, ctx.columns, ctx.chunk = self_mode, columns, chunk
@@ -322,6 +688,9 @@ class _SoftmaxRows(torch.autograd.Function):
         qc, kc = _upcast(q, k, ctx.self_mode)
         g = grad_lse if grad_lse is not None else torch.zeros_like(lse)
         col_g = grad_col if ctx.columns and grad_col is not None else None
+        if ctx.symmetric:
+            grads = _self_softmax_grads(qc, scale.to(qc.dtype), ctx.chunk, lse, g.to(qc.dtype))
+            return (*_cast_grads(ctx.needs_input_grad, grads, q, k, True, scale), None, None, None)
         _, _, grads = _softmax_pass(
             qc,
             kc,
@@ -348,6 +717,10 @@ def _softmax_fused(q, k, scale, self_mode, chunk, coeff, col_coeff):
     qc, kc = _upcast(q, k, self_mode)
     s = scale.to(qc.dtype)
     coeff = coeff.to(qc.dtype)
+    if col_coeff is None and _use_self_symmetry(self_mode, q.shape[0]):
+        lse, argmax = _self_softmax_stats(qc, s, chunk)
+        grads = _self_softmax_grads(qc, s, chunk, lse, coeff)
+        return weighted_total(coeff, lse), lse, torch.empty(0, dtype=qc.dtype), argmax, grads
     col_lse = _column_lse(qc, kc, s, chunk) if col_coeff is not None else None
     col_g = None if col_coeff is None else col_coeff.to(qc.dtype)
     lse, argmax, grads = _softmax_pass(qc, kc, s, self_mode, chunk, g=coeff, col_lse=col_lse, col_g=col_g)
@@ -427,7 +800,13 @@ class _CircleRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode, chunk):
         qc, kc = _upcast(q, k, self_mode)
-        row_loss, argmax, _ = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=None)
+        if _use_self_symmetry(self_mode, q.shape[0]):
+            lse_pos, lse_neg, argmax, _ = _self_circle(qc, q_labels, margin, gamma, chunk)
+            row_loss = circle_row_loss(lse_pos, lse_neg)
+            ctx.lse = (lse_pos, lse_neg)
+        else:
+            row_loss, argmax, _ = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=None)
+            ctx.lse = None
         ctx.save_for_backward(q, k, q_labels, k_labels)
         ctx.args = (margin, gamma, self_mode, chunk)
         ctx.mark_non_differentiable(argmax)
@@ -439,7 +818,10 @@ class _CircleRows(torch.autograd.Function):
         margin, gamma, self_mode, chunk = ctx.args
         qc, kc = _upcast(q, k, self_mode)
         g = grad_rows.to(qc.dtype)
-        _, _, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=g)
+        if ctx.lse is not None:
+            grads = _self_circle(qc, q_labels, margin, gamma, chunk, g=g, lse=ctx.lse)[3]
+        else:
+            _, _, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=g)
         dq = grads.dq.to(q.dtype) if ctx.needs_input_grad[0] else None
         dk = grads.dk.to(k.dtype) if ctx.needs_input_grad[1] and not self_mode else None
         return dq, dk, None, None, None, None, None, None
@@ -449,6 +831,10 @@ def _circle_fused(q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chu
     """(total, row_loss, argmax, grads) of sum_i c_i L_i."""
     qc, kc = _upcast(q, k, self_mode)
     coeff = coeff.to(qc.dtype)
+    if _use_self_symmetry(self_mode, q.shape[0]):
+        lse_pos, lse_neg, argmax, grads = _self_circle(qc, q_labels, margin, gamma, chunk, g=coeff)
+        row_loss = circle_row_loss(lse_pos, lse_neg)
+        return weighted_total(coeff, row_loss), row_loss, argmax, grads
     row_loss, argmax, grads = _circle_pass(qc, kc, q_labels, k_labels, margin, gamma, self_mode, chunk, g=coeff)
     return weighted_total(coeff, row_loss), row_loss, argmax, grads
 
@@ -493,7 +879,10 @@ def softmax_stats(
     columns: bool,
     coeff: Tensor | None = None,
     col_coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> SoftmaxStats:
+    """Row (and column) statistics of the softmax family; the argmax is always computed (`argmax=False` is
+    accepted and changes nothing)."""
     chunk = _chunk_for(q, k, _SOFTMAX_TEMPORARIES)
     if coeff is not None and _wants_grad(q, k, scale):
         col_coeff = col_coeff if columns else None
@@ -521,8 +910,14 @@ def circle_stats(
     gamma: float,
     self_mode: bool,
     coeff: Tensor | None = None,
+    argmax: bool = True,
 ) -> CircleStats:
-    chunk = _chunk_for(q, k, _CIRCLE_TEMPORARIES)
+    """Circle's per-row losses; the argmax is always computed (`argmax=False` is accepted and changes
+    nothing)."""
+    if _use_self_symmetry(self_mode, q.shape[0]) and _circle_offset(_upcast(q, q, True)[0], margin, gamma) is None:
+        chunk = _chunk_for(q, k, _CIRCLE_SHIFTED_TEMPORARIES)
+    else:
+        chunk = _chunk_for(q, k, _CIRCLE_TEMPORARIES)
     if coeff is not None and _wants_grad(q, k):
         total, row_loss, argmax = _CircleFused.apply(q, k, q_labels, k_labels, coeff, margin, gamma, self_mode, chunk)
         return CircleStats(row_loss, argmax, total)
