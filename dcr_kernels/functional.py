@@ -7,6 +7,7 @@ and the pair (i, i) is never a candidate); S = Q K^T after optional L2 normalisa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -105,9 +106,15 @@ def _no_rows_counted(fn: str, why: str, reduction: str, inputs: list[Tensor], m:
     return zero.expand(m).clone() if reduction == "none" else zero
 
 
-def _finish(loss: Tensor, correct: Tensor, counted: Tensor, return_metrics: bool) -> Tensor | ContrastiveOutput:
+def _finish(
+    loss: Tensor, correct: Callable[[], Tensor], counted: Tensor, return_metrics: bool
+) -> Tensor | ContrastiveOutput:
+    """The loss, or with `return_metrics` the loss and the top-1 accuracy over the counted rows. `correct`
+    gives each row's hit when called: the backends track each row's best column only when metrics are asked
+    for (`argmax=return_metrics`), so it is called only then."""
     if not return_metrics:
         return loss
+    correct = correct()
     n = int(counted.sum())
     with torch.no_grad():
         acc = correct[counted].float().mean() if n else torch.tensor(float("nan"), device=correct.device)
@@ -172,11 +179,18 @@ def info_nce(
                 normalize=normalize,
             )
         if stats is not None:
-            return _finish(stats.total, stats.argmax == positive, counted, return_metrics)
+            return _finish(stats.total, lambda: stats.argmax == positive, counted, return_metrics)
     q, k = _normalized(query, key, normalize)
     with _no_autocast(q):
         stats = impl.softmax_stats(
-            q, k, s, self_mode=self_mode, columns=symmetric, coeff=coeff, col_coeff=coeff if symmetric else None
+            q,
+            k,
+            s,
+            self_mode=self_mode,
+            columns=symmetric,
+            coeff=coeff,
+            col_coeff=coeff if symmetric else None,
+            argmax=return_metrics,
         )
     target = s * row_dots(q.to(dtype), k.to(dtype)[positive])
     if coeff is None:
@@ -186,7 +200,7 @@ def info_nce(
         loss = rows if weight is None else rows * weight.to(dtype)
     else:
         loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
-    return _finish(loss, stats.argmax == positive, counted, return_metrics)
+    return _finish(loss, lambda: stats.argmax == positive, counted, return_metrics)
 
 
 def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str) -> Tensor:
@@ -251,10 +265,10 @@ def supcon_loss(
             return loss
         with torch.no_grad(), _no_autocast(q):
             argmax = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False).argmax
-        return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
+        return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype)
     with _no_autocast(q):
-        stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff)
+        stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff, argmax=return_metrics)
     qd, kd = q.to(dtype), k.to(dtype)
     class_sum = torch.zeros(n_classes, q.shape[1], dtype=dtype, device=q.device).index_add(0, k_codes, kd)
     positive_sum = class_sum[q_codes] - qd if self_mode else class_sum[q_codes]
@@ -265,7 +279,7 @@ def supcon_loss(
         loss = torch.where(counted, rows, 0.0)
     else:
         loss = stats.total - (coeff * target).sum()
-    return _finish(loss, _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
+    return _finish(loss, lambda: _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
 
 
 def _label_hits(argmax: Tensor, q_codes: Tensor, k_codes: Tensor) -> Tensor:
@@ -314,13 +328,13 @@ def circle_loss(
             return loss
         with torch.no_grad(), _no_autocast(q):
             argmax = impl.circle_stats(q, k, q_codes, k_codes, **args).argmax
-        return _finish(loss, _label_hits(argmax, q_codes, k_codes), counted, True)
+        return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype)
     with _no_autocast(q):
-        stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff)
+        stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff, argmax=return_metrics)
     if coeff is None:
         rows = stats.row_loss if weight is None else stats.row_loss * weight.to(dtype)
         loss = torch.where(counted, rows, 0.0)
     else:
         loss = stats.total
-    return _finish(loss, _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
+    return _finish(loss, lambda: _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)

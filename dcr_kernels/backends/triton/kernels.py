@@ -195,8 +195,7 @@ def similarity_stats_kernel(
                 best, best_idx = _best_column(best, best_idx, sim, tile_best, n0)
             m1, l1 = _online_lse2(m1, l1, sim, tile_best, log2_scale)  # m1: the best similarity
         else:
-            mask_n = tl.arange(0, BLOCK_N) < n_end - n0
-            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N), mask=mask_n, other=-2.0)
+            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N))  # padded: see launch.kernel_vector
             pos, neg = _label_match(labels_a, labels_b)
             z, _ = _circle_terms(sim, pos, margin)
             if edge:
@@ -262,7 +261,6 @@ def pair_weights_kernel(
     for t in range(0, n_tiles):
         n0 = n_start + t * BLOCK_N
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = tl.arange(0, BLOCK_N) < n_end - n0
         sim = _similarity_tile(
             A + m0 * stride_a, B + n0 * stride_b, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -271,7 +269,7 @@ def pair_weights_kernel(
             z = sim * scale
             stat_a = stat1_a
         else:
-            labels_b = tl.load(LABELS_B + offs_n, mask=mask_n, other=-2.0)
+            labels_b = tl.load(LABELS_B + offs_n)  # the column vectors are padded: see launch.kernel_vector
             same = labels_a[:, None] == labels_b[None, :]  # a mask here: the W tile needs the registers
             z, alpha = _circle_terms(sim, same, margin)
             z = z * gamma
@@ -281,13 +279,13 @@ def pair_weights_kernel(
             z = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), z, float("-inf"))
         w = coef_a * tl.math.exp2((z - stat_a) * LOG2E)  # +inf statistics (rows not counted) give 0
         if COL_TERM:
-            coef_b = tl.load(COEF_B + offs_n, mask=mask_n, other=0.0)
-            stat_b = tl.load(STAT1_B + offs_n, mask=mask_n, other=float("inf"))
+            coef_b = tl.load(COEF_B + offs_n)
+            stat_b = tl.load(STAT1_B + offs_n)
             if LOSS == SOFTMAX:
                 stat_b = stat_b[None, :]
                 coef_b = coef_b * scale
             else:
-                stat2_b = tl.load(STAT2_B + offs_n, mask=mask_n, other=float("inf"))
+                stat2_b = tl.load(STAT2_B + offs_n)
                 stat_b = tl.where(same, stat_b[None, :], stat2_b[None, :])
                 coef_b = coef_b * gamma
             w_col = coef_b[None, :] * tl.math.exp2((z - stat_b) * LOG2E)
@@ -299,7 +297,11 @@ def pair_weights_kernel(
         if LOSS == CIRCLE:
             w = w * tl.where(same, -alpha, alpha)  # dz/dS = -gamma alpha (positives), gamma alpha (negatives)
         w_ptrs = W + m0 * stride_w + n0 + tl.arange(0, BLOCK_M)[:, None] * stride_w + tl.arange(0, BLOCK_N)[None, :]
-        tl.store(w_ptrs, w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        if edge:
+            mask_n = tl.arange(0, BLOCK_N) < n_end - n0
+            tl.store(w_ptrs, w.to(W.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        else:
+            tl.store(w_ptrs, w.to(W.dtype.element_ty))
     if LOSS == SOFTMAX:
         ws = ws / scale  # W = s P, and d loss / d s sums P S
     tl.store(DSCALE + tl.program_id(1).to(tl.int64) * M + offs_m, ws, mask=mask_m)

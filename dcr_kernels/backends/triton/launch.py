@@ -174,12 +174,10 @@ ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of eve
 
 
 def kernel_ready(x: Tensor) -> Tensor:
-    """x as the kernels are compiled for it: contiguous and 16-byte aligned; a matrix also zero-padded to a
-    multiple of ROW_PAD rows and D_PAD columns, so that every tile the kernels load exists and their K loop
-    needs no masks (one O(rows x D) copy, only when x is not already so: batches that are multiples of 128
-    with D a multiple of 64 go through as they are; zeros add nothing to S)."""
-    if x.dim() == 1:
-        return x if x.is_contiguous() and x.data_ptr() % 16 == 0 else x.clone()
+    """A matrix as the kernels are compiled for it: contiguous, 16-byte aligned, and zero-padded to a multiple
+    of ROW_PAD rows and D_PAD columns, so that every tile the kernels load exists and their K loop needs no
+    masks (one O(rows x D) copy, only when x is not already so: batches that are multiples of 128 with D a
+    multiple of 64 go through as they are; zeros add nothing to S)."""
     rows, width = x.shape
     padded_rows, padded_width = -(-rows // ROW_PAD) * ROW_PAD, -(-width // D_PAD) * D_PAD
     if x.is_contiguous() and x.data_ptr() % 16 == 0 and (padded_rows, padded_width) == (rows, width):
@@ -189,14 +187,24 @@ def kernel_ready(x: Tensor) -> Tensor:
     return out
 
 
+def kernel_vector(x: Tensor, fill: float) -> Tensor:
+    """A per-row vector (statistics, coefficients, labels) as fp32 padded with `fill` to a multiple of ROW_PAD,
+    so that the kernels read a tile's worth of it without a mask: what they read past the end is the fill
+    (+inf statistics, zero coefficients, labels no row has), and edge tiles mask those pairs anyway."""
+    padded = torch.full((-(-x.shape[0] // ROW_PAD) * ROW_PAD,), fill, dtype=torch.float32, device=x.device)
+    padded[: x.shape[0]] = x
+    return padded
+
+
 def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
     """Circle's labels as the kernels read them: fp32 codes (exact below 2^24; the codes number at most the
-    rows, so the check is on the shapes), which compare in two arithmetic instructions per pair."""
+    rows, so the check is on the shapes), which compare in two arithmetic instructions per pair; padded with
+    -1 (A's rows) and -2 (B's rows), which match nothing."""
     if pairs.labels_a is None:
         return None, None
     if pairs.labels_a.shape[0] + pairs.labels_b.shape[0] > 2**24:
         raise ValueError("the Triton Circle kernels take at most 2^24 rows and keys together; use backend='chunked'")
-    return kernel_ready(pairs.labels_a.float()), kernel_ready(pairs.labels_b.float())
+    return kernel_vector(pairs.labels_a, -1.0), kernel_vector(pairs.labels_b, -2.0)
 
 
 def _common() -> dict:
@@ -265,6 +273,13 @@ def rows_forward(
 Term = tuple[Tensor, Tensor | None, Tensor]  # (stat1, stat2, coefficients), +inf statistics where not counted
 
 
+def _term_vectors(term: Term) -> Term:
+    """A term's statistics and coefficients as the kernels read them (padded: `kernel_vector`)."""
+    stat1, stat2, coef = term
+    inf = float("inf")
+    return kernel_vector(stat1, inf), None if stat2 is None else kernel_vector(stat2, inf), kernel_vector(coef, 0.0)
+
+
 def pair_grads(
     a: Tensor,
     b: Tensor,
@@ -286,8 +301,8 @@ def pair_grads(
     b = a if same_rows else kernel_ready(b)
     labels_a, labels_b = kernel_labels(pairs)
     scale, exclude_offset = pairs.scale, pairs.exclude_offset
-    row_term = tuple(None if x is None else kernel_ready(x) for x in row_term)
-    col_term = None if col_term is None else tuple(None if x is None else kernel_ready(x) for x in col_term)
+    row_term = _term_vectors(row_term)
+    col_term = None if col_term is None else _term_vectors(col_term)
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
     a_w = a[:m].to(w_dtype)
     b_w = a_w if same_rows else b[:n].to(w_dtype)
