@@ -5,7 +5,8 @@ written by `kernel_resources.py` from the launches the launcher really makes): p
 of one K step and the MMAs in it, the instructions per pair outside the K loop on an interior tile, the
 MUFU (exp2) operations per pair, the registers and shared memory, hence the blocks per SM. A tile costs,
 in SM clocks:
-- MMA: BLOCK_M BLOCK_N BLOCK_K 2 / 4096 per K step (bf16 dense; tf32 at half the rate);
+- MMA: BLOCK_M BLOCK_N BLOCK_K 2 / (4096 x 0.85) per K step (bf16 dense at 85% of the spec, the share the
+  best GEMMs reach);
 - issue: an SM issues 4 warp-instructions per clock, so instructions x warps / 4 per K step, and
   (instructions per pair) x BLOCK_M BLOCK_N / 128 for the epilogue;
 - MUFU: 16 per clock per SM, (MUFU per pair) x BLOCK_M BLOCK_N / 16.
@@ -17,7 +18,7 @@ max(MMA, all issue, MUFU) (overlapped). A pass over B x B pairs takes its tiles 
 bytes at 4.8 TB/s if that is longer: the inputs (each row block reads B once per wave of blocks), W
 (2 bytes per pair, bf16) written by the backward kernel and read by each GEMM, the dA / dB accumulation
 over W blocks (`launch.workspace_shape`), and the padding copies of rows whose D is not a multiple of 16.
-The cuBLAS GEMMs are assumed to run at 85% of the bf16 peak. The tile config of each kernel is the one the
+The cuBLAS GEMMs are assumed to run at the same 85% of the bf16 peak. The tile config of each kernel is the one the
 model finds fastest among those the autotuner may pick. Predictions, not measurements: the GPU check
 (`benchmarks/gpu_check.py`) measures the same points and writes them side by side.
 
@@ -38,7 +39,7 @@ CLOCK = PEAK["bf16"] / (SMS * 4096)  # 1.83 GHz: 4096 bf16 MMA FLOP per clock pe
 ISSUE = 4 * 32  # thread-instructions per clock per SM
 MUFU = 16  # special-function results per clock per SM
 HBM = 4.8e12
-GEMM_EFFICIENCY = 0.85
+MMA_EFFICIENCY = 0.85  # the tensor cores at best reach this share of the dense spec (the best GEMMs do)
 WORKSPACE_BYTES = 1 << 30  # DCR_TRITON_WORKSPACE_MB default
 B = 65536
 DIMS = (256, 1024, 4096)
@@ -59,7 +60,7 @@ class Tile:
         r, c = self.row, self.row["sass"]
         bm, bn, bk = r["block"]
         steps = math.ceil(-(-d // 16) * 16 / bk)
-        mma = steps * bm * bn * bk * 2 / 4096
+        mma = steps * bm * bn * bk * 2 / (4096 * MMA_EFFICIENCY)
         k_issue = steps * c["k_step_instructions"] * r["warps"] / 4
         epilogue_issue = c["epilogue_per_pair"] * bm * bn / ISSUE
         mufu = c["mufu_per_pair"] * bm * bn / MUFU
@@ -104,7 +105,7 @@ def _fastest(tiles: list[Tile], m: int, n: int, d: int, w_bytes: float = 0.0) ->
 
 def _gemm(m: int, n: int, d: int) -> float:
     """dA = W B or dB = W^T A from a bf16 W: 2 m n d FLOP at cuBLAS efficiency, or W's bytes if longer."""
-    return max(2.0 * m * n * d / (PEAK["bf16"] * GEMM_EFFICIENCY), 2.0 * m * n / HBM)
+    return max(2.0 * m * n * d / (PEAK["bf16"] * MMA_EFFICIENCY), 2.0 * m * n / HBM)
 
 
 def _accumulation(m: int, n: int, d: int, cross: bool) -> float:
@@ -169,8 +170,7 @@ def rows() -> list[dict]:
                     ms=ms,
                     fraction=fraction,
                     bound=how,
-                    config=f"{'x'.join(map(str, cfg['block']))}, {cfg['warps']} warps"
-                    + (f", max {cfg['maxnreg']} registers" if cfg.get("maxnreg") else ""),
+                    config=f"{'x'.join(map(str, cfg['block']))}, {cfg['warps']} warps",
                 )
             )
         steps = passes("softmax", d, "symmetric")

@@ -63,7 +63,6 @@ def variants() -> list[dict]:
                         block=[c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
                         warps=c.num_warps,
                         stages=c.num_stages,
-                        maxnreg=c.maxnreg,
                         launches=len(v.cases),
                         shapes=sorted({f"{b}x{d}" for b, d, *_ in v.cases}),
                         signature=v.signature,
@@ -87,7 +86,7 @@ def compile_row(row: dict):
     return triton.compile(
         ASTSource(fn=getattr(kernels, row["kernel"]), signature=row["signature"], constexprs=constexprs, attrs=attrs),
         target=GPUTarget("cuda", row["capability"], 32),
-        options={"num_warps": row["warps"], "num_stages": row["stages"], "maxnreg": row["maxnreg"]},
+        options={"num_warps": row["warps"], "num_stages": row["stages"]},
     )
 
 
@@ -167,16 +166,12 @@ def markdown(rows: list[dict]) -> str:
         col = "" if r["col_term"] is None else ("yes" if r["col_term"] else "no")
         lines.append(
             f"| sm_{r['capability']} | {r['kernel']} | {r['loss']} | {r['dtype']} | {col} | {r['precision']} "
-            f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']}{_cap(r)} "
+            f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']} "
             f"| {'' if r['want_best'] is None else ('yes' if r['want_best'] else 'no')} | {r['launches']} "
             f"| {r['shared'] / 1024:.0f} | {r['registers']} | {r['spill']} | {r['mma']} "
             f"| {'yes' if fits(r) else '**no**'} | {r['blocks_per_sm']} | {_sass_cells(r)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _cap(r: dict) -> str:
-    return "" if r["maxnreg"] is None else f", max {r['maxnreg']} registers"
 
 
 def _sass_cells(r: dict) -> str:

@@ -29,7 +29,7 @@ KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
 
 class Tile(NamedTuple):
     """One autotuner config: the tile, warps and pipeline stages, the compute capabilities it is kept for
-    (major * 10 + minor), whether only the softmax family keeps it, and a register cap (ptxas maxnreg)."""
+    (major * 10 + minor), and whether only the softmax family keeps it."""
 
     block_m: int
     block_n: int
@@ -38,29 +38,25 @@ class Tile(NamedTuple):
     stages: int
     architectures: range = range(80, 1000)
     softmax_only: bool = False
-    maxnreg: int | None = None
 
 
 # BLOCK_M >= 64 so that Hopper lowers the similarity dots to warp-group MMA. Each config fits the shared
 # memory of its targets with no register spills: tests/kernels/test_triton_resources.py compiles every one
 # for sm_80 and sm_90, as launched. The first config of each list runs everywhere (DCR_TRITON_AUTOTUNE=0
-# takes it). On Hopper, the softmax forward also comes capped at 128 registers, so that two blocks share an
-# SM (2 x 128 registers x 256 threads, 2 x 96 KiB of shared memory) and one's epilogue runs under the
-# other's MMAs; the 128 x 128 forward tile is softmax-only (Circle's epilogue spills there); the backward's
+# takes it). The 128 x 128 forward tile is Hopper-only and softmax-only (Circle's epilogue spills there);
+# the backward's
 # tiles are smaller because its epilogue holds more tile-sized values (S, logits, W). Later architectures
 # are not checked.
 HOPPER = range(90, 100)
 _GPU_CONFIGS = {
     ("similarity_stats_kernel", "16-bit"): [
         Tile(128, 64, 64, 8, 4),
-        Tile(128, 64, 64, 8, 4, HOPPER, softmax_only=True, maxnreg=128),
         Tile(128, 128, 64, 8, 3, HOPPER, softmax_only=True),
         Tile(64, 128, 64, 8, 4),
         Tile(64, 64, 64, 4, 4),
     ],
     ("similarity_stats_kernel", "fp32"): [
         Tile(128, 64, 32, 8, 4),
-        Tile(128, 64, 32, 8, 4, HOPPER, softmax_only=True, maxnreg=128),
         Tile(128, 128, 32, 8, 3, HOPPER, softmax_only=True),
         Tile(64, 128, 32, 8, 4),
         Tile(64, 64, 32, 4, 4),
@@ -101,7 +97,6 @@ def gpu_configs(
             {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k},
             num_warps=t.warps,
             num_stages=t.stages,
-            maxnreg=t.maxnreg,
         )
         for t in _GPU_CONFIGS[(kernel_name, family)]
         if capability in t.architectures and not (t.softmax_only and loss != SOFTMAX)
