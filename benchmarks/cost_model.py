@@ -157,6 +157,20 @@ def inf_cl_ms(d: int) -> float:
     )
 
 
+def _step_row(d: int, work: str, loss: str, mode: str, units: int) -> dict:
+    """One forward + backward: its predicted time, the fraction of the bf16 peak its `units` of matmul
+    work reach, and each pass with what bounds it."""
+    steps = passes(loss, d, mode)
+    seconds = sum(s for _, s, _ in steps)
+    return dict(
+        d=d,
+        work=work,
+        ms=seconds * 1e3,
+        fraction=units * 2.0 * B * B * d / PEAK["bf16"] / seconds,
+        bound="; ".join(f"{name} {1e3 * s:.1f} ms ({how})" for name, s, how in steps),
+    )
+
+
 def rows() -> list[dict]:
     out = []
     for d in DIMS:
@@ -173,29 +187,9 @@ def rows() -> list[dict]:
                     config=f"{'x'.join(map(str, cfg['block']))}, {cfg['warps']} warps",
                 )
             )
-        steps = passes("softmax", d, "symmetric")
-        ms = 1e3 * sum(s for _, s, _ in steps)
-        out.append(
-            dict(
-                d=d,
-                work="symmetric InfoNCE (CLIP) forward + backward",
-                ms=ms,
-                fraction=5 * 2.0 * B * B * d / PEAK["bf16"] / (ms / 1e3),
-                bound="; ".join(f"{name} {1e3 * s:.1f} ms ({how})" for name, s, how in steps),
-                inf_cl_ms=inf_cl_ms(d),
-            )
-        )
-        steps = passes("circle", d, "self")
-        ms = 1e3 * sum(s for _, s, _ in steps)
-        out.append(
-            dict(
-                d=d,
-                work="Circle forward + backward (self mode)",
-                ms=ms,
-                fraction=3 * 2.0 * B * B * d / PEAK["bf16"] / (ms / 1e3),
-                bound="; ".join(f"{name} {1e3 * s:.1f} ms ({how})" for name, s, how in steps),
-            )
-        )
+        clip = _step_row(d, "symmetric InfoNCE (CLIP) forward + backward", "softmax", "symmetric", units=5)
+        out.append(dict(clip, inf_cl_ms=inf_cl_ms(d)))
+        out.append(_step_row(d, "Circle forward + backward (self mode)", "circle", "self", units=3))
     return out
 
 

@@ -6,12 +6,15 @@ every BLOCK_M x BLOCK_N tile it accumulates S over D in BLOCK_K slices with `tl.
 BLOCK_M >= 64 tile lowers to Hopper's warp-group MMA), then runs an epilogue on the tile in registers:
 
 - `similarity_stats_kernel` (forward): per row and split, the online log-sum-exp of the candidate logits
-  (one for the softmax family, two for Circle: positives and negatives) and the best candidate column
-  with its similarity (docs/design.md, "The math").
+  (one for the softmax family, two for Circle: positives and negatives) and, when the call wants top-1
+  metrics (WANT_BEST), the best candidate column with its similarity (docs/design.md, "The math").
 - `pair_weights_kernel` (backward): W = d loss / d S for the tile, the row term (the losses of A's rows)
   plus optionally the column term (the losses of B's rows, whose candidates include A's rows), written to
-  a row-chunk workspace in fp32 (fp32 inputs) or bf16 (16-bit inputs); cuBLAS then forms dA = W B and
-  dB = W^T A. Also per row and split: d loss / d scale partial sums.
+  a block of the workspace in fp32 (fp32 inputs) or bf16 (16-bit inputs); cuBLAS then forms dA += W B and
+  dB += W^T A. Also per row and split: d loss / d scale partial sums.
+
+The epilogues are written to an instruction budget (docs/design.md, "The Triton kernels"): exp2 with
+log2(e) folded into the scale, masks on edge tiles only, no mask held per entry.
 
 The pair (i, i + diag_offset) is never a candidate: self mode passes 0, a rank's own block inside a
 gathered batch its first row, and a call without exclusion passes N (no row index reaches it).
@@ -31,7 +34,7 @@ SOFTMAX: tl.constexpr = tl.constexpr(_SOFTMAX)
 CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
-BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum; |z| is at most 4 gamma
+BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum (|z| / gamma <= 4 for cosines)
 
 
 @triton.jit
