@@ -6,8 +6,9 @@ Instructions are attributed by their source line, which survives the compiler's 
 - K-loop instructions come from `_similarity_tile` / `_dot` (loads, address arithmetic, the MMA);
 - epilogue instructions are every other instruction inside the kernel's loop, split into the hot path (what
   an interior tile runs) and the cold path: the bodies of the `if edge` / `if _edge_tile(...)` masks, the
-  argmax search of `_best_column` and Triton's argmax reduction, which run only on edge tiles or when a row
-  of the block improves its best column.
+  argmax search of `_best_column` and Triton's argmax reduction, and Circle's renewal of its references
+  (`if ... > RENEW`), which run only on edge tiles, when a row of the block improves its best column, or
+  when an entry passes its set's reference by 2^64 (a set's first entries, then rarely).
 The counts are static (each instruction once, as a tile's code path runs it once); where the compiler made
 several versions of the loop, the version that holds the MMAs is the one counted.
 """
@@ -94,7 +95,7 @@ def _source_classes() -> tuple[frozenset, frozenset]:
     for node in ast.walk(tree):
         if isinstance(node, ast.If):
             test = ast.unparse(node.test)
-            if "edge" in test or "better" in test:
+            if any(word in test for word in ("edge", "better", "RENEW")):
                 cold |= {("kernels.py", n) for stmt in node.body for n in range(stmt.lineno, stmt.end_lineno + 1)}
     tree = ast.parse(Path(standard.__file__).read_text())
     for node in ast.walk(tree):
@@ -103,6 +104,22 @@ def _source_classes() -> tuple[frozenset, frozenset]:
         if isinstance(node, ast.Return) and "_reduce_with_indices" in ast.unparse(node):
             cold.add(("standard.py", node.lineno))
     return frozenset(k_loop), frozenset(cold)
+
+
+def _cold_regions(body: list[Instruction], labels: dict[str, int], cold: frozenset) -> list[tuple[int, int]]:
+    """[first, end) address ranges skipped by a conditional forward branch whose code comes mostly from cold
+    source lines: its instructions are cold whatever line they carry (a reduction inside a cold branch is
+    attributed to Triton's generic combine function)."""
+    out = []
+    for ins in body:
+        target = re.search(r"(\.L_x_\d+)", ins.text) if ins.opcode == "BRA" and ins.text.startswith("@") else None
+        if target is None or labels[target.group(1)] <= ins.address:
+            continue
+        first, end = ins.address + 1, labels[target.group(1)]
+        ours = [i for i in body if first <= i.address < end and i.file == "kernels.py"]
+        if ours and 2 * sum((i.file, i.line) in cold for i in ours) > len(ours):
+            out.append((first, end))
+    return out
 
 
 def counts(sass: str, block_m: int, block_n: int, warps: int) -> dict:
@@ -125,7 +142,8 @@ def counts(sass: str, block_m: int, block_n: int, warps: int) -> dict:
         body = [i for i in instructions if k_loop[0] <= i.address <= k_loop[1]]
         mainloop = [i for i in body if (i.file, i.line) in k_lines]
         epilogue = [i for i in body if (i.file, i.line) not in k_lines]
-    hot = [i for i in epilogue if (i.file, i.line) not in cold]
+    regions = _cold_regions(body, labels, cold)
+    hot = [i for i in epilogue if (i.file, i.line) not in cold and not any(a <= i.address < b for a, b in regions)]
     pairs = block_m * block_n / (32 * warps)
     ops = Counter(i.opcode.split(".")[0] for i in hot)
     return dict(

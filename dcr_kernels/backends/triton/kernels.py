@@ -35,6 +35,7 @@ CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum (|z| / gamma <= 4 for cosines)
+RENEW: tl.constexpr = tl.constexpr(2.0**64)  # an entry this far above its set's reference renews the references
 
 
 @triton.jit
@@ -126,16 +127,17 @@ def _finish_lse(m, l):
 
 @triton.jit
 def _circle_terms(sim, pos, margin):
-    """Circle's per-entry terms without gamma, one formula for both sets: v = 1 + m - S for positives and
-    S + m for negatives, alpha = relu(v), and z / gamma = alpha (v - 2m), which is -alpha (S - (1 - m)) for
-    positives and alpha (S - m) for negatives. `pos` marks the positive pairs, either as 1.0 / 0.0 (fewer
-    instructions: no mask held per entry) or as a mask (fewer registers). Returns (z / gamma, alpha)."""
+    """Circle's per-entry terms without gamma, one formula for both sets: with y = 1 - S for positives and
+    y = S for negatives, and y' = max(y, -m), z / gamma = y'^2 - m^2 and alpha = y' + m, which is
+    -relu(1 + m - S) (S - (1 - m)) for positives and relu(S + m) (S - m) for negatives. `pos` marks the
+    positive pairs, either as 1.0 / 0.0 (fewer instructions: no mask held per entry) or as a mask (fewer
+    registers). Returns (z / gamma, alpha)."""
     if pos.dtype == tl.int1:
-        v = tl.where(pos, (1.0 + margin) - sim, sim + margin)
+        y = tl.where(pos, 1.0 - sim, sim)
     else:
-        v = pos * (1.0 - 2.0 * sim) + (sim + margin)
-    alpha = tl.maximum(v, 0.0)
-    return alpha * (v - 2.0 * margin), alpha
+        y = pos * (1.0 - 2.0 * sim) + sim
+    y = tl.maximum(y, -margin)
+    return y * y - margin * margin, y + margin
 
 
 @triton.jit
@@ -173,12 +175,15 @@ def similarity_stats_kernel(
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
         log2_scale = scale * LOG2E  # z in base 2, s S log2(e): each entry costs one exp2
-    else:
+    m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # softmax: the best similarity so far
+    if LOSS == CIRCLE:
         labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1.0)
         log2_gamma = gamma * LOG2E
-    m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        # each set's reference in base 2, starting 1024 below any logit (z >= -m^2 gamma); step = m1 - m2
+        m1 = tl.full((BLOCK_M,), -1024.0, tl.float32) - (margin * margin + 1.0) * log2_gamma
+        step = tl.zeros((BLOCK_M,), tl.float32)
     l1 = tl.zeros((BLOCK_M,), tl.float32)
-    m2 = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    m2 = m1
     l2 = tl.zeros((BLOCK_M,), tl.float32)
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     best_idx = tl.full((BLOCK_M,), -1, tl.int64)
@@ -208,17 +213,22 @@ def similarity_stats_kernel(
                     sim = tl.where(valid, sim, float("-inf"))
             if WANT_BEST:
                 best, best_idx = _best_column(best, best_idx, sim, tl.max(sim, 1), n0)
-            # each set's running maximum (the other set's entries pushed BIG below), then one exp2 per entry
-            # against its own set's maximum; a set absent so far has a maximum near -BIG and a zero sum
-            m1_new = tl.maximum(m1, tl.max(z - neg * BIG, 1) * log2_gamma)
-            m2_new = tl.maximum(m2, tl.max(z - pos * BIG, 1) * log2_gamma)
-            m1_safe = tl.where(m1_new < -BIG, 0.0, m1_new)
-            m2_safe = tl.where(m2_new < -BIG, 0.0, m2_new)
-            ref = pos * (m1_safe - m2_safe)[:, None] + m2_safe[:, None]
-            e = tl.math.exp2(z * log2_gamma - ref)
-            l1 = l1 * tl.math.exp2(m1 - m1_safe) + tl.sum(e * pos, 1)
-            l2 = l2 * tl.math.exp2(m2 - m2_safe) + tl.sum(e * neg, 1)
-            m1, m2 = m1_new, m2_new
+            # one exp2 per entry against its own set's running reference; the references are renewed (the
+            # tile's exact maxima per set, the sums rescaled) only when an entry would pass its reference by
+            # 2^64: a set's first entries (the references start below any logit), then rarely
+            zc = z * log2_gamma
+            e = tl.math.exp2(zc - (pos * step[:, None] + m2[:, None]))
+            if tl.max(tl.max(e, 1), 0) > RENEW:
+                m1_new = tl.maximum(m1, tl.max(zc - neg * BIG, 1))
+                m2_new = tl.maximum(m2, tl.max(zc - pos * BIG, 1))
+                step = m1_new - m2_new
+                m1_new = step + m2_new  # to the bit, the reference the positives see
+                l1 = l1 * tl.math.exp2(m1 - m1_new)
+                l2 = l2 * tl.math.exp2(m2 - m2_new)
+                m1, m2 = m1_new, m2_new
+                e = tl.math.exp2(zc - (pos * step[:, None] + m2[:, None]))
+            l1 += tl.sum(e * pos, 1)
+            l2 += tl.sum(e * neg, 1)
     out = tl.program_id(1).to(tl.int64) * M + m0 + tl.arange(0, BLOCK_M)
     if LOSS == SOFTMAX:
         tl.store(STAT1 + out, _finish_lse(m1 * scale, l1), mask=mask_m)
