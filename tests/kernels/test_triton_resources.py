@@ -78,9 +78,22 @@ def test_softmax_forward_epilogue_within_budget(rows):
         assert counts["mufu_per_pair"] <= 1.1, counts
 
 
+def test_circle_forward_epilogue_within_budget(rows):
+    """Read from the sm_90 SASS: Circle's forward at most 20 instructions per pair per thread outside the K
+    loop on an interior tile that keeps its set references (the best config), one exp2 per pair for both
+    sets."""
+    counts = _best(rows, "similarity_stats_kernel", "circle", want_best=False)
+    assert counts["epilogue_per_pair"] <= 20, counts
+    assert counts["mufu_per_pair"] <= 1.05, counts
+
+
 def test_one_exponential_per_pair_and_term(rows):
-    """Circle's forward takes one exp2 per pair for both of its sets; the backward one per pair and term."""
-    assert _best(rows, "similarity_stats_kernel", "circle")["mufu_per_pair"] <= 1.15
+    """Every forward takes one exp2 per pair (Circle's both sets included); the backward one per pair and
+    term."""
     for r in rows:
-        if "sass" in r and r["kernel"] == "pair_weights_kernel":
+        if "sass" not in r:
+            continue
+        if r["kernel"] == "similarity_stats_kernel":
+            assert r["sass"]["mufu_per_pair"] <= 1.1, r
+        else:
             assert r["sass"]["mufu_per_pair"] <= (2.05 if r["col_term"] else 1.05), r
