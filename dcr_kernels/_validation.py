@@ -83,3 +83,51 @@ def check_circle_params(margin: float, gamma: float, fn: str) -> None:
         raise ValueError(f"{fn}: margin m must be in [0, 1), got {margin!r}; the paper uses 0.25 to 0.4")
     if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"{fn}: gamma must be finite and > 0, got {gamma!r}; the paper uses 32 to 256")
+
+
+def _largest_row_norm(x: Tensor) -> float:
+    """max_i |x_i|, computed without overflowing (the rows are divided by the largest entry first)."""
+    x = x.detach()
+    top = float(x.abs().amax())
+    if top == 0.0:
+        return 0.0
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return float(torch.linalg.vector_norm(x / top, dim=1, dtype=dtype).amax()) * top
+
+
+def check_logit_range(
+    query: Tensor,
+    key: Tensor,
+    normalize: bool,
+    fn: str,
+    *,
+    temperature: float | Tensor | None = None,
+    gamma: float | None = None,
+) -> None:
+    """A clear error instead of a silent overflow: the logits (s S for the softmax family, Circle's
+    gamma (|S| + 1)^2 at most) and, for a learnable temperature, its gradient (which carries s^2 S) must stay
+    within the compute dtype's range with room for the sums. |S| is at most 1 for normalised rows and
+    max |q_i| max |k_j| otherwise."""
+    limit = torch.finfo(torch.float64 if query.dtype == torch.float64 else torch.float32).max / 2**16
+    bound = 1.0 if normalize else _largest_row_norm(query) * _largest_row_norm(key)
+    advice = "use normalize=True (cosine similarities) or scale the embeddings down"
+    if gamma is not None:
+        if gamma * (bound + 1.0) ** 2 > limit:
+            raise ValueError(
+                f"{fn}: the Circle logits overflow: |S| can reach {bound:.3g}, and gamma (|S| + 1)^2 = "
+                f"{gamma * (bound + 1.0) ** 2:.3g} is beyond the range of the computation ({limit:.3g}); {advice}"
+            )
+        return
+    value = float(temperature.detach()) if isinstance(temperature, Tensor) else float(temperature)
+    scale = 1.0 / value
+    if scale * bound > limit:
+        raise ValueError(
+            f"{fn}: the logits overflow: |S| can reach {bound:.3g}, and |S| / temperature = {scale * bound:.3g} is "
+            f"beyond the range of the computation ({limit:.3g}); {advice}, or raise the temperature"
+        )
+    if isinstance(temperature, Tensor) and temperature.requires_grad and scale * scale * max(bound, 1.0) > limit:
+        raise ValueError(
+            f"{fn}: temperature {value:.3g} is too small to learn: its gradient carries 1 / temperature^2 = "
+            f"{scale * scale:.3g} times the similarities, beyond the range of the computation ({limit:.3g}); "
+            f"use a temperature of at least {math.sqrt(max(bound, 1.0) / limit):.3g}"
+        )
