@@ -1,17 +1,23 @@
-"""Atomic training checkpoints: trainable weights, optimizer, scheduler, RNG and step.
+"""Atomic, verified training checkpoints: trainable weights, optimizer, scheduler, RNG and step.
 
 A checkpoint is written into a hidden temporary folder beside its final place and renamed with
-``os.replace``, so a crash never leaves a half-written ``step-*`` folder. Frozen weights are not saved: they
-come back unchanged from the base model. The step also fixes the sampler position (see `dcr.prompts.sampler`).
+``os.replace``, so a crash never leaves a half-written ``step-*`` folder; ``state.json``, written last,
+records each binary file's size and SHA-256. On resume the newest checkpoint that verifies is used (a
+damaged newer one is reported by path and skipped, with a warning), leftovers of killed writes are removed,
+and a failed write (full disk, read-only folder) is one line that names the folder, with the previous
+checkpoints left as they were. Frozen weights are not saved: they come back unchanged from the base model.
+The step also fixes the sampler position (see `dcr.prompts.sampler`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +25,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dcr.config import ConfigError
 from dcr.modeling.trainable import trainable_parameters
 from dcr.training import rng
 
 PREFIX = "step-"
+TEMPORARY = ".tmp-"
+BINARIES = ("trainable.safetensors", "training.pt")
+
+
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (no space, read-only folder); the previous ones are intact."""
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -43,9 +56,12 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write checkpoint ``root/step-<step>`` atomically and keep only the newest ``keep`` (0: keep all)."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY}{final.name}-", dir=root))
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot write checkpoint {final}: {err.strerror or err}") from err
     try:
         weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
         save_file(weights, str(tmp / "trainable.safetensors"))
@@ -53,16 +69,71 @@ def save_checkpoint(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.capture()},
             tmp / "training.pt",
         )
-        (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+        files = {name: _fingerprint(tmp / name) for name in BINARIES}
+        (tmp / "state.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} (full disk or read-only folder?): {reason}; "
+            "the previous checkpoints are kept"
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with checkpoint ``path`` (a file missing, truncated or altered, or an unreadable
+    state.json), or None if it verifies. A checkpoint written before fingerprints were recorded only needs
+    its files present and non-empty."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return "state.json is missing or unreadable"
+    recorded = state.get("files") if isinstance(state, dict) else None
+    for name in BINARIES:
+        file = path / name
+        if not file.is_file() or file.stat().st_size == 0:
+            return f"{name} is missing or empty"
+        if recorded is not None and _fingerprint(file) != recorded.get(name):
+            return f"{name} does not match its recorded size and SHA-256 (truncated or altered)"
+    return None
+
+
+def newest_intact(checkpoints: list[Path]) -> Path:
+    """The newest checkpoint that verifies; each damaged newer one is reported with a warning. None intact:
+    a one-line error naming what is wrong with each."""
+    problems = []
+    for path in reversed(checkpoints):
+        why = damage(path)
+        if why is None:
+            if problems:
+                warnings.warn(f"resuming from {path}: skipped {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
+            return path
+        problems.append(f"{path} ({why})")
+    raise ConfigError(f"no intact checkpoint to resume from: {'; '.join(problems)}")
+
+
+def remove_leftovers(root: Path) -> None:
+    """Remove the temporary folders of checkpoint writes that were killed before their rename."""
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith(TEMPORARY):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:

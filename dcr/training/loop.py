@@ -24,7 +24,14 @@ import torch
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
 from dcr.modeling.trainable import trainable_parameters
-from dcr.training.checkpoint import changed_settings, list_checkpoints, load_checkpoint, save_checkpoint
+from dcr.training.checkpoint import (
+    changed_settings,
+    list_checkpoints,
+    load_checkpoint,
+    newest_intact,
+    remove_leftovers,
+    save_checkpoint,
+)
 from dcr.training.config import RUN_ONLY, TrainingConfig
 from dcr.training.jsonl_log import JsonlLog
 from dcr.training.ranks import Ranks, start
@@ -69,6 +76,8 @@ def open_run(config: TrainingConfig) -> Run:
     checkpoints = list_checkpoints(out / "checkpoints")
     if not config.resume and (checkpoints or (out / "model").exists() or (out / "metrics.jsonl").exists()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
+    if ranks.main:
+        remove_leftovers(out / "checkpoints")
     ranks.barrier()  # every rank has looked before rank 0 writes
     torch.manual_seed(config.seed)
     return Run(checkpoints, ranks, device)
@@ -96,10 +105,11 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     ranks, checkpoints, main = run.ranks, run.checkpoints, run.ranks.main
     start = 0
     if config.resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
+        path = newest_intact(checkpoints)
+        state = load_checkpoint(path, model, optimizer, scheduler)
         changed = changed_settings(state["settings"], settings, type(config))
         if changed:
-            raise ConfigError(f"cannot resume {checkpoints[-1]}: settings changed: {changed}")
+            raise ConfigError(f"cannot resume {path}: settings changed: {changed}")
         start = state["step"]
     log = Metrics(out, start, config, stage.name) if main else None
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
