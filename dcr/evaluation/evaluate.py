@@ -224,28 +224,30 @@ def evaluate(
 def evaluate_model(config: EvaluateConfig) -> dict:
     """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
     from dcr.modeling.model import DTYPES, load_model
+    from dcr.run_lock import claim
     from dcr.training.ranks import start
 
     if config.threads:
         torch.set_num_threads(config.threads)
     ranks, device = start(config.device)
-    auto = torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = auto if config.precision == "auto" else DTYPES[config.precision]
-    model, tokenizer = load_model(config.model, device=device, dtype=dtype)
-    name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
-    return evaluate(
-        model,
-        tokenizer,
-        sets=config.sets,
-        layer=config.layer if config.representation else None,
-        pooling=config.pooling,
-        perplexity=config.perplexity,
-        out_dir=config.output_dir if ranks.main else None,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        limit=config.limit,
-        perplexity_limit=config.perplexity_limit,
-        name=name,
-        progress=config.progress,
-        judge=config.judge,
-    )
+    with claim(config.output_dir, ranks):  # the output folder is this run's until it ends (dcr.run_lock)
+        auto = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = auto if config.precision == "auto" else DTYPES[config.precision]
+        model, tokenizer = load_model(config.model, device=device, dtype=dtype)
+        name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
+        return evaluate(
+            model,
+            tokenizer,
+            sets=config.sets,
+            layer=config.layer if config.representation else None,
+            pooling=config.pooling,
+            perplexity=config.perplexity,
+            out_dir=config.output_dir if ranks.main else None,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            limit=config.limit,
+            perplexity_limit=config.perplexity_limit,
+            name=name,
+            progress=config.progress,
+            judge=config.judge,
+        )

@@ -162,6 +162,7 @@ def run_pipeline(
     from dcr.evaluation.rejudge import rejudge
     from dcr.modeling.runtime import pick_device
     from dcr.pipeline.report import FILES, write_comparison
+    from dcr.run_lock import claim
     from dcr.training.align import align
     from dcr.training.ranks import start
     from dcr.training.refine import refine
@@ -192,41 +193,42 @@ def run_pipeline(
             main=ranks.main,
         )
 
-    plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
-    evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
-    for seed, (refine_cfg, align_cfgs) in plan.items():
-        root = out / f"seed-{seed}"
-        refined = run_step(
-            root / "dcr",
-            trajectory_settings(refine_cfg),
-            lambda c=refine_cfg: {"model": str(refine(_resumable(c)))},
-            log,
-            main=ranks.main,
-        )
-        for arm, cfg in align_cfgs.items():
-            if arm in DCR_ARMS:
-                cfg = dataclasses.replace(cfg, model=refined["model"])
-            aligned = run_step(
-                root / arm,
-                trajectory_settings(cfg),
-                lambda c=cfg: {"model": str(align(_resumable(c)))},
+    with claim(out, ranks):  # the pipeline folder is this run's until it ends (dcr.run_lock)
+        plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
+        evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
+        for seed, (refine_cfg, align_cfgs) in plan.items():
+            root = out / f"seed-{seed}"
+            refined = run_step(
+                root / "dcr",
+                trajectory_settings(refine_cfg),
+                lambda c=refine_cfg: {"model": str(refine(_resumable(c)))},
                 log,
                 main=ranks.main,
             )
-            label = f"{ARMS[arm]}, seed {seed}"
-            evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
-    if ranks.main:
-        paths = write_comparison(
-            out,
-            {k: v["summary"] for k, v in evaluated.items()},
-            settings,
-            seconds=time.perf_counter() - tic,
-            seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
-        )
-    ranks.barrier()  # the comparison is written before any rank returns its paths
-    if not ranks.main:
-        paths = {k: out / v for k, v in FILES.items() if (out / v).exists()}
-    return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
+            for arm, cfg in align_cfgs.items():
+                if arm in DCR_ARMS:
+                    cfg = dataclasses.replace(cfg, model=refined["model"])
+                aligned = run_step(
+                    root / arm,
+                    trajectory_settings(cfg),
+                    lambda c=cfg: {"model": str(align(_resumable(c)))},
+                    log,
+                    main=ranks.main,
+                )
+                label = f"{ARMS[arm]}, seed {seed}"
+                evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
+        if ranks.main:
+            paths = write_comparison(
+                out,
+                {k: v["summary"] for k, v in evaluated.items()},
+                settings,
+                seconds=time.perf_counter() - tic,
+                seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
+            )
+        ranks.barrier()  # the comparison is written before any rank returns its paths
+        if not ranks.main:
+            paths = {k: out / v for k, v in FILES.items() if (out / v).exists()}
+        return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
 
 
 def _stage_configs(

@@ -153,43 +153,43 @@ class _AlignStage:
 
 def align(config: AlignConfig) -> Path:
     """Run the alignment stage described by ``config``; return the folder of the aligned model."""
-    run = open_run(config)
-    if config.retention_weight > 0 and run.ranks.world > 1:
-        raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
-    device = run.device
-    upstream = model_meta(config.model, config.revision)
-    model, tokenizer = load_model(
-        config.model, device=device, dtype=config.dtype, attention=config.attention, revision=config.revision
-    )
-    depth = num_layers(model)
-    layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)
-    try:
-        layer = resolve_layer(layer_setting, depth)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    mix = build_mix(
-        config.refusal_share,
-        examples=config.examples,
-        seed=config.seed,
-        benign_sources=config.benign_sources,
-        contrast_share=config.contrast_share,
-        reserved_sources=config.reserved_sources or (),
-    )
-    pairs = zip(mix["prompt"], mix["response"], strict=True)
-    encoded = [pair_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
-    model.requires_grad_(not config.lora)
-    if config.lora:
-        model = add_lora(model, depth, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
-    model.train()
-    retention = _Retention(model, tokenizer, mix, layer, config, device) if config.retention_weight > 0 else None
-    aligned = {
-        "base_model": config.model,
-        "steps": config.steps,
-        "mix": len(mix),
-        "refusal_share": config.refusal_share,
-        "contrast_share": config.contrast_share,
-        "retention_weight": config.retention_weight,
-        "retention_layer": layer,
-    }
-    stage = _AlignStage(config, model, tokenizer, mix, encoded, retention, run, {**upstream, "aligned": aligned})
-    return train(config, model, tokenizer, stage, run)
+    with open_run(config) as run:  # the run folder is this process group's until the stage ends
+        if config.retention_weight > 0 and run.ranks.world > 1:
+            raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
+        device = run.device
+        upstream = model_meta(config.model, config.revision)
+        model, tokenizer = load_model(
+            config.model, device=device, dtype=config.dtype, attention=config.attention, revision=config.revision
+        )
+        depth = num_layers(model)
+        layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)
+        try:
+            layer = resolve_layer(layer_setting, depth)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        mix = build_mix(
+            config.refusal_share,
+            examples=config.examples,
+            seed=config.seed,
+            benign_sources=config.benign_sources,
+            contrast_share=config.contrast_share,
+            reserved_sources=config.reserved_sources or (),
+        )
+        pairs = zip(mix["prompt"], mix["response"], strict=True)
+        encoded = [pair_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
+        model.requires_grad_(not config.lora)
+        if config.lora:
+            model = add_lora(model, depth, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+        model.train()
+        retention = _Retention(model, tokenizer, mix, layer, config, device) if config.retention_weight > 0 else None
+        aligned = {
+            "base_model": config.model,
+            "steps": config.steps,
+            "mix": len(mix),
+            "refusal_share": config.refusal_share,
+            "contrast_share": config.contrast_share,
+            "retention_weight": config.retention_weight,
+            "retention_layer": layer,
+        }
+        stage = _AlignStage(config, model, tokenizer, mix, encoded, retention, run, {**upstream, "aligned": aligned})
+        return train(config, model, tokenizer, stage, run)

@@ -24,6 +24,7 @@ import torch
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
 from dcr.modeling.trainable import trainable_parameters
+from dcr.run_lock import FolderLock, claim
 from dcr.training.checkpoint import (
     changed_settings,
     list_checkpoints,
@@ -60,27 +61,39 @@ class Stage(Protocol):
 
 @dataclass(frozen=True)
 class Run:
-    """An opened run: its checkpoints (oldest first), this process's rank and its device."""
+    """An opened run: its checkpoints (oldest first), this process's rank, its device and the claim on its
+    folder (given up when the `with` block ends)."""
 
     checkpoints: list[Path]
     ranks: Ranks
     device: torch.device
+    lock: FolderLock
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 def open_run(config: TrainingConfig) -> Run:
-    """Validate, join the launcher's ranks, refuse to overwrite a finished or started run unless resuming,
-    seed torch (the same seed on every rank: identical initial weights)."""
+    """Validate, join the launcher's ranks, claim the run folder (`dcr.run_lock`: refused at once while
+    another process runs there), refuse to overwrite a finished or started run unless resuming, seed torch
+    (the same seed on every rank: identical initial weights). Use as a context manager: leaving it gives
+    the folder up."""
     config.validate()
     ranks, device = start(config.device)
     out = Path(config.output_dir)
+    lock = claim(out, ranks)
     checkpoints = list_checkpoints(out / "checkpoints")
     if not config.resume and (checkpoints or (out / "model").exists() or (out / "metrics.jsonl").exists()):
+        lock.release()
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another output_dir")
     if ranks.main:
         remove_leftovers(out / "checkpoints")
     ranks.barrier()  # every rank has looked before rank 0 writes
     torch.manual_seed(config.seed)
-    return Run(checkpoints, ranks, device)
+    return Run(checkpoints, ranks, device, lock)
 
 
 def trajectory_settings(config: TrainingConfig) -> dict[str, Any]:

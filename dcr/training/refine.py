@@ -149,20 +149,20 @@ def refine(config: RefineConfig, data=None) -> Path:
 
     ``data`` may be a ``datasets.Dataset`` to train on instead of ``config.data``.
     """
-    run = open_run(config)
-    if config.batch_size < 2 * run.ranks.world:
-        raise ConfigError(f"batch_size {config.batch_size} gives some of the {run.ranks.world} ranks no prompts")
-    model, tokenizer = load_model(
-        config.model, device=run.device, dtype=config.dtype, attention=config.attention, revision=config.revision
-    )
-    try:
-        layer = resolve_layer(config.layer, num_layers(model))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    training_data = _training_data(config, data, tokenizer)
-    model = _trainable_model(model, layer, config)
-    stage = _RefineStage(config, model, tokenizer, layer, training_data, run)
-    return train(config, model, tokenizer, stage, run)
+    with open_run(config) as run:  # the run folder is this process group's until the stage ends
+        if config.batch_size < 2 * run.ranks.world:
+            raise ConfigError(f"batch_size {config.batch_size} gives some of the {run.ranks.world} ranks no prompts")
+        model, tokenizer = load_model(
+            config.model, device=run.device, dtype=config.dtype, attention=config.attention, revision=config.revision
+        )
+        try:
+            layer = resolve_layer(config.layer, num_layers(model))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        training_data = _training_data(config, data, tokenizer)
+        model = _trainable_model(model, layer, config)
+        stage = _RefineStage(config, model, tokenizer, layer, training_data, run)
+        return train(config, model, tokenizer, stage, run)
 
 
 def _gathered(x: torch.Tensor) -> torch.Tensor:
