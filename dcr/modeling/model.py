@@ -39,6 +39,9 @@ def _from_cache(repo_id: str, revision: str | None) -> Path:
         ) from err
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def resolve_model_path(name_or_path: str | Path, revision: str | None = None) -> Path:
     """``"default"`` is the embedded SmolLM2-135M-Instruct; an existing folder is used as it is; a Hub id
     resolves from the local Hugging Face cache (at ``revision``, default main)."""
@@ -51,6 +54,11 @@ def resolve_model_path(name_or_path: str | Path, revision: str | None = None) ->
         raise FileNotFoundError(f"model path {path} does not exist (pass a local model folder or 'default')")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder: it has no config.json")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
+            "with tokenizer.save_pretrained(folder)"
+        )
     return path
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from dcr_helpers import prompt_rows, tiny_model_dir
 
 from dcr.modeling.chat import collate, encode_prompts, pad_id
-from dcr.modeling.model import load_model, resolve_model_path
+from dcr.modeling.model import TOKENIZER_FILES, load_model, resolve_model_path
 from dcr.modeling.representation import decoder_of, pool, represent, resolve_layer, truncated
 
 
@@ -109,3 +111,13 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
         resolve_model_path(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model_path(tmp_path)
+
+
+def test_model_folder_without_tokenizer_is_named_as_such(tmp_path):
+    """A model saved without its tokenizer: one clear error, not a sentencepiece / tiktoken traceback."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("llama"), folder)
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        load_model(folder)
