@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcr.config import ConfigError, Settings, option
-from dcr.prompts.eval_sets import DEFAULT_SETS, SETS
+from dcr.prompts.eval_sets import DEFAULT_SETS, SETS, parse_user_set, resolve_sets
 
 
 def check_judge(name: str) -> str:
@@ -42,9 +42,9 @@ class EvaluateConfig(Settings):
     )
     sets: list[str] = option(
         list(DEFAULT_SETS),
-        f"Generation sets: shipped ({' '.join(SETS)}) or your own files, PATH[:TEXT_COLUMN[:EXPECT_COLUMN]] "
+        f"Generation sets: shipped ({' '.join(SETS)}) or your own files, [NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]] "
         "(CSV, JSONL, JSON, Parquet or a datasets folder; columns default to prompt and expect, whose values say "
-        "comply or refuse).",
+        "comply or refuse; NAME, the report's name, defaults to the file's stem).",
         topic="behaviour",
     )
     limit: int | None = option(
@@ -90,12 +90,13 @@ class EvaluateConfig(Settings):
 
     def validate(self) -> EvaluateConfig:
         super().validate()
-        unknown = [s for s in self.sets if s not in SETS and not Path(s.split(":")[0]).exists()]
+        unknown = [s for s in self.sets if s not in SETS and not Path(parse_user_set(s)[1]).exists()]
         if unknown or not self.sets:
             raise ConfigError(
                 f"unknown or empty sets {unknown or self.sets}: neither shipped sets ({' '.join(SETS)}) nor existing "
-                "files (PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
+                "files ([NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
             )
+        resolve_sets(self.sets, self.limit)  # a malformed user set is refused here, before any model loads
         check_judge(self.judge)
         return self
 

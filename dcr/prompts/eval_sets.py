@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from dcr import DATA_DIR
@@ -78,19 +79,32 @@ def is_user_set(spec: str) -> bool:
     return spec not in SETS
 
 
-def load_user_set(spec: str, limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
-    """(report name, expected behaviour, rows) for each behaviour present in a user set."""
-    from pathlib import Path
+def parse_user_set(spec: str) -> tuple[str | None, str, str, str]:
+    """(name, path, text column, expected column) of `[NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]`. The path is
+    the longest prefix that exists, so a path may itself contain ':'."""
+    name, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else (None, "", spec)
+    parts = rest.split(":")
+    for cut in range(len(parts), 0, -1):
+        path = ":".join(parts[:cut])
+        if Path(path).exists() and len(parts) - cut <= 2:
+            columns = parts[cut:] + ["prompt", "expect"][len(parts) - cut :]
+            return name or None, path, columns[0], columns[1]
+    return name or None, parts[0], "prompt", "expect"
 
+
+def load_user_set(spec: str, limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
+    """(report name, expected behaviour, rows) for each behaviour present in a user set
+    `[NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]` (NAME defaults to the file's stem)."""
     from dcr.prompts.sets import DataError, read_table
 
-    path, text_column, expect_column = (spec.split(":") + ["prompt", "expect"])[:3]
+    name, path, text_column, expect_column = parse_user_set(spec)
     if not Path(path).exists():
         raise DataError(
             f"unknown evaluation set {spec!r}: neither a shipped set ({list(SETS)}) nor an existing file "
-            "(PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
+            "([NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]])"
         )
-    table = read_table(path, text_column, expect_column)
+    table = read_table(path, text_column, expect_column, require_text=True)
+    name = name or Path(path).stem
     wanted = {"comply": [], "refuse": []}
     unknown = set()
     for i, (text, value) in enumerate(zip(table["text"], table["label"], strict=True)):
@@ -99,14 +113,13 @@ def load_user_set(spec: str, limit: int | None = None) -> list[tuple[str, str, l
         if behaviour is None:
             unknown.add(str(value))
             continue
-        wanted[behaviour].append({"id": f"{Path(path).stem}-{i}", "text": text})
+        wanted[behaviour].append({"id": f"{name}-{i}", "text": text})
     if unknown:
         raise DataError(
             f"{path}: column {expect_column!r} has values {sorted(unknown)[:5]} that are neither comply "
             f"({sorted(COMPLY)}) nor refuse ({sorted(REFUSE)})"
         )
-    stem = Path(path).stem
-    return [(f"{stem}_{b}", b, spread(rows, limit)) for b, rows in wanted.items() if rows]
+    return [(f"{name}_{b}", b, spread(rows, limit)) for b, rows in wanted.items() if rows]
 
 
 def resolve_sets(names: list[str], limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
@@ -117,4 +130,15 @@ def resolve_sets(names: list[str], limit: int | None = None) -> list[tuple[str, 
             out += load_user_set(name, limit)
         else:
             out.append((name, SETS[name].expected, load_set(name, limit)))
+    seen: dict[str, int] = {}
+    for report_name, _, _ in out:
+        seen[report_name] = seen.get(report_name, 0) + 1
+    twice = sorted(n for n, count in seen.items() if count > 1)
+    if twice:
+        from dcr.prompts.sets import DataError
+
+        raise DataError(
+            f"evaluation sets {twice} are named twice (files with the same name?); name them apart with "
+            "NAME=PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]"
+        )
     return out

@@ -10,7 +10,7 @@ import pytest
 from dcr_helpers import tiny_model_dir
 
 from dcr.cli import main
-from dcr.prompts.eval_sets import load_user_set
+from dcr.prompts.eval_sets import load_user_set, resolve_sets
 from dcr.prompts.sets import DataError
 
 datasets = pytest.importorskip("datasets")
@@ -85,3 +85,58 @@ def test_single_model_report_leads_with_discernment(tmp_path):
     }
     report = render_report(results)
     assert report.index("**Discernment (XSTest): 1.250**") < report.index("| model |")
+
+
+def test_same_file_names_are_named_apart_and_colons_in_paths_work(tmp_path):
+    for folder in ("a", "b:c"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.jsonl").write_text(json.dumps({"prompt": "hi", "expect": "comply"}) + "\n")
+    first, second = str(tmp_path / "a" / "x.jsonl"), str(tmp_path / "b:c" / "x.jsonl")
+    with pytest.raises(DataError, match=r"named twice .*NAME=PATH"):
+        resolve_sets([first, second])
+    sets = resolve_sets([f"first={first}", f"second={second}:prompt:expect"])
+    assert [name for name, _, _ in sets] == ["first_comply", "second_comply"]
+    assert sets[1][2][0]["id"] == "second-0"
+
+
+def test_empty_or_missing_prompts_are_refused_naming_the_rows(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("prompt,expect\nhello,comply\n,refuse\n   ,comply\nok,refuse\n")
+    with pytest.raises(DataError, match=r"empty or missing in row\(s\) 1, 2"):
+        load_user_set(str(path))
+    jsonl = tmp_path / "gaps.jsonl"
+    jsonl.write_text(
+        json.dumps({"prompt": None, "expect": "comply"})
+        + "\n"
+        + json.dumps({"prompt": float("nan"), "expect": "comply"})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"row\(s\) 0, 1"):
+        load_user_set(str(jsonl))
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("header.csv", b"prompt,expect\n", "no rows"),
+        (
+            "broken.jsonl",
+            b'{"prompt": "a", "expect": "comply"}\n{"prompt": "b", \n',
+            r"broken.jsonl, line 2: not valid JSON",
+        ),
+        (
+            "latin.csv",
+            "prompt,expect\nhello,comply\ncaf\u00e9,refuse\n".encode("latin-1"),
+            r"latin.csv, line 3: not UTF-8",
+        ),
+    ],
+)
+def test_malformed_files_are_refused_naming_file_and_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_user_set(str(path))
+    # through the CLI: one line, before any model loads (the model path does not even exist)
+    argv = ["evaluate", "--model", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"), "--sets", str(path)]
+    assert main(argv) == 2
+    assert name in capsys.readouterr().err
