@@ -110,7 +110,7 @@ class FolderLock:
 
 def claim(folder: str | Path, ranks: Any) -> FolderLock:
     """Claim `folder` for this run: rank 0 takes the lock for the process group (`ranks`, a
-    `dcr.training.ranks.Ranks`), and if it is refused every rank raises."""
+    `dcr.modeling.ranks.Ranks`), and if it is refused every rank raises."""
     lock = FolderLock(folder)
     refused: ConfigError | None = None
     if ranks.main:

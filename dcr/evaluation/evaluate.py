@@ -115,7 +115,7 @@ def _sharded_generate(model: nn.Module, tokenizer, texts: list[str], **kw) -> li
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return generate(model, tokenizer, texts, **kw)
-    from dcr.training.ranks import Ranks
+    from dcr.modeling.ranks import Ranks
 
     ranks = Ranks(dist.get_rank(), dist.get_world_size())
     local = generate(model, tokenizer, texts[ranks.share(len(texts))], **kw)
@@ -224,8 +224,8 @@ def evaluate(
 def evaluate_model(config: EvaluateConfig) -> dict:
     """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
     from dcr.modeling.model import DTYPES, load_model
+    from dcr.modeling.ranks import start
     from dcr.run_lock import claim
-    from dcr.training.ranks import start
 
     if config.threads:
         torch.set_num_threads(config.threads)

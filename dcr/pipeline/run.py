@@ -160,11 +160,11 @@ def run_pipeline(
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
     from dcr.evaluation.judge import CUES
     from dcr.evaluation.rejudge import rejudge
+    from dcr.modeling.ranks import start
     from dcr.modeling.runtime import pick_device
     from dcr.pipeline.report import FILES, write_comparison
     from dcr.run_lock import claim
     from dcr.training.align import align
-    from dcr.training.ranks import start
     from dcr.training.refine import refine
 
     ranks, _ = start(device)  # joins the launcher's process group, if there is one

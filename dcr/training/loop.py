@@ -23,6 +23,7 @@ import torch
 
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
+from dcr.modeling.ranks import Ranks, start
 from dcr.modeling.trainable import trainable_parameters
 from dcr.run_lock import FolderLock, claim
 from dcr.training.checkpoint import (
@@ -35,7 +36,6 @@ from dcr.training.checkpoint import (
 )
 from dcr.training.config import RUN_ONLY, TrainingConfig
 from dcr.training.jsonl_log import JsonlLog
-from dcr.training.ranks import Ranks, start
 from dcr.training.tracking import Trackers
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
