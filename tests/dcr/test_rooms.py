@@ -1,5 +1,5 @@
 """The rooms of `dcr` depend on each other one way only: read from the sources, no pair of subpackages
-imports each other (imports inside functions included)."""
+imports each other (imports inside functions included); both packages declare their type hints."""
 
 from __future__ import annotations
 
@@ -31,3 +31,11 @@ def test_no_two_subpackages_import_each_other():
     assert edges["training"] and edges["evaluation"]  # the graph was read
     pairs = sorted((a, b) for a in edges for b in edges[a] if a < b and a in edges.get(b, set()))
     assert not pairs, f"subpackages importing each other: {pairs}"
+
+
+def test_packages_declare_their_type_hints():
+    """PEP 561: both packages ship py.typed (listed in pyproject's package-data, so wheels carry it)."""
+    import dcr_kernels
+
+    for package in (dcr, dcr_kernels):
+        assert (Path(package.__file__).parent / "py.typed").is_file(), package.__name__
