@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import dcr
+import dcr_kernels
 
 ROOT = Path(dcr.__file__).parent
 
@@ -35,7 +36,5 @@ def test_no_two_subpackages_import_each_other():
 
 def test_packages_declare_their_type_hints():
     """PEP 561: both packages ship py.typed (listed in pyproject's package-data, so wheels carry it)."""
-    import dcr_kernels
-
     for package in (dcr, dcr_kernels):
         assert (Path(package.__file__).parent / "py.typed").is_file(), package.__name__
