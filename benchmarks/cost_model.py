@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcr_kernels.backends.triton.launch import workspace_shape
+
 RESOURCES = Path(__file__).resolve().parent / "results" / "triton_resources.json"
 SMS = 132
 PEAK = {"bf16": 989e12, "tf32": 495e12}  # dense tensor-core FLOP/s (H200 SXM, the H100's compute)
@@ -40,7 +42,6 @@ ISSUE = 4 * 32  # thread-instructions per clock per SM
 MUFU = 16  # special-function results per clock per SM
 HBM = 4.8e12
 MMA_EFFICIENCY = 0.85  # the tensor cores at best reach this share of the dense spec (the best GEMMs do)
-WORKSPACE_BYTES = 1 << 30  # DCR_TRITON_WORKSPACE_MB default
 B = 65536
 DIMS = (256, 1024, 4096)
 
@@ -111,8 +112,7 @@ def _gemm(m: int, n: int, d: int) -> float:
 def _accumulation(m: int, n: int, d: int, cross: bool) -> float:
     """HBM time of accumulating dA over column blocks and dB over row blocks of W (bf16 product written
     and read, fp32 accumulator read and written: 12 bytes per element)."""
-    side = max(16, math.isqrt(WORKSPACE_BYTES // 2) // 16 * 16)
-    rows, cols = (m, n) if m * n * 2 <= WORKSPACE_BYTES else (side, side)
+    rows, cols = workspace_shape(m, n, 2)  # the launcher's own blocks at the default workspace
     blocks_m, blocks_n = math.ceil(m / rows), math.ceil(n / cols)
     elements = blocks_n * m * d if blocks_n > 1 else 0  # one column block: dA = W B written once
     if cross:
