@@ -15,6 +15,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("datasets")
 
+from dcr.training.refine_config import RefineConfig  # noqa: E402  (after the skips: it needs transformers)
+
 WORDS = (
     "how do i kill a python process make bomb at home steal car write poem about the sea shoot photo "
     "history of war poison rat in garden hack my own account best way to hurt someone explain why people "
@@ -101,3 +103,24 @@ def prompt_rows(per_class: int = 24) -> list[dict[str, str]]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def tiny_refine_config(tmp_path: Path, **overrides):
+    """A four-step DCR stage on the tiny llama (checkpoints at steps 2 and 4, validation every 2 steps) in
+    `tmp_path / "run"`; `overrides` replace any setting."""
+    settings = dict(
+        model=str(tiny_model_dir("llama")),
+        layer=2,
+        data=str(write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())),
+        batch_size=8,
+        micro_batch_size=3,
+        steps=4,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=2,
+        val_fraction=0.2,
+        eval_every=2,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
+    return RefineConfig(**{**settings, **overrides})

@@ -10,32 +10,17 @@ import shutil
 
 import pytest
 import torch
-from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
+from dcr_helpers import tiny_refine_config
 from safetensors.torch import load_file
 
 from dcr.config import ConfigError
 from dcr.training import checkpoint
 from dcr.training.refine import refine
-from dcr.training.refine_config import RefineConfig
 
 
 @pytest.fixture
 def config(tmp_path):
-    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    return RefineConfig(
-        model=str(tiny_model_dir("llama")),
-        layer=2,
-        data=str(data),
-        batch_size=8,
-        micro_batch_size=3,
-        steps=4,
-        lr=1e-3,
-        warmup_steps=1,
-        save_every=2,
-        val_fraction=0.0,
-        output_dir=str(tmp_path / "run"),
-        progress=False,
-    )
+    return tiny_refine_config(tmp_path, val_fraction=0.0)
 
 
 def _weights(out):

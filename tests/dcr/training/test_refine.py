@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
+from dcr_helpers import tiny_model_dir, tiny_refine_config
 from safetensors.torch import load_file
 
 from dcr.cli import main
@@ -22,22 +22,7 @@ LAYER = 2
 
 @pytest.fixture
 def config(tmp_path):
-    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    return RefineConfig(
-        model=str(tiny_model_dir("llama")),
-        layer=LAYER,
-        data=str(data),
-        batch_size=8,
-        micro_batch_size=3,
-        steps=4,
-        lr=1e-3,
-        warmup_steps=1,
-        save_every=2,
-        val_fraction=0.2,
-        eval_every=2,
-        output_dir=str(tmp_path / "run"),
-        progress=False,
-    )
+    return tiny_refine_config(tmp_path, layer=LAYER)
 
 
 def _weights(path):
