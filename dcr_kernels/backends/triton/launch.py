@@ -69,7 +69,7 @@ _GPU_CONFIGS = {
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
-_BLOCK_ALIGN = 128  # W blocks start at multiples of ROW_PAD, so that a block's last tile stays in the padding
+ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of every BLOCK_K
 
 
 def input_precision() -> str:
@@ -135,11 +135,12 @@ def workspace_shape(m: int, n: int, element_bytes: int) -> tuple[int, int]:
     dA accumulates over column blocks and dB over row blocks, so the accumulation traffic is
     M N D (1 / rows + 1 / columns) elements: the blocks are as square as the budget allows (the whole of a
     side that fits), which keeps it a fixed fraction of the matmul work at any batch. Block edges are
-    multiples of _BLOCK_ALIGN (at least that) unless they span all of M or N."""
+    multiples of ROW_PAD (at least that) unless they span all of M or N, so that a block's last tile stays
+    in the padding."""
     budget = int(float(os.environ.get("DCR_TRITON_WORKSPACE_MB", "1024")) * 2**20) // element_bytes
     if m * n <= budget:
         return m, n
-    align = _BLOCK_ALIGN
+    align = ROW_PAD
     side = max(align, math.isqrt(budget) // align * align)
     if n <= side:
         return min(m, max(align, budget // n // align * align)), n
@@ -163,9 +164,6 @@ def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **conste
     tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, precision, loss, autotune)
     with torch.cuda.device(x.device):
         tuned[grid](*args, **constexprs)
-
-
-ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of every BLOCK_K
 
 
 def kernel_ready(x: Tensor) -> Tensor:
