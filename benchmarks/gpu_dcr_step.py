@@ -41,10 +41,10 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):
 
 
 def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.dtype) -> dict:
-    from dcr.modeling.representation import represent
+    from dcr.modeling.layer_states import represent
     from dcr.modeling.trainable import add_lora, freeze_above, trainable_parameters
     from dcr.training.gradcache import contrastive_backward
-    from dcr.training.losses import make_loss
+    from dcr.training.objective import make_loss
 
     torch.manual_seed(0)
     model = build(arch, device, dtype)

@@ -54,9 +54,9 @@ def _model_and_batch(n: int):
 
 
 def speed(args: argparse.Namespace) -> dict:
-    from dcr.modeling.representation import pool, represent
+    from dcr.modeling.layer_states import pool, represent
     from dcr.modeling.trainable import freeze_above
-    from dcr.training.losses import make_loss
+    from dcr.training.objective import make_loss
 
     model, _, _, labels, (input_ids, mask) = _model_and_batch(args.batch)
     freeze_above(model, args.layer)
@@ -104,10 +104,10 @@ def _max_rss_mb() -> float:
 
 
 def memory_child(args: argparse.Namespace) -> dict:
-    from dcr.modeling.embedding import batch_embedder
+    from dcr.modeling.prompt_embeddings import batch_embedder
     from dcr.modeling.trainable import freeze_above
     from dcr.training.gradcache import contrastive_backward
-    from dcr.training.losses import make_loss
+    from dcr.training.objective import make_loss
 
     model, tokenizer, ids, labels, _ = _model_and_batch(args.batch)
     freeze_above(model, args.layer)
@@ -164,8 +164,8 @@ def _xstest_family(kind: str) -> str:
 
 def separation(args: argparse.Namespace) -> dict:
     from dcr.evaluation.separation import nearest_neighbour_hits, separation_report
-    from dcr.modeling.embedding import embed_texts
     from dcr.modeling.model import load_model
+    from dcr.modeling.prompt_embeddings import embed_texts
     from dcr.prompts.sets import load_xstest
     from dcr.training.refine import refine
     from dcr.training.refine_config import RefineConfig
@@ -247,7 +247,7 @@ def separation(args: argparse.Namespace) -> dict:
 def _all_layers(model, tokenizer, texts: list[str]) -> torch.Tensor:
     """Last-prompt-token states of every layer, (depth + 1, N, D), from full forwards."""
     from dcr.modeling.chat import collate, encode_prompts, pad_id
-    from dcr.modeling.representation import pool, position_ids
+    from dcr.modeling.layer_states import pool, position_ids
 
     ids = encode_prompts(tokenizer, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))

@@ -17,7 +17,7 @@ from torch import Tensor
 from . import _validation as v
 from .backends import resolve
 from .backends.base import compute_dtype
-from .losses import row_dots
+from .pair_terms import row_dots
 
 
 class ContrastiveOutput(NamedTuple):

@@ -21,7 +21,7 @@ from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.generate import generate
 from dcr.evaluation.judge import CUES, Judge, cue_judge, load_judge
 from dcr.evaluation.refusal import analyse, is_refusal_prefix
-from dcr.modeling.representation import Pooling, num_layers, resolve_layer
+from dcr.modeling.layer_states import Pooling, num_layers, resolve_layer
 from dcr.prompts.eval_sets import DEFAULT_SETS, load_set, resolve_sets
 
 REPRESENTATION_CLASSES = ("seemingly_toxic", "toxic")
@@ -94,7 +94,7 @@ def representation(
     """Separation of XSTest unsafe vs safe prompts at ``layer``; writes the PCA plot when ``plot_path`` is set."""
     from dcr.evaluation.plots import projection_plot
     from dcr.evaluation.separation import separation_report
-    from dcr.modeling.embedding import embed_texts
+    from dcr.modeling.prompt_embeddings import embed_texts
 
     rows = load_set("xstest_safe", limit) + load_set("xstest_unsafe", limit)
     names = [r["label"] for r in rows]

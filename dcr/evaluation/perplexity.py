@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dcr.modeling.chat import collate, pad_id
-from dcr.modeling.representation import position_ids
+from dcr.modeling.layer_states import position_ids
 
 
 def pair_ids(tokenizer, prompt: str, answer: str, max_length: int = 1024) -> tuple[list[int], int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dcr.modeling.embedded import default_model_dir
+from dcr.modeling.default_model import default_model_dir
 from dcr.modeling.runtime import attn_implementation
 
 DEFAULT_MODEL = "default"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from dcr.modeling.representation import decoder_of
+from dcr.modeling.layer_states import decoder_of
 
 
 def freeze_above(model: nn.Module, layer: int, *, train_embeddings: bool = False) -> nn.Module:

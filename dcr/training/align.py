@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from dcr.config import ConfigError
 from dcr.evaluation.perplexity import pair_ids
 from dcr.modeling.chat import collate, encode_prompts, pad_id
-from dcr.modeling.embedding import batch_embedder
+from dcr.modeling.layer_states import num_layers, resolve_layer
 from dcr.modeling.model import load_model, resolve_model_path
-from dcr.modeling.representation import num_layers, resolve_layer
+from dcr.modeling.prompt_embeddings import batch_embedder
 from dcr.modeling.runtime import autocast
 from dcr.modeling.trainable import add_lora
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sft_mix import build_mix
 from dcr.training.align_config import AlignConfig
 from dcr.training.loop import Metrics, open_run, train
-from dcr.training.losses import make_loss
+from dcr.training.objective import make_loss
 
 IGNORE = -100
 

@@ -15,15 +15,15 @@ import torch
 from dcr.config import ConfigError
 from dcr.evaluation.separation import cross_class_cosine, separation_report
 from dcr.modeling.chat import encode_prompts
-from dcr.modeling.embedding import batch_embedder, embed_texts
+from dcr.modeling.layer_states import num_layers, resolve_layer
 from dcr.modeling.model import load_model
-from dcr.modeling.representation import num_layers, resolve_layer
+from dcr.modeling.prompt_embeddings import batch_embedder, embed_texts
 from dcr.modeling.trainable import add_lora, freeze_above
 from dcr.prompts.sampler import BalancedBatchSampler
 from dcr.prompts.sets import DataError, load_labelled, split
 from dcr.training.gradcache import contrastive_backward
 from dcr.training.loop import Metrics, Run, open_run, train
-from dcr.training.losses import make_loss
+from dcr.training.objective import make_loss
 from dcr.training.refine_config import RefineConfig
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..losses import weighted_total
+from ..pair_terms import weighted_total
 
 SOFTMAX, CIRCLE = 0, 1  # loss families, as the block primitives and the Triton kernels name them
 

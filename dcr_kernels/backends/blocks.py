@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..losses import circle_logits
+from ..pair_terms import circle_logits
 from . import select
 from .base import CIRCLE, SOFTMAX, Pairs, compute_dtype
 from .chunked import chunk_rows

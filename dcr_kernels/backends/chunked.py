@@ -25,7 +25,7 @@ import os
 import torch
 from torch import Tensor
 
-from ..losses import circle_row_loss, row_dots, safe_lse, weighted_total
+from ..pair_terms import circle_row_loss, row_dots, safe_lse, weighted_total
 from .base import CircleStats, SoftmaxStats, compute_dtype
 
 DEFAULT_CHUNK_BYTES = 16 << 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..losses import argmax_or_minus_one, circle_logits, circle_row_loss, masked_logsumexp, weighted_total
+from ..pair_terms import argmax_or_minus_one, circle_logits, circle_row_loss, masked_logsumexp, weighted_total
 from .base import CircleStats, SoftmaxStats, compute_dtype, softmax_total
 
 

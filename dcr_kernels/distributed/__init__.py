@@ -20,7 +20,7 @@ Every rank must call the loss, and the backward, with the same options: the inpu
 dtypes are compared first, so a mismatch raises the same error on every rank instead of a hang.
 """
 
-from .losses import circle_loss, info_nce, supcon_loss
+from .functional import circle_loss, info_nce, supcon_loss
 from .nn import CircleLoss, InfoNCELoss, SupConLoss
 
 __all__ = ["CircleLoss", "InfoNCELoss", "SupConLoss", "circle_loss", "info_nce", "supcon_loss"]

@@ -9,7 +9,7 @@ from typing import Any
 import torch.distributed as dist
 
 from .. import nn
-from . import losses
+from . import functional
 
 
 class _Distributed:
@@ -26,16 +26,16 @@ class _Distributed:
 class InfoNCELoss(_Distributed, nn.InfoNCELoss):
     """`distributed.info_nce` as a module; see `dcr_kernels.nn.InfoNCELoss` for the other arguments."""
 
-    _functional = staticmethod(losses.info_nce)
+    _functional = staticmethod(functional.info_nce)
 
 
 class SupConLoss(_Distributed, nn.SupConLoss):
     """`distributed.supcon_loss` as a module; see `dcr_kernels.nn.SupConLoss` for the other arguments."""
 
-    _functional = staticmethod(losses.supcon_loss)
+    _functional = staticmethod(functional.supcon_loss)
 
 
 class CircleLoss(_Distributed, nn.CircleLoss):
     """`distributed.circle_loss` as a module; see `dcr_kernels.nn.CircleLoss` for the other arguments."""
 
-    _functional = staticmethod(losses.circle_loss)
+    _functional = staticmethod(functional.circle_loss)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..backends import blocks
 from ..backends.base import Pairs, compute_dtype
-from ..losses import circle_row_loss, safe_lse
+from ..pair_terms import circle_row_loss, safe_lse
 from .comm import KeySource
 
 

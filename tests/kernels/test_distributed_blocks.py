@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dcr_kernels.backends import blocks, triton_available
 from dcr_kernels.backends.base import Pairs
-from dcr_kernels.losses import circle_logits
+from dcr_kernels.pair_terms import circle_logits
 
 OFFSETS = [None, 0, 3, -2]
 MARGIN, GAMMA = 0.25, 16.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...losses import circle_row_loss, safe_lse, weighted_total
+from ...pair_terms import circle_row_loss, safe_lse, weighted_total
 from ..base import CIRCLE, SOFTMAX, CircleStats, Pairs, SoftmaxStats, softmax_total
 from .launch import pair_grads, rows_forward
 

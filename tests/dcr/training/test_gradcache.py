@@ -7,11 +7,11 @@ import torch
 from dcr_helpers import prompt_rows, tiny_model_dir
 
 from dcr.modeling.chat import encode_prompts
-from dcr.modeling.embedding import batch_embedder
 from dcr.modeling.model import load_model
+from dcr.modeling.prompt_embeddings import batch_embedder
 from dcr.modeling.trainable import freeze_above, trainable_parameters
 from dcr.training.gradcache import contrastive_backward
-from dcr.training.losses import LOSSES, make_loss, same_class_partner
+from dcr.training.objective import LOSSES, make_loss, same_class_partner
 
 LAYER = 3
 

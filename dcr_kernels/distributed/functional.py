@@ -12,7 +12,7 @@ from .. import _validation as v
 from ..backends import blocks, resolve
 from ..backends.base import compute_dtype
 from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
-from ..losses import row_dots
+from ..pair_terms import row_dots
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
 from .rows import BlockRows, RowSpec
 from .world import World, agree, require_same

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dcr.modeling.chat import collate, encode_prompts, pad_id
-from dcr.modeling.representation import Pooling, represent
+from dcr.modeling.layer_states import Pooling, represent
 from dcr.modeling.runtime import autocast
 
 

@@ -9,8 +9,8 @@ import torch
 from dcr_helpers import prompt_rows, tiny_model_dir
 
 from dcr.modeling.chat import collate, encode_prompts, pad_id
+from dcr.modeling.layer_states import decoder_of, pool, represent, resolve_layer, truncated
 from dcr.modeling.model import TOKENIZER_FILES, load_model, resolve_model_path
-from dcr.modeling.representation import decoder_of, pool, represent, resolve_layer, truncated
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
