@@ -135,7 +135,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            import yaml
+            import yaml  # optional: pyyaml is in the train extra
         except ImportError as err:
             raise ConfigError("YAML configs need pyyaml (pip install pyyaml), or use a JSON file") from err
         try:
@@ -197,6 +197,8 @@ def build(
 
 def to_yaml(config: Any) -> str:
     """The resolved settings as YAML (`--print-config`): a file `--config` reads back unchanged."""
-    import yaml
-
+    try:
+        import yaml
+    except ImportError as err:
+        raise ConfigError("--print-config writes YAML and needs pyyaml (pip install pyyaml)") from err
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

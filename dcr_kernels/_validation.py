@@ -85,7 +85,7 @@ def check_circle_params(margin: float, gamma: float, fn: str) -> None:
         raise ValueError(f"{fn}: gamma must be finite and > 0, got {gamma!r}; the paper uses 32 to 256")
 
 
-def _largest_row_norm(x: Tensor) -> float:
+def largest_row_norm(x: Tensor) -> float:
     """max_i |x_i|, computed without overflowing (the rows are divided by the largest entry first)."""
     x = x.detach()
     top = float(x.abs().amax())
@@ -108,8 +108,20 @@ def check_logit_range(
     gamma (|S| + 1)^2 at most) and, for a learnable temperature, its gradient (which carries s^2 S) must stay
     within the compute dtype's range with room for the sums. |S| is at most 1 for normalised rows and
     max |q_i| max |k_j| otherwise."""
-    limit = torch.finfo(torch.float64 if query.dtype == torch.float64 else torch.float32).max / 2**16
-    bound = 1.0 if normalize else _largest_row_norm(query) * _largest_row_norm(key)
+    bound = 1.0 if normalize else largest_row_norm(query) * largest_row_norm(key)
+    check_similarity_bound(bound, query.dtype, fn, temperature=temperature, gamma=gamma)
+
+
+def check_similarity_bound(
+    bound: float,
+    dtype: torch.dtype,
+    fn: str,
+    *,
+    temperature: float | Tensor | None = None,
+    gamma: float | None = None,
+) -> None:
+    """`check_logit_range` for a known bound on |S| (across ranks: the largest row norms of all ranks)."""
+    limit = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max / 2**16
     advice = "use normalize=True (cosine similarities) or scale the embeddings down"
     if gamma is not None:
         if gamma * (bound + 1.0) ** 2 > limit:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import dcr
 from dcr.cli.commands import COMMANDS
 from dcr.config import ConfigError, add_arguments, build, to_yaml
-from dcr.prompts.sets import DataError
+from dcr.prompts.tables import DataError
 
 _SPECIAL = ("command", "config", "print_config", "handler")
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dcr.evaluation.config import EvaluateConfig, RejudgeConfig
 from dcr.pipeline.config import PipelineConfig
 from dcr.training.align_config import AlignConfig
 from dcr.training.refine_config import RefineConfig
+
+# deferred imports: each command imports its stage when it runs, so `dcr --help` and `--print-config` start
+# without loading transformers, datasets or the kernels.
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,6 @@ def _align(config: AlignConfig) -> str:
 
 
 def _evaluate(config: EvaluateConfig) -> str:
-    from pathlib import Path
-
     from dcr.evaluation.evaluate import evaluate_model
 
     results = evaluate_model(config)
@@ -44,8 +46,6 @@ def _evaluate(config: EvaluateConfig) -> str:
 
 
 def _rejudge(config: RejudgeConfig) -> str:
-    from pathlib import Path
-
     from dcr.evaluation.rejudge import rejudge
     from dcr.modeling.runtime import pick_device
 

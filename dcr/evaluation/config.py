@@ -28,9 +28,9 @@ class EvaluateConfig(Settings):
     )
     name: str | None = option(None, "Label of the model in the report. Unset: the model folder's name.", topic="model")
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="model")
-    precision: str = option(
+    dtype: str = option(
         "auto",
-        "Weights dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.",
+        "Weights dtype (as --dtype of refine and align): auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.",
         ("auto", "bf16", "fp16", "fp32"),
         "model",
     )

@@ -11,18 +11,28 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.generate import generate
+from dcr.evaluation.journal import GenerationJournal, folder_fingerprint
 from dcr.evaluation.judge import CUES, Judge, cue_judge, load_judge
+from dcr.evaluation.perplexity import perplexity as answer_perplexity
+from dcr.evaluation.plots import projection_plot
 from dcr.evaluation.refusal import analyse, is_refusal_prefix
+from dcr.evaluation.report import write_results
+from dcr.evaluation.separation import separation_report
 from dcr.modeling.layer_states import Pooling, num_layers, resolve_layer
+from dcr.modeling.model import DTYPES, layer_before_load, load_model, resolve_model_path
+from dcr.modeling.prompt_embeddings import embed_texts
+from dcr.modeling.ranks import Ranks, start
 from dcr.prompts.eval_sets import DEFAULT_SETS, load_set, resolve_sets
+from dcr.run_lock import claim
 
 REPRESENTATION_CLASSES = ("seemingly_toxic", "toxic")
 
@@ -92,10 +102,6 @@ def representation(
     title: str,
 ) -> dict:
     """Separation of XSTest unsafe vs safe prompts at ``layer``; writes the PCA plot when ``plot_path`` is set."""
-    from dcr.evaluation.plots import projection_plot
-    from dcr.evaluation.separation import separation_report
-    from dcr.modeling.prompt_embeddings import embed_texts
-
     rows = load_set("xstest_safe", limit) + load_set("xstest_unsafe", limit)
     names = [r["label"] for r in rows]
     device = next(model.parameters()).device
@@ -109,16 +115,18 @@ def representation(
     return out
 
 
-def _sharded_generate(model: nn.Module, tokenizer, texts: list[str], **kw) -> list[str]:
-    """Greedy responses; under torchrun each rank generates its share and every rank gets all, in order."""
-    import torch.distributed as dist
-
+def _sharded_generate(
+    model: nn.Module, tokenizer, texts: list[str], on_batch: Callable[[list[int], list[str]], None], **kw
+) -> list[str]:
+    """Greedy responses; under torchrun each rank generates its share and every rank gets all, in order.
+    ``on_batch`` receives this rank's batches (positions in ``texts``) as they are generated."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return generate(model, tokenizer, texts, **kw)
-    from dcr.modeling.ranks import Ranks
-
+        return generate(model, tokenizer, texts, on_batch=on_batch, **kw) if texts else []
     ranks = Ranks(dist.get_rank(), dist.get_world_size())
-    local = generate(model, tokenizer, texts[ranks.share(len(texts))], **kw)
+    share = ranks.share(len(texts))
+    local = texts[share]
+    shifted = lambda rows, outs: on_batch([share.start + i for i in rows], outs)  # noqa: E731
+    local = generate(model, tokenizer, local, on_batch=shifted, **kw) if local else []
     parts: list[list[str] | None] = [None] * ranks.world
     dist.all_gather_object(parts, local)
     return [response for part in parts for response in part]
@@ -140,6 +148,7 @@ def evaluate(
     name: str = "model",
     progress: bool = True,
     judge: str = CUES,
+    journal: GenerationJournal | None = None,
 ) -> dict:
     """Run the evaluation and return its results; with ``out_dir``, also write them there.
 
@@ -148,7 +157,8 @@ def evaluate(
     ``limit`` caps the prompts of every set (evenly spread through it) for quick runs, and
     ``perplexity_limit`` the perplexity answers (default: ``limit``); ``judge`` is ``cues`` (the weighted-cue
     detector) or a chat-model folder judging with XSTest's rubric (`dcr.evaluation.judge`). Files written: see
-    `dcr.evaluation.report.write_results`.
+    `dcr.evaluation.report.write_results`. With a ``journal`` (`dcr.evaluation.journal`) responses are
+    recorded as they are generated and the ones it already holds are not generated again.
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     start = time.perf_counter()
@@ -172,15 +182,28 @@ def evaluate(
     judged_by = load_judge(judge, device=next(model.parameters()).device)
     for set_name, expected, prompts in resolve_sets(list(sets), limit):
         tic = time.perf_counter()
-        responses = _sharded_generate(
+        known = journal.known(set_name, prompts) if journal is not None else {}
+        todo = [i for i in range(len(prompts)) if i not in known]
+        if known and progress:
+            print(f"{set_name}: {len(known)} responses kept from an unfinished run, {len(todo)} to generate")
+
+        def keep(rows: list[int], outs: list[str], todo=todo, set_name=set_name, prompts=prompts) -> None:
+            if journal is not None:
+                journal.record(set_name, [prompts[todo[i]] for i in rows], outs)
+
+        fresh = _sharded_generate(
             model,
             tokenizer,
-            [p["text"] for p in prompts],
+            [prompts[i]["text"] for i in todo],
+            keep,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=progress,
             desc=set_name,
         )
+        responses = [known.get(i, "") for i in range(len(prompts))]
+        for i, response in zip(todo, fresh, strict=True):
+            responses[i] = response
         rows = judged_rows(set_name, prompts, responses, judged_by)
         completions += rows
         results["sets"][set_name] = behaviour(rows, expected)
@@ -204,8 +227,6 @@ def evaluate(
         results["summary"].update({k: rep[k] for k in ("probe_auroc", "nn_accuracy", "cross_class_cosine") if k in rep})
         results["timing_s"]["representation"] = time.perf_counter() - tic
     if perplexity:
-        from dcr.evaluation.perplexity import perplexity as answer_perplexity
-
         tic = time.perf_counter()
         pairs = [(r["text"], r["answer"]) for r in load_set("self_instruct_user", perplexity_limit)]
         results["perplexity"] = answer_perplexity(
@@ -215,39 +236,51 @@ def evaluate(
         results["timing_s"]["perplexity"] = time.perf_counter() - tic
     results["timing_s"]["total"] = time.perf_counter() - start
     if out_dir is not None:
-        from dcr.evaluation.report import write_results
-
         write_results(results, completions, out_dir)
+        if journal is not None:
+            journal.remove_all()
+    elif journal is not None:
+        journal.close()
     return results
 
 
 def evaluate_model(config: EvaluateConfig) -> dict:
     """Load the model `config` names and evaluate it as configured (what `dcr evaluate` runs)."""
-    from dcr.modeling.model import DTYPES, load_model
-    from dcr.modeling.ranks import start
-    from dcr.run_lock import claim
-
     if config.threads:
         torch.set_num_threads(config.threads)
     ranks, device = start(config.device)
     with claim(config.output_dir, ranks):  # the output folder is this run's until it ends (dcr.run_lock)
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
-        dtype = auto if config.precision == "auto" else DTYPES[config.precision]
+        dtype = auto if config.dtype == "auto" else DTYPES[config.dtype]
+        layer = layer_before_load(config.layer, config.model) if config.representation else None
         model, tokenizer = load_model(config.model, device=device, dtype=dtype)
         name = config.name or ("SmolLM2-135M-Instruct" if config.model == "default" else Path(config.model).name)
-        return evaluate(
-            model,
-            tokenizer,
-            sets=config.sets,
-            layer=config.layer if config.representation else None,
-            pooling=config.pooling,
-            perplexity=config.perplexity,
-            out_dir=config.output_dir if ranks.main else None,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            limit=config.limit,
-            perplexity_limit=config.perplexity_limit,
-            name=name,
-            progress=config.progress,
-            judge=config.judge,
-        )
+        key = {
+            "model": folder_fingerprint(resolve_model_path(config.model)),
+            "dtype": str(dtype),
+            "device": device.type,
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": config.batch_size,
+        }
+        journal = GenerationJournal(config.output_dir, key, ranks.rank)
+        ranks.barrier()  # every rank has read the journals before any rank appends to its own
+        try:
+            return evaluate(
+                model,
+                tokenizer,
+                sets=config.sets,
+                layer=layer,
+                pooling=config.pooling,
+                perplexity=config.perplexity,
+                out_dir=config.output_dir if ranks.main else None,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                limit=config.limit,
+                perplexity_limit=config.perplexity_limit,
+                name=name,
+                progress=config.progress,
+                judge=config.judge,
+                journal=journal,
+            )
+        finally:
+            journal.close()

@@ -7,11 +7,12 @@ the new tokens are returned, in the caller's order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from dcr.modeling.chat import collate, encode_prompts, pad_id
 
@@ -37,10 +38,10 @@ def generate(
     max_length: int = 512,
     progress: bool = True,
     desc: str = "generate",
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
-    """Greedy responses (new tokens only, special tokens dropped) to user prompts, in the order given."""
-    from transformers import GenerationConfig
-
+    """Greedy responses (new tokens only, special tokens dropped) to user prompts, in the order given;
+    ``on_batch`` receives each batch's positions in ``prompts`` and responses as soon as they exist."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     ids = encode_prompts(tokenizer, prompts, max_length=max_length)
@@ -60,8 +61,11 @@ def generate(
                 new = model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
                 )[:, input_ids.shape[1] :]
-                for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
-                    out[i] = text.strip()
+                texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+                for i, text in zip(rows, texts, strict=True):
+                    out[i] = text
+                if on_batch is not None:
+                    on_batch(rows, texts)
                 bar.update(len(rows))
     finally:
         model.train(was_training)

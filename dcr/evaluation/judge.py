@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dcr.evaluation.refusal import is_refusal
+from dcr.modeling.chat import collate, encode_prompts, pad_id
+from dcr.modeling.model import load_model
 
 Judge = Callable[[Sequence[str], Sequence[str]], list[bool]]
 CUES = "cues"
@@ -51,15 +53,11 @@ class ModelJudge:
 
     @classmethod
     def load(cls, name_or_path: str, *, device: str | torch.device = "cpu", batch_size: int = 8) -> ModelJudge:
-        from dcr.modeling.model import load_model
-
         model, tokenizer = load_model(name_or_path, device=device, dtype="auto")
         return cls(model.eval(), tokenizer, batch_size=batch_size)
 
     def classes(self, prompts: Sequence[str], responses: Sequence[str]) -> list[int]:
         """The rubric's class (1, 2 or 3) of every (prompt, response)."""
-        from dcr.modeling.chat import collate, encode_prompts, pad_id
-
         texts = [
             RUBRIC.format(prompt=p[:_MAX_CHARS], response=r[:_MAX_CHARS])
             for p, r in zip(prompts, responses, strict=True)

@@ -11,8 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, snapshot_download
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from dcr.config import ConfigError
 from dcr.modeling.default_model import default_model_dir
+from dcr.modeling.layer_states import resolve_layer
 from dcr.modeling.runtime import attn_implementation
 
 DEFAULT_MODEL = "default"
@@ -26,8 +30,6 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _from_cache(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import constants, snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception as err:  # not cached (or an invalid id): huggingface_hub raises several kinds
@@ -72,8 +74,6 @@ def load_model(
 ):
     """Return ``(model, tokenizer)``; the model is on ``device`` in ``dtype`` (a torch dtype, a name of
     `DTYPES`, or "auto": the checkpoint's own) with the chosen attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     path = resolve_model_path(name_or_path, revision)
@@ -82,3 +82,18 @@ def load_model(
         path, dtype=dtype, attn_implementation=attn_implementation(attention, device), local_files_only=True
     )
     return model.to(device), tokenizer
+
+
+def model_depth(name_or_path: str | Path = DEFAULT_MODEL, revision: str | None = None) -> int:
+    """Number of decoder layers, read from the model folder's config.json without loading any weights."""
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path, revision), local_files_only=True)
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def layer_before_load(setting: int | float, name_or_path: str | Path, revision: str | None = None) -> int:
+    """``setting`` (an index 1..depth or a fraction of the depth) as a layer count of the named model, checked
+    against the depth in its config.json, so that a bad --layer stops a run before the model loads."""
+    try:
+        return resolve_layer(setting, model_depth(name_or_path, revision))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

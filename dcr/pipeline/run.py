@@ -27,10 +27,22 @@ from typing import Any
 
 from dcr.config import ConfigError, from_mapping
 from dcr.evaluation.config import EvaluateConfig
+from dcr.evaluation.evaluate import evaluate_model
+from dcr.evaluation.judge import CUES
+from dcr.evaluation.rejudge import rejudge
+from dcr.modeling.ranks import start
+from dcr.modeling.runtime import pick_device
 from dcr.pipeline.profiles import SECTIONS, profile
-from dcr.prompts.sft_mix import DCR_HH_SOURCE
+from dcr.pipeline.report import FILES, write_comparison
+from dcr.prompts.eval_sets import resolve_sets
+from dcr.prompts.sets import load_labelled
+from dcr.prompts.sources import DCR_HH_SOURCE
+from dcr.prompts.tables import normalise
+from dcr.run_lock import claim
+from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
 from dcr.training.loop import trajectory_settings
+from dcr.training.refine import refine
 from dcr.training.refine_config import RefineConfig
 
 MARKER = "DONE.json"
@@ -115,8 +127,6 @@ def _silent(message: str) -> None:
 def _evaluate(
     model_path: str, out: Path, name: str, options: Mapping[str, Any], layer: int | float, device: str, progress: bool
 ) -> dict[str, Any]:
-    from dcr.evaluation.evaluate import evaluate_model
-
     config = from_mapping(
         EvaluateConfig,
         {
@@ -158,15 +168,6 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
-    from dcr.evaluation.judge import CUES
-    from dcr.evaluation.rejudge import rejudge
-    from dcr.modeling.ranks import start
-    from dcr.modeling.runtime import pick_device
-    from dcr.pipeline.report import FILES, write_comparison
-    from dcr.run_lock import claim
-    from dcr.training.align import align
-    from dcr.training.refine import refine
-
     ranks, _ = start(device)  # joins the launcher's process group, if there is one
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
@@ -261,9 +262,6 @@ def _stage_configs(
 
 def dcr_overlap(refine_cfg: RefineConfig, evaluate: Mapping[str, Any]) -> dict[str, float]:
     """Per evaluated set, the share of its prompts that the DCR stage trained on (0: held out)."""
-    from dcr.prompts.eval_sets import resolve_sets
-    from dcr.prompts.sets import load_labelled, normalise
-
     trained, _ = load_labelled(
         refine_cfg.data,
         classes=refine_cfg.classes,

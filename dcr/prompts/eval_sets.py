@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from dcr import DATA_DIR
+from dcr.prompts.tables import DataError, read_table
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,6 @@ def parse_user_set(spec: str) -> tuple[str | None, str, str, str]:
 def load_user_set(spec: str, limit: int | None = None) -> list[tuple[str, str, list[dict]]]:
     """(report name, expected behaviour, rows) for each behaviour present in a user set
     `[NAME=]PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]` (NAME defaults to the file's stem)."""
-    from dcr.prompts.sets import DataError, read_table
-
     name, path, text_column, expect_column = parse_user_set(spec)
     if not Path(path).exists():
         raise DataError(
@@ -135,8 +134,6 @@ def resolve_sets(names: list[str], limit: int | None = None) -> list[tuple[str, 
         seen[report_name] = seen.get(report_name, 0) + 1
     twice = sorted(n for n, count in seen.items() if count > 1)
     if twice:
-        from dcr.prompts.sets import DataError
-
         raise DataError(
             f"evaluation sets {twice} are named twice (files with the same name?); name them apart with "
             "NAME=PATH[:TEXT_COLUMN[:EXPECT_COLUMN]]"

@@ -14,43 +14,19 @@ answered helpfully, to a set ``contrast_share`` of the mix (their natural share 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from functools import cache
-from pathlib import Path
 
 import datasets
 import numpy as np
 
 from dcr import DATA_DIR
-from dcr.prompts.eval_sets import SETS, load_set
 from dcr.prompts.refusals import refusal_for
-from dcr.prompts.sets import TRAIN_SOURCES, DataError, normalise
+from dcr.prompts.sources import DCR_HH_SOURCE, REFUSAL_SOURCE, dcr_hh_prompts, evaluation_prompts, hh_pool
+from dcr.prompts.tables import DataError, normalise, read_jsonl
 
 SFT_DIR = DATA_DIR / "sft"
 BENIGN_SOURCES = ("self_instruct", "coconot")
-REFUSAL_SOURCE = "hh_rlhf_harmless"
 CONTRAST_CATEGORY = "Requests with safety concerns"
-DCR_HH_SOURCE = "hh_rlhf_harmful"  # the DCR stage's share of the HH-RLHF prompts (the DCR paper's toxic class)
-DCR_HH_PROMPTS = 500
-
-
-def _rows(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-@cache
-def evaluation_prompts() -> frozenset[str]:
-    """Normalised text of every prompt of every evaluation set."""
-    return frozenset(normalise(r["text"]) for name in SETS for r in load_set(name))
-
-
-@cache
-def dcr_stage_prompts() -> frozenset[str]:
-    """Normalised text of every prompt shipped for the DCR stage, whatever its label or split."""
-    return frozenset(normalise(r["text"]) for s in TRAIN_SOURCES for r in _rows(DATA_DIR / s / "prompts.jsonl"))
 
 
 def benign_pairs(sources: Sequence[str] = BENIGN_SOURCES) -> list[dict]:
@@ -60,7 +36,7 @@ def benign_pairs(sources: Sequence[str] = BENIGN_SOURCES) -> list[dict]:
         raise DataError(f"unknown benign source(s) {unknown}; available: {list(BENIGN_SOURCES)}")
     banned, seen, out = evaluation_prompts(), set(), []
     for source in sources:
-        for r in _rows(SFT_DIR / source / "pairs.jsonl"):
+        for r in read_jsonl(SFT_DIR / source / "pairs.jsonl"):
             key = normalise(r["prompt"])
             if key and r["response"].strip() and key not in banned and key not in seen:
                 seen.add(key)
@@ -72,27 +48,6 @@ def benign_pairs(sources: Sequence[str] = BENIGN_SOURCES) -> list[dict]:
     return out
 
 
-@cache
-def _hh_pool() -> tuple[str, ...]:
-    """HH-RLHF harmless first turns that are neither shipped DCR-stage nor evaluation prompts, first copy kept."""
-    banned = evaluation_prompts() | dcr_stage_prompts()
-    seen, out = set(), []
-    for r in _rows(SFT_DIR / REFUSAL_SOURCE / "prompts.jsonl"):
-        key = normalise(r["text"])
-        if key and key not in banned and key not in seen:
-            seen.add(key)
-            out.append(r["text"])
-    return tuple(out)
-
-
-@cache
-def dcr_hh_prompts() -> tuple[str, ...]:
-    """The 500 HH-RLHF prompts of the DCR paper's toxic class: the pool's first by SHA-256 of the normalised text
-    (a fixed choice, independent of seeds and of the rest of the pool)."""
-    digest = lambda t: hashlib.sha256(normalise(t).encode("utf-8")).hexdigest()  # noqa: E731
-    return tuple(sorted(_hh_pool(), key=digest)[:DCR_HH_PROMPTS])
-
-
 def refusal_prompts(reserved_sources: Sequence[str] = ()) -> list[str]:
     """Prompts to refuse: HH-RLHF harmless first turns that are neither DCR-stage nor evaluation prompts, minus
     the HH prompts a DCR stage drew (``reserved_sources`` naming `DCR_HH_SOURCE`)."""
@@ -100,7 +55,7 @@ def refusal_prompts(reserved_sources: Sequence[str] = ()) -> list[str]:
     if unknown:
         raise DataError(f"unknown reserved source(s) {unknown}; only {DCR_HH_SOURCE} shares the refusal pool")
     reserved = {normalise(t) for t in dcr_hh_prompts()} if reserved_sources else set()
-    return [t for t in _hh_pool() if normalise(t) not in reserved]
+    return [t for t in hh_pool() if normalise(t) not in reserved]
 
 
 def build_mix(

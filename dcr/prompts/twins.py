@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from dcr.prompts.sets import normalise
+from dcr.prompts.tables import normalise
 
 PEOPLE = (
     "my neighbour",

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from dcr.config import ConfigError
 from dcr.evaluation.perplexity import pair_ids
 from dcr.modeling.chat import collate, encode_prompts, pad_id
-from dcr.modeling.layer_states import num_layers, resolve_layer
-from dcr.modeling.model import load_model, resolve_model_path
+from dcr.modeling.layer_states import num_layers
+from dcr.modeling.model import layer_before_load, load_model, resolve_model_path
 from dcr.modeling.prompt_embeddings import batch_embedder
 from dcr.modeling.runtime import autocast
 from dcr.modeling.trainable import add_lora
@@ -158,15 +158,11 @@ def align(config: AlignConfig) -> Path:
             raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
         device = run.device
         upstream = model_meta(config.model, config.revision)
+        layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)
+        layer = layer_before_load(layer_setting, config.model, config.revision)
         model, tokenizer = load_model(
             config.model, device=device, dtype=config.dtype, attention=config.attention, revision=config.revision
         )
-        depth = num_layers(model)
-        layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)
-        try:
-            layer = resolve_layer(layer_setting, depth)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
         mix = build_mix(
             config.refusal_share,
             examples=config.examples,
@@ -179,7 +175,9 @@ def align(config: AlignConfig) -> Path:
         encoded = [pair_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
         model.requires_grad_(not config.lora)
         if config.lora:
-            model = add_lora(model, depth, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
+            model = add_lora(
+                model, num_layers(model), r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout
+            )
         model.train()
         retention = _Retention(model, tokenizer, mix, layer, config, device) if config.retention_weight > 0 else None
         aligned = {

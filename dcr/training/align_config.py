@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dcr.config import ConfigError, option
-from dcr.prompts.sft_mix import BENIGN_SOURCES, DCR_HH_SOURCE
+from dcr.prompts.sft_mix import BENIGN_SOURCES
+from dcr.prompts.sources import DCR_HH_SOURCE
 from dcr.training.config import TrainingConfig
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
@@ -103,9 +105,6 @@ def trajectory_settings(config: TrainingConfig) -> dict[str, Any]:
 
 def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> Path:
     """Run (or resume) `config.steps` optimizer steps of `stage` on `model`; save and return the model folder."""
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
     out = Path(config.output_dir)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -8,7 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+import dcr_kernels.distributed as dd
 from dcr_kernels import ContrastiveOutput, circle_loss, info_nce, supcon_loss
+from dcr_kernels.distributed.comm import gather_rows, gather_with_grad, row_counts
+from dcr_kernels.distributed.world import World
 
 LOSSES = ("circle", "supcon", "infonce")
 LossFn = Callable[[torch.Tensor, torch.Tensor], ContrastiveOutput]
@@ -62,10 +65,6 @@ def make_loss(
 
 
 def _distributed_loss(name: str, margin: float, gamma: float, temperature: float, center: bool, strategy: str):
-    import dcr_kernels.distributed as dd
-    from dcr_kernels.distributed.comm import gather_rows, gather_with_grad, row_counts
-    from dcr_kernels.distributed.world import World
-
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 

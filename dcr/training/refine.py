@@ -15,8 +15,7 @@ import torch
 from dcr.config import ConfigError
 from dcr.evaluation.separation import cross_class_cosine, separation_report
 from dcr.modeling.chat import encode_prompts
-from dcr.modeling.layer_states import num_layers, resolve_layer
-from dcr.modeling.model import load_model
+from dcr.modeling.model import layer_before_load, load_model
 from dcr.modeling.prompt_embeddings import batch_embedder, embed_texts
 from dcr.modeling.trainable import add_lora, freeze_above
 from dcr.prompts.sampler import BalancedBatchSampler
@@ -25,6 +24,8 @@ from dcr.training.gradcache import contrastive_backward
 from dcr.training.loop import Metrics, Run, open_run, train
 from dcr.training.objective import make_loss
 from dcr.training.refine_config import RefineConfig
+from dcr_kernels.distributed.comm import gather_rows, row_counts
+from dcr_kernels.distributed.world import World
 
 
 def _training_data(config: RefineConfig, data, tokenizer):
@@ -152,13 +153,10 @@ def refine(config: RefineConfig, data=None) -> Path:
     with open_run(config) as run:  # the run folder is this process group's until the stage ends
         if config.batch_size < 2 * run.ranks.world:
             raise ConfigError(f"batch_size {config.batch_size} gives some of the {run.ranks.world} ranks no prompts")
+        layer = layer_before_load(config.layer, config.model, config.revision)
         model, tokenizer = load_model(
             config.model, device=run.device, dtype=config.dtype, attention=config.attention, revision=config.revision
         )
-        try:
-            layer = resolve_layer(config.layer, num_layers(model))
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
         training_data = _training_data(config, data, tokenizer)
         model = _trainable_model(model, layer, config)
         stage = _RefineStage(config, model, tokenizer, layer, training_data, run)
@@ -167,8 +165,5 @@ def refine(config: RefineConfig, data=None) -> Path:
 
 def _gathered(x: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of x, in rank order (no gradient)."""
-    from dcr_kernels.distributed.comm import gather_rows, row_counts
-    from dcr_kernels.distributed.world import World
-
     world = World.of()
     return gather_rows(x.contiguous(), row_counts(x, world), world)

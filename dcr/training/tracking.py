@@ -31,12 +31,16 @@ class Trackers:
             writer.add_text("settings", "\n".join(f"{k}: {v}" for k, v in settings.items()))
             self.sinks.append(("tensorboard", writer))
         if "wandb" in names:
-            import wandb
-
+            try:
+                import wandb
+            except ImportError as err:
+                raise ImportError("--report-to wandb needs wandb: pip install wandb") from err
             self.sinks.append(("wandb", wandb.init(project=project, dir=str(folder), config=settings)))
         if "trackio" in names:
-            import trackio
-
+            try:
+                import trackio
+            except ImportError as err:
+                raise ImportError("--report-to trackio needs trackio: pip install trackio") from err
             trackio.init(project=project, config=settings)
             self.sinks.append(("trackio", trackio))
 

@@ -41,6 +41,9 @@ class BlockStats(NamedTuple):
     best: Tensor
 
 
+# deferred imports: the Triton launcher loads only when a kernel runs (Triton is absent off Linux).
+
+
 def use_triton(a: Tensor, backend: str) -> bool:
     """Whether `backend` sends `a` to the kernels (`backends.select` decides, as for the functional API)."""
     if backend not in BACKENDS:

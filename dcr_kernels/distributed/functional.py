@@ -37,8 +37,10 @@ _FIELDS = (
     "positive_max",
     "temperature or margin",
     "gamma",
+    "query_norm",
+    "key_norm",
 )
-_SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max"))
+_SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max", "query_norm", "key_norm"))
 _NAMES = {"dtype": v.FLOAT_DTYPES, "loss": _LOSSES, "strategy": STRATEGIES, "reduction": REDUCTIONS}
 _FLAGS = ("self_mode", "symmetric", "weighted", "normalize", "positive")
 
@@ -52,7 +54,8 @@ def _show(name: str, value: float) -> str:
 
 
 class _Call:
-    """The agreed layout of one call: the world, every rank's query and key row counts, this rank's offsets."""
+    """The agreed layout of one call: the world, every rank's query and key row counts, this rank's offsets,
+    and the bound on |S| over the global batch (the largest query and key row norms of all ranks)."""
 
     def __init__(self, fn: str, group: dist.ProcessGroup | None, check) -> None:
         self.world = World.of(group)
@@ -62,6 +65,19 @@ class _Call:
         self.k_sizes = [int(row["n"]) for row in self.table]
         self.q_start = offsets(self.q_sizes)[self.world.rank]
         self.k_start = offsets(self.k_sizes)[self.world.rank]
+
+    def check_range(self, dtype: torch.dtype, fn: str, **params: float | Tensor) -> None:
+        """`check_similarity_bound` over the global batch: |S| is bounded by the largest query and key row
+        norms of all ranks; every rank raises the same error, naming the ranks that hold those rows."""
+        query_norms = [row["query_norm"] for row in self.table]
+        key_norms = [row["key_norm"] for row in self.table]
+        try:
+            v.check_similarity_bound(max(query_norms) * max(key_norms), dtype, fn, **params)
+        except ValueError as err:
+            q_rank, k_rank = query_norms.index(max(query_norms)), key_norms.index(max(key_norms))
+            raise ValueError(
+                f"{err} (the largest query rows are on rank {q_rank}, key rows on rank {k_rank})"
+            ) from None
 
 
 def _describe(
@@ -114,6 +130,8 @@ def _describe(
         positive_min=int(pos.min()),
         positive_max=int(pos.max()),
         **{"temperature or margin": params[0], "gamma": params[1]},
+        query_norm=v.largest_row_norm(query) if not normalize else 1.0,
+        key_norm=v.largest_row_norm(query if key is None else key) if not normalize else 1.0,
     )
 
 
@@ -253,6 +271,7 @@ def info_nce(
         return meta
 
     call = _Call(fn, group, check)
+    call.check_range(query.dtype, fn, temperature=temperature)
     self_mode = key is None
     m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
     rows_here = torch.arange(m, device=query.device)
@@ -329,6 +348,7 @@ def supcon_loss(
         return meta
 
     call = _Call(fn, group, check)
+    call.check_range(embeddings.dtype, fn, temperature=temperature)
     self_mode = key is None
     all_codes, key_codes = _global_codes(call, labels, key_labels)
     n_pos_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes] - int(self_mode)
@@ -384,6 +404,7 @@ def circle_loss(
         return meta
 
     call = _Call(fn, group, check)
+    call.check_range(embeddings.dtype, fn, gamma=gamma)
     self_mode = key is None
     all_codes, key_codes = _global_codes(call, labels, key_labels)
     same_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes]

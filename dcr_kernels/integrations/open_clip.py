@@ -23,17 +23,15 @@ similarity summed per row; W = sigmoid - label), with no log-sum-exp statistics;
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
 from torch import Tensor, nn
 
 from .. import functional as F
 
 
 def _gather(x: Tensor, with_grad: bool, world_size: int) -> list[Tensor]:
-    import torch.distributed as dist
-
     if with_grad:
-        import torch.distributed.nn as dist_nn
-
         return list(dist_nn.all_gather(x))
     parts = [torch.zeros_like(x) for _ in range(world_size)]
     dist.all_gather(parts, x.contiguous())

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
+from ..distributed.comm import gather_with_grad, offsets, row_counts
+from ..distributed.world import World
 
 try:
     from sentence_transformers import util as _st_util
@@ -69,9 +71,6 @@ def _check(loss) -> None:
 
 def _gathered(x: Tensor) -> tuple[Tensor, int]:
     """Every rank's rows (autograd: each rank's gradient flows back to its owner) and this rank's offset."""
-    from ..distributed.comm import gather_with_grad, offsets, row_counts
-    from ..distributed.world import World
-
     world = World.of()
     sizes = row_counts(x, world)
     return gather_with_grad(x, sizes, world), offsets(sizes)[world.rank]

@@ -161,6 +161,10 @@ def _bad_calls(rank: int) -> dict:
         "own positive": lambda: dd.info_nce(
             x, positive=torch.tensor([1, 0, 3, 2]) if rank == 0 else 4 + torch.arange(4)
         ),
+        # unnormalised rows at 1e20 on one rank overflow float32 logits: refused on every rank, as in one process
+        "overflow info_nce": lambda: dd.info_nce(x.float() * (1e20 if rank == 1 else 1.0), normalize=False),
+        "overflow supcon": lambda: dd.supcon_loss(x.float() * (1e20 if rank == 1 else 1.0), labels, normalize=False),
+        "overflow circle": lambda: dd.circle_loss(x.float() * (1e20 if rank == 0 else 1.0), labels, normalize=False),
     }
     out = {}
     for name, call in bad.items():
@@ -218,6 +222,8 @@ def test_bad_input_on_one_rank_raises_everywhere(reports):
             raised = report["bad calls"][name]
             assert raised is not None, f"{name}: rank {rank} did not raise"
             assert "rank" in raised[1], f"{name}: rank {rank}'s message does not name the rank: {raised[1]}"
+            if name.startswith("overflow"):
+                assert "overflow" in raised[1] and "normalize=True" in raised[1], raised[1]
         assert len({r["bad calls"][name][0] for r in reports}) == 1, f"{name}: ranks raised different types"
     assert all(r["bad calls"]["still in step"] for r in reports)
 

@@ -16,7 +16,8 @@ from dcr.evaluation.perplexity import pair_ids, perplexity
 from dcr.evaluation.report import comparison_table
 from dcr.modeling.model import load_model
 from dcr.prompts.eval_sets import DEFAULT_SETS, SETS, load_set, spread
-from dcr.prompts.sets import load_labelled, normalise
+from dcr.prompts.sets import load_labelled
+from dcr.prompts.tables import normalise
 
 transformers = pytest.importorskip("transformers")
 PROMPTS = [
@@ -167,7 +168,7 @@ def test_cli_evaluates_a_local_model(tmp_path, capsys):
         (["--sets", "xstest_safe,nope"], "unknown or empty sets"),
         (["--limit", "0"], "limit=0"),
         (["--layer", "half"], "layer: cannot use 'half'"),
-        (["--precision", "fp8"], "precision must be one of"),
+        (["--dtype", "fp8"], "dtype must be one of"),
     ],
 )
 def test_cli_rejects_bad_options(argv, message, tmp_path, capsys):

@@ -11,7 +11,7 @@ from dcr_helpers import tiny_model_dir
 
 from dcr.cli import main
 from dcr.prompts.eval_sets import load_user_set, resolve_sets
-from dcr.prompts.sets import DataError
+from dcr.prompts.tables import DataError
 
 datasets = pytest.importorskip("datasets")
 

@@ -185,8 +185,9 @@ def test_differences_answer_each_question_per_seed():
 
 
 def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_path):
-    from dcr.prompts.sets import normalise
-    from dcr.prompts.sft_mix import DCR_HH_SOURCE, build_mix, dcr_hh_prompts
+    from dcr.prompts.sft_mix import build_mix
+    from dcr.prompts.sources import DCR_HH_SOURCE, dcr_hh_prompts
+    from dcr.prompts.tables import normalise
 
     settings = resolve("paper")
     common = {"model": "default", "device": "cpu", "progress": False}

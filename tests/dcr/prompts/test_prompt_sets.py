@@ -11,16 +11,11 @@ datasets = pytest.importorskip("datasets")
 
 from dcr_helpers import prompt_rows, write_jsonl  # noqa: E402
 
+from dcr import DATA_DIR  # noqa: E402
 from dcr.prompts.sampler import BalancedBatchSampler  # noqa: E402
-from dcr.prompts.sets import (  # noqa: E402
-    DATA_DIR,
-    TRAIN_SOURCES,
-    DataError,
-    load_labelled,
-    load_xstest,
-    normalise,
-    split,
-)
+from dcr.prompts.sets import load_labelled, load_xstest, split  # noqa: E402
+from dcr.prompts.sources import PAPER_SOURCES, TRAIN_SOURCES  # noqa: E402
+from dcr.prompts.tables import DataError, normalise  # noqa: E402
 
 
 def test_shipped_sets_carry_attribution_and_load():
@@ -148,8 +143,6 @@ def test_twins_are_matched_reproducible_and_not_xstest_look_alikes():
 
 
 def test_paper_sources_bring_xstest_safe_into_training_only_when_named():
-    from dcr.prompts.sets import PAPER_SOURCES
-
     rows = load_xstest()
     xstest = {normalise(t) for t in rows["text"]}
     xstest_safe = {normalise(t) for t, n in zip(rows["text"], rows["label"], strict=True) if n == "seemingly_toxic"}

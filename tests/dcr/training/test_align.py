@@ -11,16 +11,9 @@ from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.prompts.refusals import refusal_for
-from dcr.prompts.sets import DataError, normalise
-from dcr.prompts.sft_mix import (
-    DCR_HH_SOURCE,
-    benign_pairs,
-    build_mix,
-    dcr_hh_prompts,
-    dcr_stage_prompts,
-    evaluation_prompts,
-    refusal_prompts,
-)
+from dcr.prompts.sft_mix import benign_pairs, build_mix, refusal_prompts
+from dcr.prompts.sources import DCR_HH_SOURCE, dcr_hh_prompts, dcr_stage_prompts, evaluation_prompts
+from dcr.prompts.tables import DataError, normalise
 from dcr.training.align import align, batch_rows, response_labels
 from dcr.training.align_config import AlignConfig
 from dcr.training.jsonl_log import read_log
