@@ -405,6 +405,8 @@ def write(result: dict, out_dir: Path) -> Path:
 
 
 def main() -> None:
+    # fp32 cases in TF32 for every contender (our kernels and GEMMs follow this setting: dcr_kernels.precision)
+    torch.set_float32_matmul_precision("high")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-s", type=float, default=420, help="stop starting new work after this many seconds")
     parser.add_argument("--tests-s", type=float, default=150, help="time limit of the GPU test run")

@@ -3,6 +3,7 @@ B x N similarity matrix: Triton kernels on CUDA, a row-chunked PyTorch backend e
 
 from .functional import ContrastiveOutput, circle_loss, info_nce, supcon_loss
 from .nn import CircleLoss, InfoNCELoss, SupConLoss
+from .precision import use_fp32_precision
 
 __all__ = [
     "CircleLoss",
@@ -12,5 +13,6 @@ __all__ = [
     "circle_loss",
     "info_nce",
     "supcon_loss",
+    "use_fp32_precision",
 ]
 __version__ = "0.1.0"

@@ -20,7 +20,8 @@ SOFTMAX, CIRCLE = 0, 1  # loss families, as the block primitives and the Triton 
 class Pairs(NamedTuple):
     """Which pairs (i, j) of S = A B^T are candidates and how their logits are formed, for the block
     primitives and the kernels: the loss family, the excluded pair (i, i + exclude_offset) (None: every pair
-    is a candidate), the softmax scale s (a 1-element tensor), the Circle labels of A's and B's rows, m, gamma."""
+    is a candidate), the softmax scale s (a 1-element tensor), the Circle labels of A's and B's rows, m, gamma,
+    and the precision of fp32 dots and GEMMs (`dcr_kernels.precision`, decided once per forward)."""
 
     loss: int
     exclude_offset: int | None = None
@@ -29,6 +30,7 @@ class Pairs(NamedTuple):
     labels_b: Tensor | None = None
     margin: float = 0.0
     gamma: float = 0.0
+    precision: str = "ieee"
 
 
 class SoftmaxStats(NamedTuple):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ...pair_terms import circle_row_loss, safe_lse, weighted_total
+from ...precision import fp32_precision
 from ..base import CIRCLE, SOFTMAX, CircleStats, Pairs, SoftmaxStats, softmax_total
 from .launch import pair_grads, rows_forward
 
@@ -32,14 +33,15 @@ class _SoftmaxLSE(torch.autograd.Function):
     def forward(ctx, q, k, scale, self_mode, columns, want_argmax):
         q, k = _contiguous(q, k)
         s = scale.detach().reshape(1).float()
-        diag = 0 if self_mode else None
-        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, Pairs(SOFTMAX, diag, s), want_best=want_argmax)
+        diag, precision = 0 if self_mode else None, fp32_precision()
+        pairs = Pairs(SOFTMAX, diag, s, precision=precision)
+        lse, _, argmax, _ = rows_forward(q, q if self_mode else k, pairs, want_best=want_argmax)
         argmax = _no_argmax(lse) if argmax is None else argmax
         col_lse = torch.empty(0, device=q.device)
         if columns:
-            col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s), want_best=False)
+            col_lse, _, _, _ = rows_forward(k, q, Pairs(SOFTMAX, None, s, precision=precision), want_best=False)
         ctx.save_for_backward(q, k, s, lse, col_lse)
-        ctx.self_mode, ctx.columns, ctx.scale_dtype = self_mode, columns, scale.dtype
+        ctx.self_mode, ctx.columns, ctx.scale_dtype, ctx.precision = self_mode, columns, scale.dtype, precision
         ctx.mark_non_differentiable(argmax)
         return lse, col_lse, argmax
 
@@ -49,9 +51,10 @@ class _SoftmaxLSE(torch.autograd.Function):
         row = (safe_lse(lse), None, _coef(grad_lse, lse))
         col = (safe_lse(col_lse), None, _coef(grad_col, col_lse)) if ctx.columns and grad_col is not None else None
         if ctx.self_mode:
-            dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s), row, row, self_mode=True)
+            dq, _, ds = pair_grads(q, q, Pairs(SOFTMAX, 0, s, precision=ctx.precision), row, row, self_mode=True)
             return dq, None, ds.to(ctx.scale_dtype), None, None, None
-        dq, dk, ds = pair_grads(q, k, Pairs(SOFTMAX, None, s), row, col, want_db=ctx.needs_input_grad[1])
+        pairs = Pairs(SOFTMAX, None, s, precision=ctx.precision)
+        dq, dk, ds = pair_grads(q, k, pairs, row, col, want_db=ctx.needs_input_grad[1])
         return dq, dk, ds.to(ctx.scale_dtype), None, None, None
 
 
@@ -70,7 +73,7 @@ class _CircleRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, q_labels, k_labels, margin, gamma, self_mode, want_argmax):
         q, k = _contiguous(q, k)
-        pairs = Pairs(CIRCLE, 0 if self_mode else None, None, q_labels, k_labels, margin, gamma)
+        pairs = Pairs(CIRCLE, 0 if self_mode else None, None, q_labels, k_labels, margin, gamma, fp32_precision())
         lse_pos, lse_neg, argmax, _ = rows_forward(q, q if self_mode else k, pairs, want_best=want_argmax)
         argmax = _no_argmax(lse_pos) if argmax is None else argmax
         ctx.save_for_backward(q, k, lse_pos, lse_neg)

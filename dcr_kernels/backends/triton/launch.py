@@ -20,6 +20,7 @@ import torch
 import triton
 from torch import Tensor
 
+from ...precision import gemm_precision
 from .. import interpreting
 from ..base import CIRCLE, SOFTMAX, Pairs
 from . import kernels
@@ -70,14 +71,6 @@ _GPU_CONFIGS = {
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
 ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of every BLOCK_K
-
-
-def input_precision() -> str:
-    """Precision of fp32 dots: "tf32" (default, tensor cores) or "ieee" (exact fp32), from DCR_INPUT_PRECISION."""
-    value = os.environ.get("DCR_INPUT_PRECISION", "tf32")
-    if value not in ("tf32", "ieee"):
-        raise ValueError(f"DCR_INPUT_PRECISION must be 'tf32' or 'ieee', got {value!r}")
-    return value
 
 
 def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -200,8 +193,8 @@ def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
     return kernel_vector(pairs.labels_a, -1.0), kernel_vector(pairs.labels_b, -2.0)
 
 
-def _common() -> dict:
-    return dict(UPCAST=interpreting(), INPUT_PRECISION=input_precision())
+def _common(pairs: Pairs) -> dict:
+    return dict(UPCAST=interpreting(), INPUT_PRECISION=pairs.precision)
 
 
 def _diag(exclude_offset: int | None, n: int) -> int:
@@ -251,7 +244,7 @@ def rows_forward(
         _diag(exclude_offset, n),
         LOSS=loss,
         WANT_BEST=want_best,
-        **_common(),
+        **_common(pairs),
     )
     if splits > 1:
         stat1 = torch.logsumexp(stat1, dim=0, keepdim=True)
@@ -317,51 +310,52 @@ def pair_grads(
     def part(x: Tensor | None, span: slice) -> Tensor:
         return partial if x is None else x[span]  # any valid pointer stands for an argument the kernel skips
 
-    for r0 in range(0, m, block_rows):
-        rows = slice(r0, min(m, r0 + block_rows))
-        for c0 in range(0, n, block_cols):
-            cols = slice(c0, min(n, c0 + block_cols))
-            w = workspace[: rows.stop - r0, : cols.stop - c0]
-            _launch(
-                "pair_weights_kernel",
-                w.shape[0],
-                splits,
-                a,
-                a[rows],
-                b[cols],
-                part(labels_a, rows),
-                part(labels_b, cols),
-                partial if scale is None else scale,
-                r1[rows],
-                part(r1 if r2 is None else r2, rows),
-                rc[rows],
-                part(c1, cols),
-                part(c1 if c2 is None else c2, cols),
-                part(cc, cols),
-                w,
-                partial,
-                w.shape[0],
-                w.shape[1],
-                a.shape[1],
-                a.stride(0),
-                b.stride(0),
-                w.stride(0),
-                float(pairs.margin),
-                float(pairs.gamma),
-                _diag(exclude_offset, n) + (0 if exclude_offset is None else r0 - c0),
-                0 if same_rows else 1,
-                LOSS=loss,
-                COL_TERM=col_term is not None,
-                **_common(),
-            )
-            if loss == SOFTMAX:
-                dscale += partial.view(-1)[: splits * w.shape[0]].sum()  # the kernel wrote (splits, rows)
-            if one_block:
-                da[rows] = w @ b_w
-            else:
-                _accumulate(da[rows], w, b_w[cols])
-            if db is not None:
-                _accumulate(db[cols], w.T, a_w[rows])
+    with gemm_precision(pairs.precision):  # dA and dB in the precision of the similarities
+        for r0 in range(0, m, block_rows):
+            rows = slice(r0, min(m, r0 + block_rows))
+            for c0 in range(0, n, block_cols):
+                cols = slice(c0, min(n, c0 + block_cols))
+                w = workspace[: rows.stop - r0, : cols.stop - c0]
+                _launch(
+                    "pair_weights_kernel",
+                    w.shape[0],
+                    splits,
+                    a,
+                    a[rows],
+                    b[cols],
+                    part(labels_a, rows),
+                    part(labels_b, cols),
+                    partial if scale is None else scale,
+                    r1[rows],
+                    part(r1 if r2 is None else r2, rows),
+                    rc[rows],
+                    part(c1, cols),
+                    part(c1 if c2 is None else c2, cols),
+                    part(cc, cols),
+                    w,
+                    partial,
+                    w.shape[0],
+                    w.shape[1],
+                    a.shape[1],
+                    a.stride(0),
+                    b.stride(0),
+                    w.stride(0),
+                    float(pairs.margin),
+                    float(pairs.gamma),
+                    _diag(exclude_offset, n) + (0 if exclude_offset is None else r0 - c0),
+                    0 if same_rows else 1,
+                    LOSS=loss,
+                    COL_TERM=col_term is not None,
+                    **_common(pairs),
+                )
+                if loss == SOFTMAX:
+                    dscale += partial.view(-1)[: splits * w.shape[0]].sum()  # the kernel wrote (splits, rows)
+                if one_block:
+                    da[rows] = w @ b_w
+                else:
+                    _accumulate(da[rows], w, b_w[cols])
+                if db is not None:
+                    _accumulate(db[cols], w.T, a_w[rows])
     return da[:, :d].to(a.dtype), (None if db is None else db[:, :d].to(b.dtype)), dscale
 
 
