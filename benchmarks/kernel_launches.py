@@ -54,7 +54,7 @@ def _recording(calls: list) -> Iterator[None]:
 
     saved = launch._launch, launch.sm_count, os.environ.get("TRITON_INTERPRET")
     os.environ.pop("TRITON_INTERPRET", None)
-    launch._launch = lambda name, rows, splits, x, *args, **constexprs: calls.append((name, args, constexprs))
+    launch._launch = lambda name, rows, splits, x, *args, cols, **constexprs: calls.append((name, args, constexprs))
     launch.sm_count = lambda device: SM_COUNT
     try:
         yield

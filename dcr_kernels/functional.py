@@ -26,12 +26,13 @@ class ContrastiveOutput(NamedTuple):
     accuracy: fraction of counted rows whose most similar candidate key is a positive (InfoNCE: its
     positive column; SupCon and Circle: a key with its label), NaN when no row is counted.
     rows_counted / rows_dropped: rows that enter the loss / rows without a positive (or, for Circle,
-    without a negative), which contribute nothing."""
+    without a negative), which contribute nothing. Python ints, or 0-dim tensors when the call ran with
+    ``check_inputs=False`` or under torch.compile (reading them would synchronise with the GPU)."""
 
     loss: Tensor
     accuracy: Tensor
-    rows_counted: int
-    rows_dropped: int
+    rows_counted: int | Tensor
+    rows_dropped: int | Tensor
 
 
 def _no_autocast(x: Tensor):
@@ -40,11 +41,11 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _check_inputs(query: Tensor, key: Tensor | None, fn: str) -> bool:
-    """Validate the embeddings; return whether this is self mode (no separate keys)."""
-    v.check_embeddings("query" if key is not None else "embeddings", query, fn)
+def _check_inputs(query: Tensor, key: Tensor | None, fn: str, data: bool = True) -> bool:
+    """Validate the embeddings (their values too unless `data` is False); return whether this is self mode."""
+    v.check_embeddings("query" if key is not None else "embeddings", query, fn, data)
     if key is not None:
-        v.check_embeddings("key", key, fn)
+        v.check_embeddings("key", key, fn, data)
         v.check_pair(query, key, fn)
     return key is None
 
@@ -56,8 +57,10 @@ def _normalized(query: Tensor, key: Tensor | None, normalize: bool) -> tuple[Ten
     return q, (F.normalize(key, dim=-1) if normalize else key)
 
 
-def _prepare(query: Tensor, key: Tensor | None, normalize: bool, fn: str) -> tuple[Tensor, Tensor, bool]:
-    self_mode = _check_inputs(query, key, fn)
+def _prepare(
+    query: Tensor, key: Tensor | None, normalize: bool, fn: str, data: bool = True
+) -> tuple[Tensor, Tensor, bool]:
+    self_mode = _check_inputs(query, key, fn, data)
     return (*_normalized(query, key, normalize), self_mode)
 
 
@@ -65,26 +68,40 @@ def _scale(temperature: float | Tensor, dtype: torch.dtype, device: torch.device
     """s = 1 / temperature as a 0-dim tensor; differentiable when the temperature is a tensor."""
     if isinstance(temperature, Tensor):
         return (1.0 / temperature.reshape(())).to(dtype=dtype, device=device)
-    return torch.tensor(1.0 / float(temperature), dtype=dtype, device=device)
+    return torch.full((), 1.0 / float(temperature), dtype=dtype, device=device)  # a fill, not a host copy
 
 
-def _coefficients(counted: Tensor, weight: Tensor | None, reduction: str, dtype: torch.dtype) -> Tensor | None:
-    """Per-row weights of the reduction: w_i / sum_counted w (mean) or w_i (sum), 0 for rows not counted."""
+def _coefficients(
+    counted: Tensor, weight: Tensor | None, reduction: str, dtype: torch.dtype, check: bool = True
+) -> Tensor | None:
+    """Per-row weights of the reduction: w_i / sum_counted w (mean) or w_i (sum), 0 for rows not counted
+    (all 0, a zero loss, when no weight is left: the unchecked form of the error below)."""
     w = counted.to(dtype) if weight is None else weight.to(dtype) * counted
     if reduction == "sum":
         return w
     if reduction == "mean":
         total = w.sum()
-        if weight is not None and float(total) == 0.0:
+        if check and weight is not None and float(total) == 0.0:
             raise ValueError("the weights of the counted rows sum to zero, so their weighted mean is undefined")
-        return w / total
+        return w / total.clamp_min(torch.finfo(dtype).tiny)
     return None
 
 
 def _encode_labels(labels: Tensor, key_labels: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Map arbitrary integer labels to contiguous class codes shared by queries and keys."""
-    classes, codes = torch.unique(torch.cat([labels, key_labels]), return_inverse=True)
-    return codes[: labels.shape[0]], codes[labels.shape[0] :], classes.shape[0]
+    """Map arbitrary integer labels to contiguous class codes shared by queries and keys (the rank of each
+    label among the distinct labels), with the number of codes bounded by M + N: every shape is known
+    without reading the labels, so there is no host synchronisation."""
+    both = torch.cat([labels, key_labels])
+    ordered, order = torch.sort(both)
+    starts = torch.ones_like(ordered, dtype=torch.int64)
+    starts[1:] = (ordered[1:] != ordered[:-1]).long()
+    codes = torch.empty_like(order).scatter_(0, order, starts.cumsum(0) - 1)
+    return codes[: labels.shape[0]], codes[labels.shape[0] :], both.shape[0]
+
+
+def _class_counts(codes: Tensor, n_classes: int) -> Tensor:
+    """How many rows carry each class code (a bincount of fixed length)."""
+    return torch.zeros(n_classes, dtype=torch.int64, device=codes.device).index_add_(0, codes, torch.ones_like(codes))
 
 
 def _check_labels(labels: Tensor, key_labels: Tensor | None, q: Tensor, k: Tensor, self_mode: bool, fn: str) -> Tensor:
@@ -107,17 +124,19 @@ def _no_rows_counted(fn: str, why: str, reduction: str, inputs: list[Tensor], m:
 
 
 def _finish(
-    loss: Tensor, correct: Callable[[], Tensor], counted: Tensor, return_metrics: bool
+    loss: Tensor, correct: Callable[[], Tensor], counted: Tensor, return_metrics: bool, as_ints: bool = True
 ) -> Tensor | ContrastiveOutput:
-    """The loss, or with `return_metrics` the loss and the top-1 accuracy over the counted rows. `correct`
-    gives each row's hit when called: the backends track each row's best column only when metrics are asked
-    for (`argmax=return_metrics`), so it is called only then."""
+    """The loss, or with `return_metrics` the loss and the top-1 accuracy over the counted rows (NaN when
+    none is counted). `correct` gives each row's hit when called: the backends track each row's best column
+    only when metrics are asked for (`argmax=return_metrics`), so it is called only then. The row counts
+    are ints with `as_ints`, else 0-dim tensors (no host synchronisation)."""
     if not return_metrics:
         return loss
-    correct = correct()
-    n = int(counted.sum())
     with torch.no_grad():
-        acc = correct[counted].float().mean() if n else torch.tensor(float("nan"), device=correct.device)
+        n = counted.sum()
+        acc = (correct() & counted).sum() / n
+    if as_ints:
+        return ContrastiveOutput(loss, acc, int(n), counted.shape[0] - int(n))
     return ContrastiveOutput(loss, acc, n, counted.shape[0] - n)
 
 
@@ -133,6 +152,7 @@ def info_nce(
     reduction: str = "mean",
     backend: str = "auto",
     return_metrics: bool = False,
+    check_inputs: bool = True,
 ) -> Tensor | ContrastiveOutput:
     """InfoNCE: L_i = lse_{j in A(i)} z_ij - z_{i,p(i)} with z = S / temperature.
 
@@ -143,9 +163,12 @@ def info_nce(
     positives) averages the row loss and the column loss, as CLIP does. `temperature` may be a tensor
     (learnable; its gradient is computed). Returns the loss reduced by `reduction` (weighted by `weight`
     per row), or a `ContrastiveOutput` with top-1 accuracy when `return_metrics=True`.
+    `check_inputs=False` skips the checks that read values (NaN / Inf, weights, index ranges, the logits'
+    range, the no-row-counted warning) so that the call never synchronises with the GPU; shapes, dtypes and
+    devices are still checked.
     """
     fn = "info_nce"
-    self_mode = _check_inputs(query, key, fn)
+    self_mode = _check_inputs(query, key, fn, check_inputs)
     q, k = query, (query if key is None else key)  # raw until the per-row path normalises them
     m, n = q.shape[0], k.shape[0]
     if symmetric:
@@ -154,20 +177,21 @@ def info_nce(
                 f"{fn}: symmetric=True needs key with as many rows as query (got {m} and "
                 f"{'none' if self_mode else n}) and the default positives (row i with row i)"
             )
-    positive = _positives(positive, m, n, self_mode, q, fn)
-    v.check_weight(weight, m, q, fn)
+    default_pairs = positive is None and not self_mode
+    positive = _positives(positive, m, n, self_mode, q, fn, check_inputs)
+    v.check_weight(weight, m, q, fn, check_inputs)
     v.check_reduction(reduction, fn)
-    v.check_temperature(temperature, fn)
-    v.check_logit_range(q, k, normalize, fn, temperature=temperature)
+    v.check_temperature(temperature, fn, check_inputs)
+    if check_inputs:
+        v.check_logit_range(q, k, normalize, fn, temperature=temperature)
     impl = resolve(backend, q, fn)
     dtype = compute_dtype(q.dtype)
     s = _scale(temperature, dtype, q.device)
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
-    coeff = _coefficients(counted, weight, reduction, dtype)
+    coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
     if coeff is not None and symmetric:
         coeff = coeff * 0.5
     if coeff is not None and hasattr(impl, "info_nce_total"):
-        default_pairs = not self_mode and bool(torch.equal(positive, torch.arange(m, device=q.device)))
         with _no_autocast(q):
             stats = impl.info_nce_total(
                 q,
@@ -180,7 +204,7 @@ def info_nce(
                 normalize=normalize,
             )
         if stats is not None:
-            return _finish(stats.total, lambda: stats.argmax == positive, counted, return_metrics)
+            return _finish(stats.total, lambda: stats.argmax == positive, counted, return_metrics, check_inputs)
     q, k = _normalized(query, key, normalize)
     with _no_autocast(q):
         stats = impl.softmax_stats(
@@ -201,10 +225,12 @@ def info_nce(
         loss = rows if weight is None else rows * weight.to(dtype)
     else:
         loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
-    return _finish(loss, lambda: stats.argmax == positive, counted, return_metrics)
+    return _finish(loss, lambda: stats.argmax == positive, counted, return_metrics, check_inputs)
 
 
-def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str) -> Tensor:
+def _positives(
+    positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tensor, fn: str, check: bool = True
+) -> Tensor:
     rows = torch.arange(m, device=q.device)
     if positive is None:
         if self_mode:
@@ -219,6 +245,8 @@ def _positives(positive: Tensor | None, m: int, n: int, self_mode: bool, q: Tens
         return rows
     v.check_index("positive", positive, m, q, fn, "key row indices")
     positive = positive.long()
+    if not check:
+        return positive
     if bool(((positive < 0) | (positive >= n)).any()):
         raise ValueError(f"{fn}: positive indices must lie in [0, {n}) (the key rows)")
     if self_mode and bool((positive == rows).any()):
@@ -238,6 +266,7 @@ def supcon_loss(
     reduction: str = "mean",
     backend: str = "auto",
     return_metrics: bool = False,
+    check_inputs: bool = True,
 ) -> Tensor | ContrastiveOutput:
     """Supervised contrastive loss, the L_out form of Khosla et al. (2020).
 
@@ -245,21 +274,25 @@ def supcon_loss(
     P(i) = {j in A(i): y_j = y_i}. Self mode (`key=None`) excludes (i, i); cross mode scores labelled
     queries against separately labelled keys. Rows without a positive are not counted (see
     `return_metrics`); if no row is counted the loss is zero and a RuntimeWarning is raised.
+    `check_inputs=False` skips the checks that read values (NaN / Inf, weights, index ranges, the logits'
+    range, the no-row-counted warning) so that the call never synchronises with the GPU; shapes, dtypes and
+    devices are still checked.
     """
     fn = "supcon_loss"
-    q, k, self_mode = _prepare(embeddings, key, normalize, fn)
+    q, k, self_mode = _prepare(embeddings, key, normalize, fn, check_inputs)
     key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
-    v.check_weight(weight, q.shape[0], q, fn)
+    v.check_weight(weight, q.shape[0], q, fn, check_inputs)
     v.check_reduction(reduction, fn)
-    v.check_temperature(temperature, fn)
-    v.check_logit_range(q, k, normalize, fn, temperature=temperature)
+    v.check_temperature(temperature, fn, check_inputs)
+    if check_inputs:
+        v.check_logit_range(q, k, normalize, fn, temperature=temperature)
     impl = resolve(backend, q, fn)
     dtype = compute_dtype(q.dtype)
     q_codes, k_codes, n_classes = _encode_labels(labels, key_labels)
-    n_pos = torch.bincount(k_codes, minlength=n_classes)[q_codes] - int(self_mode)
+    n_pos = _class_counts(k_codes, n_classes)[q_codes] - int(self_mode)
     counted = n_pos > 0
     s = _scale(temperature, dtype, q.device)
-    if not bool(counted.any()):
+    if check_inputs and not bool(counted.any()):
         loss = _no_rows_counted(
             fn, "every class occurs once, so no row has a positive", reduction, [q, k, s], q.shape[0]
         )
@@ -268,7 +301,7 @@ def supcon_loss(
         with torch.no_grad(), _no_autocast(q):
             argmax = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False).argmax
         return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
-    coeff = _coefficients(counted, weight, reduction, dtype)
+    coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
     with _no_autocast(q):
         stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff, argmax=return_metrics)
     qd, kd = q.to(dtype), k.to(dtype)
@@ -281,7 +314,8 @@ def supcon_loss(
         loss = torch.where(counted, rows, 0.0)
     else:
         loss = stats.total - (coeff * target).sum()
-    return _finish(loss, lambda: _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
+    hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731
+    return _finish(loss, hits, counted, return_metrics, check_inputs)
 
 
 def _label_hits(argmax: Tensor, q_codes: Tensor, k_codes: Tensor) -> Tensor:
@@ -302,6 +336,7 @@ def circle_loss(
     reduction: str = "mean",
     backend: str = "auto",
     return_metrics: bool = False,
+    check_inputs: bool = True,
 ) -> Tensor | ContrastiveOutput:
     """Circle loss (Sun et al., 2020) with class labels: L_i = softplus(LSE_P z + LSE_N z).
 
@@ -310,21 +345,25 @@ def circle_loss(
     a_ij = relu(1 + m - S_ij), and z_ij = gamma a_ij (S_ij - m) on negatives with a_ij = relu(S_ij + m);
     the a_ij are detached. Defaults follow pytorch-metric-learning (m = 0.4, gamma = 80). Rows without a
     positive or a negative are not counted; if none is counted the loss is zero with a RuntimeWarning.
+    `check_inputs=False` skips the checks that read values (NaN / Inf, weights, index ranges, the logits'
+    range, the no-row-counted warning) so that the call never synchronises with the GPU; shapes, dtypes and
+    devices are still checked.
     """
     fn = "circle_loss"
     v.check_circle_params(margin, gamma, fn)
-    q, k, self_mode = _prepare(embeddings, key, normalize, fn)
+    q, k, self_mode = _prepare(embeddings, key, normalize, fn, check_inputs)
     key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
-    v.check_weight(weight, q.shape[0], q, fn)
+    v.check_weight(weight, q.shape[0], q, fn, check_inputs)
     v.check_reduction(reduction, fn)
-    v.check_logit_range(q, k, normalize, fn, gamma=gamma)
+    if check_inputs:
+        v.check_logit_range(q, k, normalize, fn, gamma=gamma)
     impl = resolve(backend, q, fn)
     dtype = compute_dtype(q.dtype)
     q_codes, k_codes, n_classes = _encode_labels(labels, key_labels)
-    same = torch.bincount(k_codes, minlength=n_classes)[q_codes]
+    same = _class_counts(k_codes, n_classes)[q_codes]
     counted = (same - int(self_mode) > 0) & (k.shape[0] - same > 0)
     args = dict(margin=float(margin), gamma=float(gamma), self_mode=self_mode)
-    if not bool(counted.any()):
+    if check_inputs and not bool(counted.any()):
         why = "no row has both a positive and a negative (a single class, or singletons only)"
         loss = _no_rows_counted(fn, why, reduction, [q, k], q.shape[0])
         if not return_metrics:
@@ -332,7 +371,7 @@ def circle_loss(
         with torch.no_grad(), _no_autocast(q):
             argmax = impl.circle_stats(q, k, q_codes, k_codes, **args).argmax
         return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
-    coeff = _coefficients(counted, weight, reduction, dtype)
+    coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
     with _no_autocast(q):
         stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff, argmax=return_metrics)
     if coeff is None:
@@ -340,4 +379,5 @@ def circle_loss(
         loss = torch.where(counted, rows, 0.0)
     else:
         loss = stats.total
-    return _finish(loss, lambda: _label_hits(stats.argmax, q_codes, k_codes), counted, return_metrics)
+    hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731
+    return _finish(loss, hits, counted, return_metrics, check_inputs)

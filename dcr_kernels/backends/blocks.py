@@ -129,7 +129,7 @@ def _circle_sets(
 
 
 def _chunked_forward(a: Tensor, b: Tensor, pairs: Pairs) -> BlockStats:
-    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma = pairs
+    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma, _ = pairs
     dtype = compute_dtype(a.dtype)
     a, b = a.to(dtype), b.to(dtype)
     m, n = a.shape[0], b.shape[0]
@@ -172,7 +172,7 @@ def _tile_terms(row: Term | None, col: Term | None, rows: slice, same_rows: bool
 def _chunked_backward(
     a: Tensor, b: Tensor, pairs: Pairs, row_term: Term, col_term: Term | None, want_db: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma = pairs
+    loss, exclude_offset, scale, labels_a, labels_b, margin, gamma, _ = pairs
     same_rows = a is b
     dtype = compute_dtype(a.dtype)
     out_dtype = a.dtype

@@ -11,19 +11,20 @@ loop trip count in the kernels and a GEMM dimension in cuBLAS, so any D runs wit
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import NamedTuple
 
 import torch
 import triton
+import triton.testing
 from torch import Tensor
 
 from ...precision import gemm_precision
 from .. import interpreting
 from ..base import CIRCLE, SOFTMAX, Pairs
 from . import kernels
+from .tuning import choose, deterministic, tuning_key
 
 KERNELS = ("similarity_stats_kernel", "pair_weights_kernel")
 
@@ -70,6 +71,7 @@ _GPU_CONFIGS = {
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
+DETERMINISTIC_SMS = 132  # the SM count column splits assume in deterministic mode (an H100 SXM)
 ROW_PAD, D_PAD = 128, 64  # the largest BLOCK_M / BLOCK_N, and a multiple of every BLOCK_K
 
 
@@ -96,16 +98,6 @@ def gpu_configs(
     ]
 
 
-@functools.cache
-def _tuned(kernel_name: str, dtype: torch.dtype, capability: int, precision: str, loss: int, autotune: bool):
-    """The kernel autotuned over its configs (keyed by D, the loss and the dtypes), or fixed to the first
-    config when `autotune` is off (DCR_TRITON_AUTOTUNE=0: quick compiles for tests)."""
-    configs = gpu_configs(kernel_name, dtype, capability, precision, loss)
-    return triton.autotune(configs=configs if autotune else configs[:1], key=["D", "LOSS"])(
-        getattr(kernels, kernel_name)
-    )
-
-
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of the CUDA device."""
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -113,12 +105,13 @@ def sm_count(device: torch.device) -> int:
 
 def column_splits(m: int, n: int, device: torch.device) -> int:
     """Programs per row block: enough (row block, column range) programs to fill the GPU twice over when M
-    is small, each streaming at least _MIN_SPLIT_COLS columns. Under the interpreter up to 3, so that the
-    tests exercise the merge."""
+    is small, each streaming at least _MIN_SPLIT_COLS columns; in deterministic mode as for a GPU of
+    DETERMINISTIC_SMS multiprocessors whatever the GPU, so the merge order does not depend on it. Under the
+    interpreter up to 3, so that the tests exercise the merge."""
     tiles = triton.cdiv(n, _INTERPRETER_META["BLOCK_N"] if interpreting() else _MIN_SPLIT_COLS)
     if interpreting():
         return max(1, min(3, tiles))
-    programs = 2 * sm_count(device)
+    programs = 2 * (DETERMINISTIC_SMS if deterministic() else sm_count(device))
     return max(1, min(tiles, triton.cdiv(programs, triton.cdiv(m, 128))))
 
 
@@ -142,21 +135,27 @@ def workspace_shape(m: int, n: int, element_bytes: int) -> tuple[int, int]:
     return side, side
 
 
-def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, **constexprs) -> None:
-    """Launch on a (row blocks, splits) grid; `x` (the first input) gives the dtype and the device (made the
-    current CUDA device for the launch, so kernels and the cuBLAS calls share its stream)."""
+def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, cols: int, **constexprs) -> None:
+    """Launch on a (row blocks, splits) grid of a rows x cols pair range; `x` (the first input) gives the
+    dtype, D and the device (made the current CUDA device for the launch, so kernels and the cuBLAS calls
+    share its stream). The config comes from `tuning.choose`."""
+    kernel = getattr(kernels, kernel_name)
     if interpreting():
         meta = dict(_INTERPRETER_META)
-        grid = (triton.cdiv(rows, meta["BLOCK_M"]), splits)
-        getattr(kernels, kernel_name)[grid](*args, **constexprs, **meta)
+        kernel[(triton.cdiv(rows, meta["BLOCK_M"]), splits)](*args, **constexprs, **meta)
         return
-    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), splits)  # noqa: E731
-    autotune = os.environ.get("DCR_TRITON_AUTOTUNE", "1") != "0"
     major, minor = torch.cuda.get_device_capability(x.device)
     precision, loss = constexprs["INPUT_PRECISION"], constexprs["LOSS"]
-    tuned = _tuned(kernel_name, x.dtype, 10 * major + minor, precision, loss, autotune)
+    configs = gpu_configs(kernel_name, x.dtype, 10 * major + minor, precision, loss)
+
+    def run(config: triton.Config) -> None:
+        grid = (triton.cdiv(rows, config.kwargs["BLOCK_M"]), splits)
+        kernel[grid](*args, **constexprs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+    key = tuning_key(kernel_name, rows, cols, x.shape[1], x.dtype, precision, loss, constexprs.get("COL_TERM", False))
     with torch.cuda.device(x.device):
-        tuned[grid](*args, **constexprs)
+        seconds = lambda i: triton.testing.do_bench(lambda: run(configs[i])) / 1e3  # noqa: E731
+        run(configs[choose(key, len(configs), torch.cuda.get_device_name(x.device), seconds)])
 
 
 def kernel_ready(x: Tensor) -> Tensor:
@@ -242,6 +241,7 @@ def rows_forward(
         float(pairs.margin),
         float(pairs.gamma),
         _diag(exclude_offset, n),
+        cols=n,
         LOSS=loss,
         WANT_BEST=want_best,
         **_common(pairs),
@@ -344,6 +344,7 @@ def pair_grads(
                     float(pairs.gamma),
                     _diag(exclude_offset, n) + (0 if exclude_offset is None else r0 - c0),
                     0 if same_rows else 1,
+                    cols=w.shape[1],
                     LOSS=loss,
                     COL_TERM=col_term is not None,
                     **_common(pairs),
