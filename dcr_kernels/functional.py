@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _validation as v
+from . import custom_ops
 from .backends import resolve
 from .backends.base import compute_dtype
 from .pair_terms import row_dots
@@ -39,6 +40,14 @@ def _no_autocast(x: Tensor):
     """Backends choose their own precision (fp32 statistics, input-dtype dots): autocast must not recast
     their matmuls."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def _traced(name: str, main_name: str, tensors: dict[str, Tensor | None], **settings) -> Tensor | ContrastiveOutput:
+    """Under torch.compile: the loss as one custom operator (`custom_ops`), so the graph does not break."""
+    loss, accuracy, counted = custom_ops.traced_loss(name, main_name, tensors, **settings)
+    if not settings["return_metrics"]:
+        return loss
+    return ContrastiveOutput(loss, accuracy, counted, tensors["main"].shape[0] - counted)
 
 
 def _check_inputs(query: Tensor, key: Tensor | None, fn: str, data: bool = True) -> bool:
@@ -81,7 +90,7 @@ def _coefficients(
         return w
     if reduction == "mean":
         total = w.sum()
-        if check and weight is not None and float(total) == 0.0:
+        if check and weight is not None and float(total.detach()) == 0.0:
             raise ValueError("the weights of the counted rows sum to zero, so their weighted mean is undefined")
         return w / total.clamp_min(torch.finfo(dtype).tiny)
     return None
@@ -168,6 +177,20 @@ def info_nce(
     devices are still checked.
     """
     fn = "info_nce"
+    if torch.compiler.is_compiling():
+        tensors = dict(main=query, key=key, positive=positive, weight=weight)
+        return _traced(
+            fn,
+            "query",
+            tensors,
+            temperature=temperature,
+            normalize=normalize,
+            symmetric=symmetric,
+            reduction=reduction,
+            backend=backend,
+            return_metrics=return_metrics,
+            check_inputs=check_inputs,
+        )
     self_mode = _check_inputs(query, key, fn, check_inputs)
     q, k = query, (query if key is None else key)  # raw until the per-row path normalises them
     m, n = q.shape[0], k.shape[0]
@@ -279,6 +302,19 @@ def supcon_loss(
     devices are still checked.
     """
     fn = "supcon_loss"
+    if torch.compiler.is_compiling():
+        tensors = dict(main=embeddings, labels=labels, key=key, key_labels=key_labels, weight=weight)
+        return _traced(
+            fn,
+            "embeddings",
+            tensors,
+            temperature=temperature,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+            return_metrics=return_metrics,
+            check_inputs=check_inputs,
+        )
     q, k, self_mode = _prepare(embeddings, key, normalize, fn, check_inputs)
     key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
     v.check_weight(weight, q.shape[0], q, fn, check_inputs)
@@ -350,6 +386,20 @@ def circle_loss(
     devices are still checked.
     """
     fn = "circle_loss"
+    if torch.compiler.is_compiling():
+        tensors = dict(main=embeddings, labels=labels, key=key, key_labels=key_labels, weight=weight)
+        return _traced(
+            fn,
+            "embeddings",
+            tensors,
+            margin=margin,
+            gamma=gamma,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+            return_metrics=return_metrics,
+            check_inputs=check_inputs,
+        )
     v.check_circle_params(margin, gamma, fn)
     q, k, self_mode = _prepare(embeddings, key, normalize, fn, check_inputs)
     key_labels = _check_labels(labels, key_labels, q, k, self_mode, fn)
@@ -381,3 +431,6 @@ def circle_loss(
         loss = stats.total
     hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731
     return _finish(loss, hits, counted, return_metrics, check_inputs)
+
+
+custom_ops.EAGER.update(info_nce=info_nce, supcon_loss=supcon_loss, circle_loss=circle_loss)

@@ -39,12 +39,18 @@ class _Loss(nn.Module):
 
     _functional: Callable[..., Tensor | F.ContrastiveOutput]
 
-    def __init__(self, *, normalize: bool, reduction: str, backend: str):
+    def __init__(self, *, normalize: bool, reduction: str, backend: str, check_inputs: bool = True):
         super().__init__()
         self.normalize, self.reduction, self.backend = normalize, reduction, backend
+        self.check_inputs = check_inputs
 
     def _options(self) -> dict[str, Any]:
-        return {"normalize": self.normalize, "reduction": self.reduction, "backend": self.backend}
+        return {
+            "normalize": self.normalize,
+            "reduction": self.reduction,
+            "backend": self.backend,
+            "check_inputs": self.check_inputs,
+        }
 
 
 class _LabelledLoss(_Loss):
@@ -79,8 +85,9 @@ class InfoNCELoss(_Loss):
         symmetric: bool = False,
         reduction: str = "mean",
         backend: str = "auto",
+        check_inputs: bool = True,
     ):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, check_inputs=check_inputs)
         self.temp = _Temperature(temperature, learnable_temperature, max_scale)
         self.symmetric = symmetric
 
@@ -118,8 +125,9 @@ class SupConLoss(_LabelledLoss):
         normalize: bool = True,
         reduction: str = "mean",
         backend: str = "auto",
+        check_inputs: bool = True,
     ):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, check_inputs=check_inputs)
         self.temp = _Temperature(temperature, learnable_temperature, max_scale)
 
     @property
@@ -143,8 +151,9 @@ class CircleLoss(_LabelledLoss):
         normalize: bool = True,
         reduction: str = "mean",
         backend: str = "auto",
+        check_inputs: bool = True,
     ):
-        super().__init__(normalize=normalize, reduction=reduction, backend=backend)
+        super().__init__(normalize=normalize, reduction=reduction, backend=backend, check_inputs=check_inputs)
         self.margin, self.gamma = margin, gamma
 
     def _options(self) -> dict[str, Any]:

@@ -16,11 +16,18 @@ class _Distributed:
     """Adds ``strategy`` (gather or ring) and ``group`` to a single-process loss module's options."""
 
     def __init__(self, *args: Any, strategy: str = "gather", group: dist.ProcessGroup | None = None, **kwargs: Any):
+        if not kwargs.get("check_inputs", True):
+            raise ValueError(
+                "check_inputs=False is for the single-process losses: the distributed ones agree on their inputs "
+                "across ranks, which reads values on every call"
+            )
         super().__init__(*args, **kwargs)
         self.strategy, self.group = strategy, group
 
     def _options(self) -> dict[str, Any]:
-        return super()._options() | {"strategy": self.strategy, "group": self.group}
+        options = super()._options() | {"strategy": self.strategy, "group": self.group}
+        options.pop("check_inputs")
+        return options
 
 
 class InfoNCELoss(_Distributed, nn.InfoNCELoss):
