@@ -11,7 +11,10 @@
    against Inf-CL (target 3x); peak memory per row; and, before the sweep, one forward + backward per
    point of `PER_KERNEL` profiled kernel by kernel beside the model's prediction for each pass (ragged
    batches and dimensions are in the plan too);
-5. one DCR step at Qwen2.5-1.5B's and LLaMA-3-8B's architectures (benchmarks/gpu_dcr_step.py) in the time
+5. the runtime checks (benchmarks/gpu_runtime_check.py): no host synchronisation with check_inputs=False,
+   CUDA-graph capture, bit-identical results in deterministic mode across processes, the tuning cache
+   read by a second process, and the cost of the input checks;
+6. one DCR step at Qwen2.5-1.5B's and LLaMA-3-8B's architectures (benchmarks/gpu_dcr_step.py) in the time
    that is left (`--dcr-step-s` of it kept for this).
 
 Results go to benchmarks/results/gpu_<date>.json and .md with the GPU's name and the versions. Work is
@@ -45,6 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import baselines  # noqa: E402
 import cost_model  # noqa: E402
 import gpu_dcr_step  # noqa: E402
+import gpu_runtime_check  # noqa: E402
 
 import dcr_kernels as dk  # noqa: E402
 
@@ -373,6 +377,12 @@ def write(result: dict, out_dir: Path) -> Path:
         json.dumps(result["checks"], indent=1),
         fence,
         "",
+        "## Runtime: synchronisation, CUDA graphs, determinism, tuning cache, checks (gpu_runtime_check.py)",
+        "",
+        fence,
+        json.dumps(result.get("runtime", {}), indent=1),
+        fence,
+        "",
         "## Predicted (benchmarks/cost_model.py, H200)",
         "",
         cost_model.markdown(),
@@ -423,6 +433,7 @@ def main() -> None:
     print(json.dumps(result["environment"]), flush=True)
     result["tests"] = {"tail": ["skipped"]} if args.skip_tests else run_tests(clock, args.tests_s)
     print("\n".join(result["tests"]["tail"]), flush=True)
+    result["runtime"] = gpu_runtime_check.run_all(device)
     peak = matmul_peak_tflops(device)
     result["per_kernel"] = per_kernel(device, args.backend, clock, reserve_s=args.dcr_step_s + 60)
     result["sweep"] = sweep(device, args.backend, full_plan(args.max_b), clock, reserve_s=args.dcr_step_s + 10)
