@@ -35,7 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
         files.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings; flags override it")
         files.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
         add_arguments(cmd, command.settings)
+        for old, new in command.renamed:
+            cmd.add_argument(
+                old, nargs="?", action=_Renamed, default=argparse.SUPPRESS, help=argparse.SUPPRESS, instead=new
+            )
     return parser
+
+
+class _Renamed(argparse.Action):
+    """A flag this command no longer takes: refused with what to use instead."""
+
+    def __init__(self, *args, instead: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.instead = instead
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} is not an option of this command; use {self.instead}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ class Command:
     example: str
     settings: type
     run: Callable[[Any], str]  # runs the resolved settings; returns the line printed at the end
+    renamed: tuple[tuple[str, str], ...] = ()  # (old flag, what to use instead): refused with that advice
 
 
 def _refine(config: RefineConfig) -> str:
@@ -95,6 +96,7 @@ COMMANDS = {
         "dcr evaluate --model runs/align/model --sets xstest_safe xstest_unsafe --limit 40 --output-dir runs/eval",
         EvaluateConfig,
         _evaluate,
+        (("--precision", "--dtype (the weights' dtype; --precision is autocast in refine and align)"),),
     ),
     "rejudge": Command(
         "re-score a finished evaluation with another refusal judge",

@@ -174,3 +174,11 @@ def test_cli_evaluates_a_local_model(tmp_path, capsys):
 def test_cli_rejects_bad_options(argv, message, tmp_path, capsys):
     assert main(["evaluate", "--output-dir", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_names_the_flag_for_the_weights_dtype(tmp_path, capsys):
+    """`--precision` means autocast in refine and align; evaluate refuses it and points at --dtype."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--output-dir", str(tmp_path), "--precision", "bf16"])
+    assert exit_info.value.code == 2
+    assert "use --dtype (the weights' dtype" in capsys.readouterr().err
