@@ -5,16 +5,18 @@
 
 The classes subclass the library's own, so the constructor, `get_config_dict`, `citation`, the embedding
 of the input columns and (for the cached loss) the gradient caching with its RNG replay are the library's;
-only the loss over the embeddings is replaced by the fused InfoNCE, which never forms the
-anchors x candidates score matrix. For the cached loss that means d loss / d embeddings for the whole
-batch in one fused pass instead of one backward per mini-batch of score rows.
+only the loss over the embeddings is replaced: it is assembled from row log-sum-exps over each key set
+(`dcr_kernels.row_lse`, on the fused kernels), so the anchors x candidates score matrices are never formed.
+For the cached loss that means d loss / d embeddings for the whole batch in one pass instead of one
+backward per mini-batch of score rows.
 
-Supported: `directions=("query_to_doc",)` (the default; hard negatives as extra candidate columns) and
-`("query_to_doc", "doc_to_query")` with `partition_mode="per_direction"` (the symmetric loss); cosine or
-dot-product similarity; `gather_across_devices`, where every rank scores its anchors against every rank's
-candidates through `dcr_kernels.distributed`'s autograd gather, as the library does. Anything else
-(`query_to_query`, `doc_to_doc`, a joint softmax over several directions, hardness weighting, other
-similarity functions) raises a ValueError naming the library's class to use instead.
+Every setting of the library's ranking loss: the four `directions` (query_to_doc, query_to_query,
+doc_to_query, doc_to_doc), `partition_mode` joint (one softmax over all directions, the GTE loss) or
+per_direction, the three `hardness_mode`s with any `hardness_strength` (alpha * stop_grad(S) added to the
+chosen negatives' logits), hard-negative columns, cosine or dot-product similarity, and
+`gather_across_devices`, where every rank scores its rows against every rank's through
+`dcr_kernels.distributed`'s autograd gather, as the library does. Other similarity functions raise a
+ValueError naming the library's class to use instead.
 
 `SupConLoss` and `CircleLoss` take one text column and a label per row (`forward(sentence_features,
 labels)`), for training on labelled sentences.
@@ -30,6 +32,8 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..distributed.comm import gather_with_grad, offsets, row_counts
 from ..distributed.world import World
+from ..pair_terms import row_dots
+from ..row_lse import row_logsumexp
 
 try:
     from sentence_transformers import util as _st_util
@@ -52,20 +56,7 @@ def _normalize_flag(similarity_fct) -> bool:
 
 
 def _check(loss) -> None:
-    """Refuse the settings the fused loss does not compute, with the way out."""
-    directions = tuple(loss.directions)
-    if directions not in (("query_to_doc",), ("query_to_doc", "doc_to_query")):
-        raise ValueError(
-            f"directions={directions} are not supported by the fused loss (query_to_doc, optionally with "
-            "doc_to_query); use sentence_transformers.losses.MultipleNegativesRankingLoss for the others"
-        )
-    if len(directions) > 1 and loss.partition_mode != "per_direction":
-        raise ValueError(
-            "several directions need partition_mode='per_direction' with the fused loss (one softmax per "
-            "direction); a joint softmax over both is the library's MultipleNegativesRankingLoss"
-        )
-    if loss.hardness_mode is not None and loss.hardness_strength > 0:
-        raise ValueError("hardness weighting is not supported by the fused loss; set hardness_strength=0")
+    """Refuse what the fused loss does not compute (a similarity other than cosine or dot product)."""
     _normalize_flag(loss.similarity_fct)
 
 
@@ -76,27 +67,69 @@ def _gathered(x: Tensor) -> tuple[Tensor, int]:
     return gather_with_grad(x, sizes, world), offsets(sizes)[world.rank]
 
 
+def _penalised(lse: Tensor, scale: float, penalty: float) -> Tensor:
+    """A log-sum-exp over logits (scale + penalty) S whose penalty is a stop-gradient term (the library's
+    hardness weighting, alpha * stop_grad(S)): the value of scale + penalty, the gradient of scale alone."""
+    if penalty == 0.0:
+        return lse
+    keep = scale / (scale + penalty)
+    return keep * lse + (1.0 - keep) * lse.detach()
+
+
+def _hardness(mode: str | None, strength: float, block: int) -> tuple[float, float]:
+    """(penalty of the row's own column, penalty of the other columns) in document block `block` (0: the
+    positives, then each hard-negative column), as the library's hardness modes place alpha * stop_grad(S)."""
+    if mode is None or strength == 0.0:
+        return 0.0, 0.0
+    own = strength if block > 0 and mode in ("hard_negatives", "all_negatives") else 0.0
+    other = strength if mode in ("in_batch_negatives", "all_negatives") else 0.0
+    return own, other
+
+
 def _ranking_loss(loss, embeddings: list[Tensor]) -> Tensor:
-    """The library's MultipleNegativesRankingLoss value over these embeddings, on the fused InfoNCE."""
+    """The library's MultipleNegativesRankingLoss over these embeddings, from row log-sum-exps over each key
+    set (`dcr_kernels.row_lse`; never a B x N matrix): every direction, joint or per-direction partition,
+    every hardness mode, gathered across devices or not."""
     if len(embeddings) < 2:
         raise ValueError(
             f"Expected at least 2 embeddings (anchors, positives, optional negatives), got {len(embeddings)}"
         )
+    if _normalize_flag(loss.similarity_fct):
+        embeddings = [torch.nn.functional.normalize(e, dim=-1) for e in embeddings]
     queries, docs = embeddings[0], list(embeddings[1:])
-    b = queries.shape[0]
-    offset = 0
+    local_queries, local_docs = queries, docs[0]
+    b, offset = queries.shape[0], 0
     if loss.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
-        local_queries, local_docs = queries, docs[0]
         queries, offset = _gathered(queries)
         docs = [_gathered(d)[0] for d in docs]
-    else:
-        local_queries, local_docs = queries, docs[0]
-    positive = torch.arange(offset, offset + b, device=queries.device)
-    kw = dict(temperature=1.0 / loss.scale, normalize=_normalize_flag(loss.similarity_fct))
-    value = F.info_nce(local_queries, torch.cat(docs), positive=positive, **kw)
+    s, mode, strength = float(loss.scale), loss.hardness_mode, float(loss.hardness_strength)
+
+    def own(rows: Tensor, block: Tensor) -> Tensor:  # S(i, offset + i): row i against its own column
+        return row_dots(rows, block[offset : offset + b])
+
+    pieces: dict[str, list[Tensor]] = {"query_to_doc": []}
+    for k, block in enumerate(docs):
+        own_penalty, other_penalty = _hardness(mode, strength, k)
+        if own_penalty == other_penalty:
+            lse = row_logsumexp(local_queries, block, s + other_penalty)
+            pieces["query_to_doc"].append(_penalised(lse, s, other_penalty))
+        else:
+            lse = row_logsumexp(local_queries, block, s + other_penalty, exclude_offset=offset)
+            own_sim = own(local_queries, block)
+            own_logit = s * own_sim + own_penalty * own_sim.detach()
+            pieces["query_to_doc"] += [_penalised(lse, s, other_penalty), own_logit]
+    if "query_to_query" in loss.directions:
+        pieces["query_to_query"] = [row_logsumexp(local_queries, queries, s, exclude_offset=offset)]
     if "doc_to_query" in loss.directions:
-        value = 0.5 * (value + F.info_nce(local_docs, queries, positive=positive, **kw))
-    return value
+        pieces["doc_to_query"] = [row_logsumexp(local_docs, queries, s)]
+    if "doc_to_doc" in loss.directions:
+        pieces["doc_to_doc"] = [row_logsumexp(local_docs, block, s, exclude_offset=offset) for block in docs]
+    if loss.partition_mode == "joint":
+        log_z = torch.logsumexp(torch.stack([p for ps in pieces.values() for p in ps]), dim=0)
+    else:
+        log_z = torch.stack([torch.logsumexp(torch.stack(ps), dim=0) for ps in pieces.values()]).mean(dim=0)
+    positive = s * own(local_queries, docs[0])
+    return (log_z - positive).mean()
 
 
 class MultipleNegativesRankingLoss(_st_losses.MultipleNegativesRankingLoss):

@@ -1,11 +1,13 @@
-"""The sentence-transformers drop-ins against the library's own losses: values and embedding gradients
-(hard negatives, the symmetric form, the cached form's cached gradients, dot-product similarity, two gloo
-ranks with gather_across_devices), clear errors for what the fused loss does not compute, and the same
-trained weights from SentenceTransformerTrainer on all-MiniLM-L6-v2."""
+"""The sentence-transformers drop-ins against the library's own losses: values and embedding gradients for
+every setting the library accepts (directions, partitions, hardness modes, hard-negative columns), the
+symmetric form, the cached form's cached gradients, dot-product similarity, two gloo ranks with
+gather_across_devices, a clear error for other similarities, and the same trained weights from
+SentenceTransformerTrainer on all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import tempfile
 import warnings
@@ -40,12 +42,42 @@ def _value_and_grads(loss, embeddings):
     return value.detach(), [x.grad for x in leaves]
 
 
+EXTRA_DIRECTIONS = ("query_to_query", "doc_to_query", "doc_to_doc")
+DIRECTIONS = [("query_to_doc", *extra) for n in range(4) for extra in itertools.combinations(EXTRA_DIRECTIONS, n)]
+HARDNESS = [
+    dict(),
+    dict(hardness_mode="in_batch_negatives", hardness_strength=9.0),
+    dict(hardness_mode="hard_negatives", hardness_strength=5.0),
+    dict(hardness_mode="all_negatives", hardness_strength=0.7),
+]
+# every combination the library accepts: per_direction needs the positive in every direction's candidates
+ALL_SETTINGS = [
+    dict(directions=d, partition_mode=p, **h)
+    for d in DIRECTIONS
+    for p in ("joint", "per_direction")
+    if p == "joint" or not set(d) & {"query_to_query", "doc_to_doc"}
+    for h in HARDNESS
+]
 SETTINGS = [
     dict(),
     dict(scale=50.0),
     dict(similarity_fct=util.dot_score, scale=0.05),
     dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"),
-]
+    dict(directions=tuple(DIRECTIONS[-1]), partition_mode="joint", hardness_mode="all_negatives", hardness_strength=3),
+    dict(similarity_fct=util.dot_score, scale=0.05, directions=("query_to_doc", "doc_to_doc"),
+         hardness_mode="hard_negatives", hardness_strength=2.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", ALL_SETTINGS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+@pytest.mark.parametrize("columns", [2, 4])
+def test_every_library_setting_matches_the_library(settings, columns):
+    embeddings = _columns(13, 9, columns, seed=columns + len(settings))
+    got = _value_and_grads(ours.MultipleNegativesRankingLoss(_NoModel(), **settings), embeddings)
+    want = _value_and_grads(losses.MultipleNegativesRankingLoss(_NoModel(), **settings), embeddings)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
@@ -91,13 +123,7 @@ class _FakeModel(torch.nn.Module):
         return torch.nn.Identity()
 
 
-def test_unsupported_settings_are_refused_with_the_alternative():
-    with pytest.raises(ValueError, match="query_to_query"):
-        ours.MultipleNegativesRankingLoss(_NoModel(), directions=("query_to_doc", "query_to_query"))
-    with pytest.raises(ValueError, match="per_direction"):
-        ours.MultipleNegativesRankingLoss(_NoModel(), directions=("query_to_doc", "doc_to_query"))
-    with pytest.raises(ValueError, match="hardness"):
-        ours.MultipleNegativesRankingLoss(_NoModel(), hardness_mode="hard_negatives", hardness_strength=1.0)
+def test_other_similarities_are_refused_with_the_alternative():
     with pytest.raises(ValueError, match="cos_sim or dot_score"):
         ours.MultipleNegativesRankingLoss(_NoModel(), similarity_fct=util.manhattan_sim)
 
