@@ -18,6 +18,9 @@ chosen negatives' logits), hard-negative columns, cosine or dot-product similari
 `dcr_kernels.distributed`'s autograd gather, as the library does. Other similarity functions raise a
 ValueError naming the library's class to use instead.
 
+`GISTEmbedLoss` and `CachedGISTEmbedLoss`: the guide's similarities formed chunk by chunk beside the
+model's (`dcr_kernels.guided_lse`), both margin strategies, `contrast_anchors` / `contrast_positives`.
+
 `SupConLoss` and `CircleLoss` take one text column and a label per row (`forward(sentence_features,
 labels)`), for training on labelled sentences.
 """
@@ -32,12 +35,15 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..distributed.comm import gather_with_grad, offsets, row_counts
 from ..distributed.world import World
+from ..guided_lse import guided_row_logsumexp
 from ..pair_terms import row_dots
 from ..row_lse import row_logsumexp
 
 try:
     from sentence_transformers import util as _st_util
+    from sentence_transformers.base.losses.merged_forward import embed_columns
     from sentence_transformers.sentence_transformer import losses as _st_losses
+    from sentence_transformers.util import batch_to_device
 except ImportError as err:  # pragma: no cover - exercised only without the optional dependency
     raise ImportError(
         "dcr_kernels.integrations.sentence_transformers needs sentence-transformers: pip install sentence-transformers"
@@ -166,6 +172,88 @@ class CachedMultipleNegativesRankingLoss(_st_losses.CachedMultipleNegativesRanki
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):
         value = _ranking_loss(self.loss, [torch.cat(r) for r in reps])
+        if with_backward:
+            value.backward()
+            value = value.detach()
+        return value
+
+
+def _gist_embeddings(loss, sentence_features) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's embeddings of each column and, without gradients, the guide's (re-tokenised when the
+    guide's vocabulary or length differs), as the library's GISTEmbedLoss.forward embeds them."""
+    sentence_features = list(sentence_features)
+    guide_features = [dict(feature) for feature in sentence_features]  # the guide writes into its own copies
+    embeddings = embed_columns(loss.model, sentence_features)
+    with torch.no_grad():
+        if loss.must_retokenize:
+            guide_features = []
+            for feature in sentence_features:
+                input_ids = feature["input_ids"]
+                if "cu_seq_lens_q" in feature:  # packed sequences: one row per document again
+                    flat, bounds = input_ids[0].tolist(), feature["cu_seq_lens_q"].tolist()
+                    input_ids = [flat[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+                decoded = loss.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+                guide_features.append(batch_to_device(loss.guide.preprocess(decoded), loss.guide.device))
+        guide_embeddings = embed_columns(loss.guide, guide_features)
+    return embeddings, guide_embeddings
+
+
+def _gist_loss(loss, embeddings: list[Tensor], guide_embeddings: list[Tensor]) -> Tensor:
+    """The library's GISTEmbed loss over these embeddings: the model's cosine similarities / temperature,
+    minus the candidates whose guide similarity to the anchor passes the anchor-positive guide similarity
+    less the margin (absolute or relative), over anchor-positive (own positive kept), anchor-anchor and
+    positive-positive (optional, self excluded) and anchor-negative pairs; each piece a guided row
+    log-sum-exp (`dcr_kernels.guided_lse`), so neither the model's nor the guide's B x N matrix is formed."""
+    if len(embeddings) not in (2, 3) or len(guide_embeddings) != len(embeddings):
+        raise ValueError(f"Expected 2 or 3 embeddings, got {len(embeddings)}")
+    unit = [torch.nn.functional.normalize(e, dim=-1) for e in [*embeddings, *guide_embeddings]]
+    anchor, positive, *negative = unit[: len(embeddings)]
+    guide_anchor, guide_positive, *guide_negative = unit[len(embeddings) :]
+    b, offset = anchor.shape[0], 0
+    if loss.gather_across_devices and torch.distributed.is_available() and torch.distributed.is_initialized():
+        positive, offset = _gathered(positive)
+        guide_positive = _gathered(guide_positive)[0]
+        negative, guide_negative = [_gathered(x)[0] for x in negative], [_gathered(x)[0] for x in guide_negative]
+    own = slice(offset, offset + b)
+    guide_sim = row_dots(guide_anchor, guide_positive[own])
+    if loss.margin_strategy == "absolute":
+        threshold = guide_sim - loss.margin
+    else:
+        threshold = guide_sim - guide_sim.abs() * loss.margin
+    s = 1.0 / loss.temperature
+    pieces = [guided_row_logsumexp(anchor, positive, guide_anchor, guide_positive, s, threshold, protect_offset=offset)]
+    if loss.contrast_anchors:
+        pieces.append(guided_row_logsumexp(anchor, anchor, guide_anchor, guide_anchor, s, threshold, exclude_offset=0))
+    if loss.contrast_positives:
+        pieces.append(
+            guided_row_logsumexp(
+                positive[own], positive, guide_positive[own], guide_positive, s, threshold, exclude_offset=offset
+            )
+        )
+    for neg, guide_neg in zip(negative, guide_negative, strict=True):
+        pieces.append(guided_row_logsumexp(anchor, neg, guide_anchor, guide_neg, s, threshold))
+    log_z = torch.logsumexp(torch.stack(pieces), dim=0)
+    return (log_z - s * row_dots(anchor, positive[own])).mean()
+
+
+class GISTEmbedLoss(_st_losses.GISTEmbedLoss):
+    """The library's GISTEmbedLoss (a guide model masks likely false negatives), fused: the model's and the
+    guide's similarities are formed tile by tile, never as B x N matrices."""
+
+    def forward(self, sentence_features, labels: Tensor | None = None) -> Tensor:
+        return _gist_loss(self, *_gist_embeddings(self, sentence_features))
+
+
+class CachedGISTEmbedLoss(_st_losses.CachedGISTEmbedLoss):
+    """The library's cached GISTEmbedLoss (gradient caching; the guide's embeddings are computed once, in
+    the no-gradient pass), with the loss over the whole batch from the guided row log-sum-exps."""
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], reps_guided: list[list[Tensor]], *, with_backward: bool = False
+    ) -> Tensor:
+        if len(reps) != len(reps_guided):
+            raise ValueError("reps and reps_guided must have the same length")
+        value = _gist_loss(self, [torch.cat(r) for r in reps], [torch.cat(r) for r in reps_guided])
         if with_backward:
             value.backward()
             value = value.detach()
