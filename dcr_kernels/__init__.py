@@ -1,7 +1,7 @@
 """Fused contrastive losses (InfoNCE, supervised contrastive, Circle) that never materialise the
 B x N similarity matrix: Triton kernels on CUDA, a row-chunked PyTorch backend elsewhere."""
 
-from .functional import ContrastiveOutput, circle_loss, info_nce, supcon_loss
+from .functional import ContrastiveOutput, circle_loss, info_nce, sigmoid_loss, supcon_loss
 from .nn import CircleLoss, InfoNCELoss, SupConLoss
 from .precision import use_fp32_precision
 
@@ -12,6 +12,7 @@ __all__ = [
     "SupConLoss",
     "circle_loss",
     "info_nce",
+    "sigmoid_loss",
     "supcon_loss",
     "use_fp32_precision",
 ]

@@ -6,6 +6,7 @@ and the pair (i, i) is never a candidate); S = Q K^T after optional L2 normalisa
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from . import _validation as v
 from . import custom_ops
-from .backends import resolve
+from .backends import chunked_sigmoid, resolve
 from .backends.base import compute_dtype
 from .pair_terms import row_dots
 
@@ -431,6 +432,64 @@ def circle_loss(
         loss = stats.total
     hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731
     return _finish(loss, hits, counted, return_metrics, check_inputs)
+
+
+def sigmoid_loss(
+    query: Tensor,
+    key: Tensor,
+    *,
+    positive: Tensor | None = None,
+    scale: float | Tensor = 10.0,
+    bias: float | Tensor = -10.0,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> Tensor:
+    """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023): L_i = sum_j softplus(-l_ij (t S_ij + b)) over every
+    key, with l_ij = +1 for the positive key j = `positive[i]` (default i) and -1 for all others (key rows
+    beyond the queries are negatives of every query). `scale` (t) and `bias` (b) may be tensors (learnable;
+    their gradients are computed). `reduction="mean"` averages the rows, which is SigLIP's sum over pairs
+    divided by the batch. No softmax: each pair is scored alone, so rows need no shared statistic.
+    `check_inputs=False` skips the checks that read values, as for the other losses.
+    """
+    fn = "sigmoid_loss"
+    if key is None:
+        raise ValueError(f"{fn}: key is required (query i is scored against every key row, its positive included)")
+    _check_inputs(query, key, fn, check_inputs)
+    m, n = query.shape[0], key.shape[0]
+    positive = _positives(positive, m, n, False, query, fn, check_inputs)
+    v.check_weight(weight, m, query, fn, check_inputs)
+    v.check_reduction(reduction, fn)
+    dtype = compute_dtype(query.dtype)
+    t, b = (
+        _as_scalar(x, name, dtype, query.device, fn, check_inputs) for x, name in ((scale, "scale"), (bias, "bias"))
+    )
+    q, k = _normalized(query, key, normalize)
+    impl = resolve(backend, q, fn)
+    rows_of = getattr(impl, "sigmoid_rows", chunked_sigmoid.sigmoid_rows)  # no Triton epilogue yet
+    with _no_autocast(q):
+        rows = rows_of(q, k, positive, t, b)
+    if reduction == "none":
+        return rows if weight is None else rows * weight.to(dtype)
+    if weight is None:
+        return rows.sum() if reduction == "sum" else rows.mean()
+    total = (rows * weight.to(dtype)).sum()
+    return total if reduction == "sum" else total / weight.to(dtype).sum().clamp_min(torch.finfo(dtype).tiny)
+
+
+def _as_scalar(x: float | Tensor, name: str, dtype: torch.dtype, device: torch.device, fn: str, check: bool) -> Tensor:
+    """A scalar setting as a 0-dim tensor of the compute dtype (differentiable when it is a tensor)."""
+    if isinstance(x, Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{fn}: {name} tensor must hold one value, got shape {tuple(x.shape)}")
+        if check and not bool(torch.isfinite(x.detach()).all()):
+            raise ValueError(f"{fn}: {name} must be finite, got {float(x.detach())}")
+        return x.reshape(()).to(dtype=dtype, device=device)
+    if not math.isfinite(float(x)):
+        raise ValueError(f"{fn}: {name} must be finite, got {x}")
+    return torch.full((), float(x), dtype=dtype, device=device)
 
 
 custom_ops.EAGER.update(info_nce=info_nce, supcon_loss=supcon_loss, circle_loss=circle_loss)

@@ -7,6 +7,11 @@ Circle: for positives z_ij = -gamma * a_ij * (S_ij - (1 - m)) with a_ij = relu(1
 negatives z_ij = gamma * a_ij * (S_ij - m) with a_ij = relu(S_ij + m). The weights a_ij are detached, as in
 the paper's reference code, so dz_ij / dS_ij = -gamma * a_ij (positives) or +gamma * a_ij (negatives).
 Row loss: softplus(LSE_P z + LSE_N z).
+
+Pairwise sigmoid (SigLIP): z_ij = t S_ij + b, label l_ij = +1 for the row's positive key, -1 otherwise;
+the pair's term is softplus(-l_ij z_ij) = -log sigmoid(l_ij z_ij), its slope d term / d z_ij =
+-l_ij sigmoid(-l_ij z_ij). The row loss is the sum of its pairs' terms: no statistic to carry between
+key blocks but the sum itself.
 """
 
 from __future__ import annotations
@@ -59,3 +64,10 @@ def argmax_or_minus_one(scores: Tensor) -> Tensor:
 def row_dots(a: Tensor, b: Tensor) -> Tensor:
     """a_i . b_i per row as a batched matrix product, without an elementwise product buffer of a's size."""
     return torch.einsum("id,id->i", a, b)
+
+
+def sigmoid_terms(logits: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+    """(softplus(-l z), d/dz) for logits z and the positive mask (l = +1 where True, -1 elsewhere)."""
+    signed = torch.where(positive, -logits, logits)  # -l z
+    # -logsigmoid(l z), exact at any size (F.softplus turns linear above its threshold, 2e-9 off at 20)
+    return -torch.nn.functional.logsigmoid(-signed), torch.where(positive, -1.0, 1.0) * torch.sigmoid(signed)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..pair_terms import argmax_or_minus_one, circle_logits, circle_row_loss, masked_logsumexp, weighted_total
+from ..pair_terms import (
+    argmax_or_minus_one,
+    circle_logits,
+    circle_row_loss,
+    masked_logsumexp,
+    sigmoid_terms,
+    weighted_total,
+)
 from .base import CircleStats, SoftmaxStats, compute_dtype, softmax_total
 
 
@@ -62,3 +69,11 @@ def circle_stats(
     argmax = argmax_or_minus_one(sim.detach().masked_fill(~candidate, float("-inf")))
     total = weighted_total(coeff.to(row_loss.dtype), row_loss) if coeff is not None else None
     return CircleStats(row_loss, argmax, total)
+
+
+def sigmoid_rows(q: Tensor, k: Tensor, positive: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Per-row sums of the pairwise sigmoid terms over the dense M x N logits."""
+    sim, _ = _similarity(q, k, False)
+    is_positive = positive[:, None] == torch.arange(k.shape[0], device=k.device)[None, :]
+    terms, _ = sigmoid_terms(scale.to(sim.dtype) * sim + bias.to(sim.dtype), is_positive)
+    return terms.sum(dim=1)

@@ -16,8 +16,11 @@ Across ranks the features are gathered as OpenCLIP gathers them, so values and g
 `logit_bias` shifts every logit by the same amount, which a softmax cross-entropy does not see: it is
 accepted (with a zero gradient, as in OpenCLIP) and has no effect. Horovod is not supported.
 
-SigLIP's sigmoid loss would be another epilogue of the same engine (softplus of each scaled, biased
-similarity summed per row; W = sigmoid - label), with no log-sum-exp statistics; it is not provided here.
+`SigLipLoss` is OpenCLIP's sigmoid loss on `dcr_kernels.sigmoid_loss`, row-chunked (no B x B logits):
+same constructor (`cache_labels`, `rank`, `world_size`, `dist_impl`) and call (`forward(image_features,
+text_features, logit_scale, logit_bias, output_dict=False)`); across ranks every rank's text features are
+gathered with their gradients and each rank scores its images against all of them (its own texts carrying
+the positives), which is the loss and the gradients of each of OpenCLIP's exchange patterns.
 """
 
 from __future__ import annotations
@@ -87,4 +90,43 @@ class ClipLoss(nn.Module):
                 loss = F.info_nce(torch.cat(images), torch.cat(texts), symmetric=True, **kw)
         if logit_bias is not None:
             loss = loss + 0 * logit_bias.sum()
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SigLipLoss(nn.Module):
+    """OpenCLIP's `SigLipLoss` (pairwise sigmoid, learnable scale and bias) on the fused sigmoid loss."""
+
+    def __init__(
+        self,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        dist_impl: str | None = None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        dist_impl = dist_impl or "bidir"
+        if dist_impl not in ("bidir", "shift", "reduce", "gather"):
+            raise ValueError(f"SigLipLoss: dist_impl must be bidir, shift, reduce or gather, got {dist_impl!r}")
+        self.cache_labels, self.rank, self.world_size, self.dist_impl = cache_labels, rank, world_size, dist_impl
+        self.backend = backend
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor | float,
+        logit_bias: Tensor | float | None,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, Tensor]:
+        kw = dict(scale=logit_scale, bias=0.0 if logit_bias is None else logit_bias, normalize=False)
+        b = image_features.shape[0]
+        if self.world_size == 1:
+            loss = F.sigmoid_loss(image_features, text_features, backend=self.backend, **kw)
+        else:
+            texts = torch.cat(_gather(text_features, True, self.world_size))
+            positive = torch.arange(b, device=image_features.device) + b * self.rank
+            loss = F.sigmoid_loss(image_features, texts, positive=positive, reduction="sum", backend=self.backend, **kw)
+            loss = loss / b
         return {"contrastive_loss": loss} if output_dict else loss

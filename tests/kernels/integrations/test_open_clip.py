@@ -1,6 +1,7 @@
-"""The OpenCLIP drop-in against OpenCLIP's own `ClipLoss` (its loss module, loaded from the installed
-package's file: the package itself imports torchvision): loss, feature gradients and the learnable logit
-scale's gradient, in one process and in 2 gloo processes for every (local_loss, gather_with_grad)."""
+"""The OpenCLIP drop-ins against OpenCLIP's own `ClipLoss` and `SigLipLoss` (its loss module, loaded from the
+installed package's file: the package itself imports torchvision): loss, feature gradients and the learnable
+logit scale's (and SigLIP's bias') gradient, in one process and in 2 gloo processes for every
+(local_loss, gather_with_grad) and every SigLIP exchange pattern."""
 
 from __future__ import annotations
 
@@ -68,7 +69,30 @@ def test_output_dict_and_bias():
         ours.ClipLoss(use_horovod=True)
 
 
+def _siglip_step(loss_fn, image, text, scale, bias):
+    image, text = image.clone().requires_grad_(), text.clone().requires_grad_()
+    logit_scale = torch.tensor(scale, dtype=image.dtype, requires_grad=True)
+    logit_bias = torch.tensor(bias, dtype=image.dtype, requires_grad=True)
+    value = loss_fn(image, text, logit_scale, logit_bias)
+    value.backward()
+    return value.detach(), image.grad, text.grad, logit_scale.grad, logit_bias.grad
+
+
+@pytest.mark.parametrize("b,d", [(1, 8), (37, 24), (130, 65)])
+def test_siglip_single_process_matches_open_clip(b, d):
+    theirs = _their_loss_module().SigLipLoss()
+    image, text = _features(b, d, seed=b + 1)
+    for scale, bias in ((10.0, -10.0), (1.0, 0.5)):
+        got = _siglip_step(ours.SigLipLoss(), image, text, scale, bias)
+        want = _siglip_step(theirs, image, text, scale, bias)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="dist_impl"):
+        ours.SigLipLoss(dist_impl="ring")
+
+
 SETTINGS = list(itertools.product([False, True], [False, True]))  # (local_loss, gather_with_grad)
+SIGLIP_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
 def _worker(rank: int, world: int, folder: str) -> None:
@@ -86,13 +110,18 @@ def _worker(rank: int, world: int, folder: str) -> None:
             got = _step(ours.ClipLoss(**kw), image[local], text[local], 1 / 0.07)
             want = _step(theirs.ClipLoss(**kw), image[local], text[local], 1 / 0.07)
             report[(local_loss, with_grad)] = (got, want)
+        for impl in SIGLIP_IMPLS:
+            kw = dict(rank=rank, world_size=world, dist_impl=impl)
+            got = _siglip_step(ours.SigLipLoss(**kw), image[local], text[local], 10.0, -10.0)
+            want = _siglip_step(theirs.SigLipLoss(**kw), image[local], text[local], 10.0, -10.0)
+            report[impl] = (got, want)
         torch.save(report, os.path.join(folder, f"rank{rank}.pt"))
         dist.barrier()  # both ranks' collectives are done before the group is torn down
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_match_open_clip_for_every_gather_setting():
+def test_two_ranks_match_open_clip_for_every_gather_setting_and_exchange():
     with tempfile.TemporaryDirectory() as folder:
         paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
         spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
