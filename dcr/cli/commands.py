@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dcr.ablation.config import AblateConfig
 from dcr.evaluation.config import EvaluateConfig, RejudgeConfig
 from dcr.pipeline.config import PipelineConfig
 from dcr.training.align_config import AlignConfig
@@ -36,6 +37,12 @@ def _align(config: AlignConfig) -> str:
     from dcr.training.align import align
 
     return f"aligned model saved to {align(config)}"
+
+
+def _ablate(config: AblateConfig) -> str:
+    from dcr.ablation.ablate import ablate
+
+    return f"edited model saved to {ablate(config)}"
 
 
 def _evaluate(config: EvaluateConfig) -> str:
@@ -87,6 +94,17 @@ COMMANDS = {
         "dcr align --model runs/dcr/model --refusal-share 0.05 --output-dir runs/align",
         AlignConfig,
         _align,
+    ),
+    "ablate": Command(
+        "remove a false-refusal direction from a model's weights (training-free)",
+        "Estimate the refusal direction (harmful minus harmless) and the false-refusal direction (seemingly "
+        "harmful minus harmless, made orthogonal to the refusal direction) from the mean layer-l states of the "
+        "DCR stage's training prompts, and project the latter out of every matrix that writes into the residual "
+        "stream (single-vector ablation; --coefficient below 1 for partial ablation). Writes model/ and "
+        "directions.safetensors.",
+        "dcr ablate --model runs/align/model --layer 0.5 --output-dir runs/ablate",
+        AblateConfig,
+        _ablate,
     ),
     "evaluate": Command(
         "refusal behaviour, layer-l separation and perplexity of a model",

@@ -1,11 +1,12 @@
-"""A --layer beyond the model's depth stops `refine`, `align` and `evaluate` before any weights load: the depth
-is read from the model folder's config.json."""
+"""A --layer beyond the model's depth stops `refine`, `align`, `evaluate` and `ablate` before any weights load:
+the depth is read from the model folder's config.json."""
 
 from __future__ import annotations
 
 import pytest
 from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 
+from dcr.ablation import ablate
 from dcr.cli import main
 from dcr.evaluation import evaluate
 from dcr.modeling.model import model_depth
@@ -26,6 +27,7 @@ def test_depth_comes_from_the_config_file():
         ("refine", refine, ["--layer", "7", "--steps", "1", "--batch-size", "4"]),
         ("align", align, ["--retention-layer", "7", "--retention-weight", "1", "--steps", "1"]),
         ("evaluate", evaluate, ["--layer", "7", "--sets", "xstest_safe", "--limit", "2"]),
+        ("ablate", ablate, ["--layer", "7"]),
     ],
 )
 def test_bad_layer_is_refused_before_the_model_loads(command, module, flags, tmp_path, monkeypatch, capsys):
