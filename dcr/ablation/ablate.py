@@ -67,9 +67,13 @@ def ablate(config: AblateConfig) -> Path:
 
         found = estimate_directions(class_means(embed, texts), {k: len(v) for k, v in texts.items()})
         edited = ablate_direction(model, found.false_refusal, config.coefficient)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({"refusal": found.refusal, "false_refusal": found.false_refusal}, out / "directions.safetensors")
-        return save_refined(model, tokenizer, out / "model", _meta(config, layer, found, edited))
+        if ranks.main:  # under torchrun every rank computes the same edit; rank 0 writes it
+            out.mkdir(parents=True, exist_ok=True)
+            directions = {"refusal": found.refusal.contiguous(), "false_refusal": found.false_refusal.contiguous()}
+            save_file(directions, out / "directions.safetensors")
+            save_refined(model, tokenizer, out / "model", _meta(config, layer, found, edited))
+        ranks.barrier()
+        return out / "model"
 
 
 def _meta(config: AblateConfig, layer: int, found: Directions, edited: list[str]) -> dict:

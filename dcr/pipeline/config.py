@@ -11,9 +11,10 @@ from dcr.pipeline.profiles import PROFILES, SECTIONS
 
 @dataclass
 class PipelineConfig(Settings):
-    """Everything `dcr pipeline` needs. The sections `refine`, `align`, `data_side` and `evaluate` (config file
-    only) override the profile's settings of that stage, with the keys of `dcr refine`, `dcr align` (also for
-    `data_side`, the alignment settings of arms (c) and (d)) and `dcr evaluate`."""
+    """Everything `dcr pipeline` needs. The sections `refine`, `align`, `data_side`, `ablate` and `evaluate`
+    (config file only) override the profile's settings of that stage, with the keys of `dcr refine`,
+    `dcr align` (also for `data_side`, the alignment settings of arms (c) and (d)), `dcr ablate` and
+    `dcr evaluate`."""
 
     profile: str = option(
         "quick",
@@ -37,6 +38,9 @@ class PipelineConfig(Settings):
     align: dict[str, Any] = option({}, "Overrides of the profile's alignment settings.", topic="sections")
     data_side: dict[str, Any] = option(
         {}, "Overrides of the alignment settings of arms (c) and (d), the data-side fix.", topic="sections"
+    )
+    ablate: dict[str, Any] = option(
+        {}, "Overrides of arm (e)'s settings (dcr ablate: the training-free ablation of (a)'s model).", topic="sections"
     )
     evaluate: dict[str, Any] = option({}, "Overrides of the profile's evaluation settings.", topic="sections")
 

@@ -2,9 +2,10 @@
 size) and ``full`` (a GPU).
 
 A profile has one section per stage, each holding options of that stage: ``refine`` (`RefineConfig`),
-``align`` (`AlignConfig`) and ``evaluate`` (`EvaluateConfig`), plus ``data_side``, the alignment options that
-arms (c) and (d) change (the data-side fix), and the seeds. Every other alignment setting is shared by the four
-arms.
+``align`` (`AlignConfig`), ``ablate`` (`AblateConfig`, arm (e): (a)'s model with the false-refusal direction
+ablated; its layer defaults to the DCR stage's) and ``evaluate`` (`EvaluateConfig`), plus ``data_side``, the
+alignment options that arms (c) and (d) change (the data-side fix), and the seeds. Every other alignment
+setting is shared by the four trained arms.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-SECTIONS = ("refine", "align", "data_side", "evaluate")
+SECTIONS = ("refine", "align", "data_side", "ablate", "evaluate")
+# Arm (e): directions from 64 training prompts per class (the DCR stage's data), full ablation.
+QUICK_ABLATE = {"max_prompts": 64, "coefficient": 1.0, "max_length": 128, "batch_size": 32}
 # Arms (c) and (d): half of the mix is contrast pairs (about a third in (a) and (b)), refusals unchanged.
 DATA_SIDE = {"contrast_share": 0.5}
 QUICK_REFINE = {
@@ -53,6 +56,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
         "align": QUICK_ALIGN,
         "data_side": DATA_SIDE,
+        "ablate": QUICK_ABLATE,
         "evaluate": {
             "sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"],
             "limit": 40,
@@ -70,6 +74,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "refine": {**QUICK_REFINE, "sources": ["xstest_safe", "hh_rlhf_harmful"], "center": False},
         "align": QUICK_ALIGN,
         "data_side": DATA_SIDE,
+        "ablate": QUICK_ABLATE,
         "evaluate": {
             "sets": [
                 "xstest_safe",
@@ -110,6 +115,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "save_every": 100,
         },
         "data_side": DATA_SIDE,
+        "ablate": {"max_prompts": 512, "coefficient": 1.0, "max_length": 1024, "batch_size": 64},
         "evaluate": {
             "sets": ["xstest_safe", "xstest_unsafe", "coconot_eval", "self_instruct_user"],
             "limit": None,

@@ -1,4 +1,4 @@
-"""The pipeline's comparison of the base model and the four arms (a)-(d): markdown, JSON and a plot.
+"""The pipeline's comparison of the base model and the arms (a)-(e): markdown, JSON and a plot.
 
 The report leads with discernment: compliance on the seemingly toxic prompts plus refusal on the toxic
 ones of a matched pair of sets (0 to 2; 1 is what answering everything, or refusing everything, scores),
@@ -6,7 +6,8 @@ with its parts, per model and seed, and each arm's mean and spread across seeds,
 merely lowers every refusal is not mistaken for one that discerns. It says which sets the DCR stage trained
 on (in-distribution) and which it never saw (held out). With several seeds each arm also gets a mean row.
 The seed-paired differences answer the pipeline's questions: does DCR help ((b) - (a)), does the data-side
-fix ((c) - (a)), does DCR beat it ((b) - (c)), and does DCR add to it ((d) - (c)).
+fix ((c) - (a)), does DCR beat it ((b) - (c)), does DCR add to it ((d) - (c)), does DCR beat the training-free
+ablation ((b) - (e)), and does the ablation help by itself ((e) - (a)).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ ARMS = (
     ("(b)", "(b) DCR + alignment"),
     ("(c)", "(c) alignment with more contrast pairs"),
     ("(d)", "(d) DCR + (c)'s alignment"),
+    ("(e)", "(e) (a) + false-refusal ablation"),
 )
 # (minuend, subtrahend, the question the difference answers)
 CONTRASTS = (
@@ -40,6 +42,8 @@ CONTRASTS = (
     ("(c)", "(a)", "data-side fix vs none"),
     ("(b)", "(c)", "DCR vs the data-side fix"),
     ("(d)", "(c)", "DCR added to the data-side fix"),
+    ("(b)", "(e)", "DCR vs the training-free ablation"),
+    ("(e)", "(a)", "ablation vs none"),
 )
 
 
@@ -177,7 +181,8 @@ def render(
     """Markdown: discernment, the sets' provenance, every metric, the arms' differences, the settings, the time."""
     rows = _with_means(summaries)
     lines = [
-        "# DCR pipeline: base vs (a) alignment only, (b) DCR + alignment, (c) the data-side fix, (d) both",
+        "# DCR pipeline: base vs (a) alignment only, (b) DCR + alignment, (c) the data-side fix, (d) both, "
+        "(e) (a) with the false-refusal direction ablated",
         "",
         *_discernment_section(summaries),
         *_sets_section(seen or {}),

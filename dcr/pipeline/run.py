@@ -1,9 +1,11 @@
-"""`dcr pipeline`: from one base model, four arms, all evaluated with the base model.
+"""`dcr pipeline`: from one base model, five arms, all evaluated with the base model.
 
 (a) alignment only; (b) DCR then the same alignment; (c) the data-side fix instead of DCR: alignment whose mix
 gives a larger share to contrast pairs (seemingly toxic prompts answered helpfully; the profile's
-``data_side`` settings); (d) DCR then (c)'s alignment. Every arm has the same seeds and alignment step budget,
-so (a)/(b) and (c)/(d) differ only in the DCR stage, (a)/(c) and (b)/(d) only in the data. Every step
+``data_side`` settings); (d) DCR then (c)'s alignment; (e) the training-free rival: (a)'s model with the
+false-refusal direction ablated from its weights (`dcr ablate`, directions from the DCR stage's training
+prompts). Every trained arm has the same seeds and alignment step budget, so (a)/(b) and (c)/(d) differ only
+in the DCR stage, (a)/(c) and (b)/(d) only in the data, and (e)/(a) only in the ablation. Every step
 writes into its own folder and finishes by writing ``DONE.json`` there (atomically, last), so a rerun skips
 finished steps, resumes unfinished training from its checkpoints, re-judges a finished evaluation from its
 completions when only the refusal judge changed, and refuses a finished step whose other settings have since
@@ -25,6 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dcr.ablation.ablate import ablate
+from dcr.ablation.config import AblateConfig
 from dcr.config import ConfigError, from_mapping
 from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.evaluate import evaluate_model
@@ -52,6 +56,7 @@ ARMS = {
     "data-align": "(c) alignment with more contrast pairs",
     "dcr-data-align": "(d) DCR + (c)'s alignment",
 }
+ABLATION = "(e) (a) + false-refusal ablation"  # arm (e): not trained, (a)'s model edited
 DCR_ARMS = ("dcr-align", "dcr-data-align")
 DATA_ARMS = ("data-align", "dcr-data-align")
 BASE_LABEL = "base"
@@ -218,6 +223,17 @@ def run_pipeline(
                 )
                 label = f"{ARMS[arm]}, seed {seed}"
                 evaluated[label] = evaluation(root / f"eval-{arm}", aligned["model"], label)
+                if arm == "align-only":
+                    cfg_e = _ablate_config(settings, aligned["model"], root / "ablate", seed, layer, device, progress)
+                    ablated = run_step(
+                        root / "ablate",
+                        {k: v for k, v in dataclasses.asdict(cfg_e).items() if k != "progress"},
+                        lambda c=cfg_e: {"model": str(ablate(c))},
+                        log,
+                        main=ranks.main,
+                    )
+                    label = f"{ABLATION}, seed {seed}"
+                    evaluated[label] = evaluation(root / "eval-ablate", ablated["model"], label)
         if ranks.main:
             paths = write_comparison(
                 out,
@@ -258,6 +274,14 @@ def _stage_configs(
         for arm in ARMS
     }
     return refine_cfg, align_cfgs
+
+
+def _ablate_config(
+    settings: Mapping[str, Any], model: str, folder: Path, seed: int, layer: int | float, device: str, progress: bool
+) -> AblateConfig:
+    """Arm (e)'s settings: the profile's ablate section, at the DCR stage's layer unless it names its own."""
+    values = {"layer": layer, **settings["ablate"], "model": model, "seed": seed, "device": device}
+    return from_mapping(AblateConfig, {**values, "progress": progress, "output_dir": str(folder)}).validate()
 
 
 def dcr_overlap(refine_cfg: RefineConfig, evaluate: Mapping[str, Any]) -> dict[str, float]:

@@ -9,7 +9,7 @@ from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
 from dcr.pipeline.report import differences
-from dcr.pipeline.run import ARMS, MARKER, _stage_configs, dcr_overlap, resolve, run_pipeline, run_step
+from dcr.pipeline.run import ABLATION, ARMS, MARKER, _stage_configs, dcr_overlap, resolve, run_pipeline, run_step
 
 pytest.importorskip("transformers")
 
@@ -33,6 +33,7 @@ TINY = {
         "max_length": 32,
         "lr": 1e-3,
     },
+    "ablate": {"max_prompts": 4, "max_length": 32},
     "evaluate": {"sets": ["xstest_safe", "xstest_unsafe"], "limit": 2, "max_new_tokens": 3, "batch_size": 2},
 }
 
@@ -46,6 +47,8 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
         "seed-0/dcr",
         "seed-0/align-only",
         "seed-0/eval-align-only",
+        "seed-0/ablate",
+        "seed-0/eval-ablate",
         "seed-0/dcr-align",
         "seed-0/eval-dcr-align",
         "seed-0/data-align",
@@ -55,7 +58,9 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     ]
     assert [m.split()[1] for m in messages] == [str(tmp_path / s) for s in steps]
     assert all((tmp_path / s / MARKER).is_file() for s in steps)
-    assert set(result["summaries"]) == {"base"} | {f"{arm}, seed 0" for arm in ARMS.values()}
+    assert set(result["summaries"]) == {"base"} | {f"{arm}, seed 0" for arm in [*ARMS.values(), ABLATION]}
+    ablated = json.loads((tmp_path / "seed-0" / "ablate" / MARKER).read_text())["settings"]
+    assert ablated["model"] == str(tmp_path / "seed-0" / "align-only" / "model") and ablated["layer"] == 2
     arm = {a: json.loads((tmp_path / "seed-0" / a / MARKER).read_text())["settings"] for a in ARMS}
     refined = str(tmp_path / "seed-0" / "dcr" / "model")
     assert arm["dcr-align"]["model"] == arm["dcr-data-align"]["model"] == refined
@@ -68,6 +73,7 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     assert differing("align-only", "data-align") == differing("dcr-align", "dcr-data-align") == {"contrast_share"}
     report = (tmp_path / "report.md").read_text()
     assert "XSTest safe: compliance" in report and "(b) - (a)" in report and "(d) - (c)" in report
+    assert "(b) - (e)" in report and "(e) - (a)" in report
     assert "| xstest_safe | held out | 0.00 |" in report
     assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
 
@@ -214,7 +220,7 @@ def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generatin
     judged = {**TINY, "evaluate": {**TINY["evaluate"], "judge": judge}}
     result = run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
     evals = sorted(str(p.parent) for p in tmp_path.rglob("results.json"))
-    assert sorted(m.split()[1] for m in messages if m.startswith("[rejudge]")) == evals and len(evals) == 5
+    assert sorted(m.split()[1] for m in messages if m.startswith("[rejudge]")) == evals and len(evals) == 6
     assert not [m for m in messages if m.startswith("[run]")]
     for folder in evals:
         marker = json.loads((tmp_path / folder / MARKER).read_text())
