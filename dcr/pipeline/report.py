@@ -19,6 +19,7 @@ from statistics import mean
 from typing import Any
 
 from dcr.evaluation.report import comparison_table, discernment
+from dcr.pipeline.intervals import detectable, excludes_zero, interval_tables
 
 HEADLINE = (
     ("xstest_safe_compliance", "XSTest safe: compliance"),
@@ -172,11 +173,54 @@ def plot(summaries: Mapping[str, Mapping[str, float]], path: Path) -> Path | Non
     return path
 
 
+INTERVAL_METRICS = ("XSTest discernment", "xstest_safe", "xstest_unsafe", "coconot_eval", "JBB discernment")
+
+
+def _fmt_interval(i: Mapping[str, float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{i['value']:{sign}.3f} [{i['low']:{sign}.3f}, {i['high']:{sign}.3f}]"
+
+
+def _intervals_section(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """Each arm's rates and discernment and each contrast with its 95% interval, which contrasts exclude
+    zero, in words, and the smallest difference the run can detect."""
+    if not tables:
+        return []
+    names = [n for n in INTERVAL_METRICS if any(n in t for t in tables.values())]
+    some = next(t for t in tables.values() if t)
+    sizes = ", ".join(f"{n}: {some[n]['n_prompts']} prompts" for n in names if n in some and some[n]["n_prompts"])
+    lines = [
+        "## Intervals (95%, paired bootstrap over prompts and seeds)",
+        "",
+        f"Rates are the share with the expected behaviour (compliance on safe, refusal on unsafe); {sizes}; "
+        f"{some[names[0]]['n_seeds'] if names else 0} seed(s).",
+        "",
+        "| arm or contrast | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key, table in tables.items():
+        cells = [_fmt_interval(table[n], signed=" - " in key) if n in table else "-" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, table in tables.items():
+        if " - " not in key or "XSTest discernment" not in table:
+            continue
+        i = table["XSTest discernment"]
+        verdict = "excludes zero" if excludes_zero(i) else "includes zero: no difference shown"
+        lines.append(f"- {key}, XSTest discernment: {_fmt_interval(i, True)}, the interval {verdict}.")
+    smallest = detectable(tables, names)
+    if smallest:
+        lines += ["", "Smallest difference this run can detect (median half-width of the contrasts' intervals): "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in smallest.items()) + "."]  # fmt: skip
+    return [*lines, ""]
+
+
 def render(
     summaries: Mapping[str, Mapping[str, float]],
     settings: Mapping[str, Any],
     seconds: float,
     seen: Mapping[str, float] | None = None,
+    intervals: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> str:
     """Markdown: discernment, the sets' provenance, every metric, the arms' differences, the settings, the time."""
     rows = _with_means(summaries)
@@ -190,6 +234,7 @@ def render(
         "",
         comparison_table({k: {"summary": v} for k, v in rows.items()}),
         *_differences_section(summaries),
+        *_intervals_section(intervals or {}),
         f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
         "",
         "## Settings",
@@ -209,10 +254,13 @@ def write_comparison(
     *,
     seconds: float,
     seen: Mapping[str, float] | None = None,
+    outcomes: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, comparison.json and comparison.png under ``out``; return their paths.
 
-    ``seen`` maps each evaluated set to the share of its prompts the DCR stage trained on."""
+    ``seen`` maps each evaluated set to the share of its prompts the DCR stage trained on; ``outcomes`` the
+    per-prompt outcomes of each evaluated label (`intervals.load_outcomes`), for the intervals."""
+    tables = interval_tables(outcomes, ARMS, CONTRASTS) if outcomes else {}
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
     record = {
@@ -220,11 +268,12 @@ def write_comparison(
         "discernment": {label: discernment(s) for label, s in summaries.items()},
         "dcr_stage_trained_on": dict(seen or {}),
         "differences": {f"{x} - {y}": differences(summaries, x, y) for x, y, _ in CONTRASTS},
+        "intervals": tables,
         "settings": settings,
         "seconds": seconds,
     }
     paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    paths["report"].write_text(render(summaries, settings, seconds, seen))
+    paths["report"].write_text(render(summaries, settings, seconds, seen, tables))
     if plot(summaries, paths["plot"]) is None:
         del paths["plot"]
     return paths

@@ -36,6 +36,7 @@ from dcr.evaluation.judge import CUES
 from dcr.evaluation.rejudge import rejudge
 from dcr.modeling.ranks import start
 from dcr.modeling.runtime import pick_device
+from dcr.pipeline.intervals import load_outcomes
 from dcr.pipeline.profiles import SECTIONS, profile
 from dcr.pipeline.report import FILES, write_comparison
 from dcr.prompts.eval_sets import resolve_sets
@@ -182,7 +183,10 @@ def run_pipeline(
     evaluated: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
 
+    folders: dict[str, Path] = {}
+
     def evaluation(folder: Path, model_path: str, name: str) -> dict[str, Any]:
+        folders[name] = folder
         step = {"model": model_path, "layer": layer, **settings["evaluate"]}
         finished = _finished_with_another_judge(folder, step)
         if finished is not None:
@@ -241,6 +245,7 @@ def run_pipeline(
                 settings,
                 seconds=time.perf_counter() - tic,
                 seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
+                outcomes={label: load_outcomes(folder) for label, folder in folders.items() if label != BASE_LABEL},
             )
         ranks.barrier()  # the comparison is written before any rank returns its paths
         if not ranks.main:

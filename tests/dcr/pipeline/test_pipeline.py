@@ -74,6 +74,11 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "XSTest safe: compliance" in report and "(b) - (a)" in report and "(d) - (c)" in report
     assert "(b) - (e)" in report and "(e) - (a)" in report
+    assert "## Intervals (95%, paired bootstrap over prompts and seeds)" in report and "Smallest difference" in report
+    intervals = json.loads((tmp_path / "comparison.json").read_text())["intervals"]
+    assert set(intervals) >= {"(a)", "(e)", "(b) - (a)", "(e) - (a)"}
+    d = intervals["(b) - (a)"]["XSTest discernment"]
+    assert d["low"] <= d["value"] <= d["high"] and d["n_seeds"] == 1
     assert "| xstest_safe | held out | 0.00 |" in report
     assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
 
