@@ -184,7 +184,7 @@ def info_nce(
             fn,
             "query",
             tensors,
-            temperature=temperature,
+            scalar=temperature,
             normalize=normalize,
             symmetric=symmetric,
             reduction=reduction,
@@ -309,7 +309,7 @@ def supcon_loss(
             fn,
             "embeddings",
             tensors,
-            temperature=temperature,
+            scalar=temperature,
             normalize=normalize,
             reduction=reduction,
             backend=backend,
@@ -455,6 +455,20 @@ def sigmoid_loss(
     `check_inputs=False` skips the checks that read values, as for the other losses.
     """
     fn = "sigmoid_loss"
+    if torch.compiler.is_compiling():
+        tensors = dict(main=query, key=key, positive=positive, weight=weight)
+        return _traced(
+            fn,
+            "query",
+            tensors,
+            scalar=scale,
+            bias=bias,
+            normalize=normalize,
+            reduction=reduction,
+            backend=backend,
+            return_metrics=False,
+            check_inputs=check_inputs,
+        )
     if key is None:
         raise ValueError(f"{fn}: key is required (query i is scored against every key row, its positive included)")
     _check_inputs(query, key, fn, check_inputs)
@@ -492,4 +506,4 @@ def _as_scalar(x: float | Tensor, name: str, dtype: torch.dtype, device: torch.d
     return torch.full((), float(x), dtype=dtype, device=device)
 
 
-custom_ops.EAGER.update(info_nce=info_nce, supcon_loss=supcon_loss, circle_loss=circle_loss)
+custom_ops.EAGER.update(info_nce=info_nce, supcon_loss=supcon_loss, circle_loss=circle_loss, sigmoid_loss=sigmoid_loss)

@@ -2,7 +2,8 @@
 
 Under torch.compile every loss is one custom operator (`dcr_kernels.custom_ops`), so `fullgraph=True`
 traces whole training steps; compiled code gives the eager results, values and gradients, in float64 to
-1e-10 on fresh random inputs, for every loss, mode, reduction, metrics, weights and a learnable temperature."""
+1e-10 on fresh random inputs, for every loss (SigLIP's sigmoid loss included), mode, reduction, metrics, weights
+and a learnable temperature (scale and bias)."""
 
 import math
 
@@ -31,6 +32,8 @@ def _losses(e, y, t, w, backend, reduction, metrics):
     if reduction != "none":
         outs.append(dk.info_nce(e[:n], e[n:], symmetric=True, temperature=t, **kw))
     losses = [o.loss if metrics else o for o in outs]
+    sig = dict(backend=backend, reduction=reduction)
+    losses += [dk.sigmoid_loss(e[:n], e[n:], scale=1 / t, bias=-t, weight=w[:n], **sig), dk.sigmoid_loss(e, e, **sig)]
     total = sum(loss.sum() for loss in losses)
     return total, ([(o.accuracy, o.rows_counted) for o in outs] if metrics else [])
 
