@@ -86,12 +86,17 @@ def _run(
     with _autograd_inside():
         out = EAGER[name](**_keywords(name, main_name, tensors, values))
         loss = out.loss if isinstance(out, tuple) else out
-        found = torch.autograd.grad(loss, list(leaves.values()), grad, allow_unused=True) if leaves else ()
+        found = torch.autograd.grad(loss, list(leaves.values()), grad, materialize_grads=True) if leaves else ()
     grads = dict(zip(leaves, found, strict=True))
     return out, [
-        _absent(tensors["main"]) if grads.get(slot) is None else grads[slot].detach().to(tensors[slot].dtype)
-        for slot in _DIFFERENTIABLE
+        _fresh(grads[slot], tensors[slot]) if slot in grads else _absent(tensors["main"]) for slot in _DIFFERENTIABLE
     ]
+
+
+def _fresh(grad: Tensor, like: Tensor) -> Tensor:
+    """The gradient in a new tensor laid out as `like` (what the fake implementation promises): an operator's
+    outputs may not alias each other, and a gradient can be a broadcast view shared with another input's."""
+    return torch.empty_like(like).copy_(grad.detach())
 
 
 @torch.library.custom_op("dcr_kernels::contrastive_loss", mutates_args=())
@@ -126,7 +131,7 @@ def _contrastive_loss(
     if not return_metrics or not isinstance(out, tuple):
         return loss.detach().clone(), _absent(main), _absent(main, torch.int64), *found
     counted = torch.as_tensor(out.rows_counted, device=main.device)
-    return loss.detach().clone(), out.accuracy.detach().clone(), counted, *found
+    return loss.detach().clone(), out.accuracy.detach().to(torch.float32, copy=True), counted, *found
 
 
 def _loss_dtype(x: Tensor) -> torch.dtype:

@@ -97,6 +97,21 @@ def _coefficients(
     return None
 
 
+def _learnt(weight: Tensor | None) -> bool:
+    """Whether the row weights need their own gradient: the backends' fused totals treat the reduction's
+    coefficients as constants, so such a call takes the per-row path and reduces here."""
+    return weight is not None and weight.requires_grad and torch.is_grad_enabled()
+
+
+def _reduced(rows: Tensor, counted: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
+    """Weighted rows (0 where not counted) reduced as asked: the per-row path's form of `_coefficients`."""
+    if reduction == "none" or weight is None or not _learnt(weight):
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / (weight.to(rows.dtype) * counted).sum().clamp_min(torch.finfo(rows.dtype).tiny)
+
+
 def _encode_labels(labels: Tensor, key_labels: Tensor) -> tuple[Tensor, Tensor, int]:
     """Map arbitrary integer labels to contiguous class codes shared by queries and keys (the rank of each
     label among the distinct labels), with the number of codes bounded by M + N: every shape is known
@@ -213,6 +228,7 @@ def info_nce(
     s = _scale(temperature, dtype, q.device)
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
     coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
+    coeff = None if _learnt(weight) else coeff
     if coeff is not None and symmetric:
         coeff = coeff * 0.5
     if coeff is not None and hasattr(impl, "info_nce_total"):
@@ -246,7 +262,7 @@ def info_nce(
         rows = stats.lse - target
         if symmetric:
             rows = 0.5 * (rows + stats.col_lse - target)
-        loss = rows if weight is None else rows * weight.to(dtype)
+        loss = _reduced(rows if weight is None else rows * weight.to(dtype), counted, weight, reduction)
     else:
         loss = stats.total - ((2.0 if symmetric else 1.0) * coeff * target).sum()
     return _finish(loss, lambda: stats.argmax == positive, counted, return_metrics, check_inputs)
@@ -339,6 +355,7 @@ def supcon_loss(
             argmax = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False).argmax
         return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
+    coeff = None if _learnt(weight) else coeff
     with _no_autocast(q):
         stats = impl.softmax_stats(q, k, s, self_mode=self_mode, columns=False, coeff=coeff, argmax=return_metrics)
     qd, kd = q.to(dtype), k.to(dtype)
@@ -348,7 +365,7 @@ def supcon_loss(
     if coeff is None:
         rows = stats.lse - target
         rows = rows if weight is None else rows * weight.to(dtype)
-        loss = torch.where(counted, rows, 0.0)
+        loss = _reduced(torch.where(counted, rows, 0.0), counted, weight, reduction)
     else:
         loss = stats.total - (coeff * target).sum()
     hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731
@@ -423,11 +440,12 @@ def circle_loss(
             argmax = impl.circle_stats(q, k, q_codes, k_codes, **args).argmax
         return _finish(loss, lambda: _label_hits(argmax, q_codes, k_codes), counted, True)
     coeff = _coefficients(counted, weight, reduction, dtype, check_inputs)
+    coeff = None if _learnt(weight) else coeff
     with _no_autocast(q):
         stats = impl.circle_stats(q, k, q_codes, k_codes, **args, coeff=coeff, argmax=return_metrics)
     if coeff is None:
         rows = stats.row_loss if weight is None else stats.row_loss * weight.to(dtype)
-        loss = torch.where(counted, rows, 0.0)
+        loss = _reduced(torch.where(counted, rows, 0.0), counted, weight, reduction)
     else:
         loss = stats.total
     hits = lambda: _label_hits(stats.argmax, q_codes, k_codes)  # noqa: E731

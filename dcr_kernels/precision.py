@@ -35,15 +35,24 @@ def _checked(value: str, where: str) -> str:
     return value
 
 
+def _explicit() -> str:
+    """PyTorch's newer per-backend setting (torch.backends.cuda.matmul.fp32_precision), "none" when unset."""
+    try:
+        return getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    except RuntimeError:  # PyTorch refuses to read it after a mix of its legacy and new TF32 settings
+        return "none"
+
+
 def torch_fp32_precision() -> str:
     """What PyTorch's settings ask of fp32 matmuls: "tf32" or "ieee"."""
-    try:
-        explicit = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
-    except RuntimeError:  # PyTorch refuses to read it after a mix of its legacy and new TF32 settings
-        explicit = "none"
+    explicit = _explicit()
     if explicit in PRECISIONS:
         return explicit
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the newer setting was used in a way the legacy getter refuses to read
+        return "ieee"
+    return "ieee" if legacy == "highest" else "tf32"
 
 
 def fp32_precision() -> str:
@@ -69,9 +78,18 @@ def use_fp32_precision(precision: str) -> Iterator[None]:
 
 @contextmanager
 def gemm_precision(precision: str) -> Iterator[None]:
-    """PyTorch's fp32 GEMMs in ``precision`` within the block (unchanged when PyTorch already says so)."""
+    """PyTorch's fp32 GEMMs in ``precision`` within the block (unchanged when PyTorch already says so),
+    through whichever of PyTorch's two settings the program uses (mixing them makes PyTorch raise)."""
     if torch_fp32_precision() == precision:
         yield
+        return
+    if _explicit() in PRECISIONS:
+        saved = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = precision
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = saved
         return
     saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest" if precision == "ieee" else "high")

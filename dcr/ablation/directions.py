@@ -40,9 +40,15 @@ def estimate_directions(means: dict[str, Tensor], counts: dict[str, int]) -> Dir
     """r and v_perp from the class means (keys toxic, seemingly_toxic, benign)."""
     r = means["toxic"] - means["benign"]
     v = means["seemingly_toxic"] - means["benign"]
+    scale = float(means["benign"].norm()) + 1e-12
+    if not float(r.norm()) > 1e-6 * scale or not float(v.norm()) > 1e-6 * scale:
+        raise ValueError(
+            "the class means coincide (harmful or seemingly harmful vs harmless): no direction to estimate at "
+            "this layer; check the prompts, the layer and --max-length"
+        )
     r_hat = r / r.norm()
     v_perp = v - (v @ r_hat) * r_hat
-    if float(v_perp.norm()) == 0.0:
+    if not float(v_perp.norm()) > 1e-6 * float(v.norm()):
         raise ValueError("the false-refusal direction lies along the refusal direction: nothing is left to ablate")
     return Directions(
         refusal=r_hat,

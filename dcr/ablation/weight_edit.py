@@ -5,7 +5,10 @@ residual-stream vectors loses c times its component along u: W <- W - c u (u^T W
 and MLP down projections of every decoder layer (and their biases, b <- b - c (u . b) u), and
 E <- E - c (E u) u^T for the token embeddings, whose rows are residual vectors. With c = 1 no layer can
 write along u, so the residual stream has no component along u anywhere (before the final norm); nothing
-else in the model changes.
+else in the model changes, but for tied embeddings (SmolLM2, for one) the output head, which is the
+embedding matrix, loses its reading along u too, as in other single-direction ablations. Layers that
+normalise their outputs before the residual sum (Gemma 2 and 3, OLMo 2) or have no `mlp.down_proj`
+(mixtures of experts) are refused: editing them would not remove u.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ def residual_writers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     decoder = decoder_of(model)
     writers = [("embed_tokens", decoder.embed_tokens, "rows")]
     for i, layer in enumerate(decoder.layers):
+        post_norm = any(hasattr(layer, n) for n in ("post_feedforward_layernorm", "pre_feedforward_layernorm"))
+        attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        plain = hasattr(attention, "o_proj") and hasattr(mlp, "down_proj")
+        if post_norm or not plain:
+            raise ValueError(
+                f"{type(layer).__name__} cannot have a direction ablated from its weights: the residual stream is "
+                "written through normalised outputs or experts; supported are Llama-style layers "
+                "(self_attn.o_proj and mlp.down_proj added straight to the residual stream)"
+            )
         writers.append((f"layers.{i}.self_attn.o_proj", layer.self_attn.o_proj, "columns"))
         writers.append((f"layers.{i}.mlp.down_proj", layer.mlp.down_proj, "columns"))
     return writers

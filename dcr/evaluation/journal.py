@@ -16,13 +16,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dcr.run_lock import LOCK_NAME
+
 PATTERN = "generated.rank*.jsonl"
 
 
 def folder_fingerprint(folder: str | Path) -> list[list[Any]]:
-    """(name, bytes, modification time in ns) of every file in a model folder: changes when the weights do."""
-    folder = Path(folder)
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()]
+    """(name, bytes, modification time in ns) of every file in a model folder: changes when the weights do.
+    Journals and the run lock are left out, in case the evaluation writes into the model's own folder."""
+    files = [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not _is_run_file(p)]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _is_run_file(path: Path) -> bool:
+    return path.match(PATTERN) or path.name == LOCK_NAME
 
 
 def _entry(set_name: str, prompt: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -231,7 +231,7 @@ def run_pipeline(
                     cfg_e = _ablate_config(settings, aligned["model"], root / "ablate", seed, layer, device, progress)
                     ablated = run_step(
                         root / "ablate",
-                        {k: v for k, v in dataclasses.asdict(cfg_e).items() if k != "progress"},
+                        {k: v for k, v in dataclasses.asdict(cfg_e).items() if k not in ("progress", "output_dir")},
                         lambda c=cfg_e: {"model": str(ablate(c))},
                         log,
                         main=ranks.main,
@@ -284,8 +284,15 @@ def _stage_configs(
 def _ablate_config(
     settings: Mapping[str, Any], model: str, folder: Path, seed: int, layer: int | float, device: str, progress: bool
 ) -> AblateConfig:
-    """Arm (e)'s settings: the profile's ablate section, at the DCR stage's layer unless it names its own."""
-    values = {"layer": layer, **settings["ablate"], "model": model, "seed": seed, "device": device}
+    """Arm (e)'s settings: the profile's ablate section, with the DCR stage's layer, pooling, chat template,
+    prompt data and split unless it names its own; harmless prompts come from Self-Instruct when the DCR
+    stage's shipped sources hold none (the matched twins, the paper's data)."""
+    refine = settings["refine"]
+    shared = {k: refine[k] for k in ("pooling", "chat_template", "val_fraction", "data", "text_column",
+                                     "label_column") if k in refine}  # fmt: skip
+    if refine.get("data") is None and refine.get("sources"):
+        shared["sources"] = list(dict.fromkeys([*refine["sources"], "self_instruct"]))
+    values = {"layer": layer, **shared, **settings["ablate"], "model": model, "seed": seed, "device": device}
     return from_mapping(AblateConfig, {**values, "progress": progress, "output_dir": str(folder)}).validate()
 
 

@@ -103,3 +103,27 @@ def test_autocast_does_not_recast_the_backend():
     g_in = torch.autograd.grad(inside, lin.weight, retain_graph=True)[0]
     g_out = torch.autograd.grad(outside, lin.weight)[0]
     torch.testing.assert_close(g_in, g_out)
+
+
+def test_compiled_corner_cases_give_eager_gradients():
+    """A learnable weight whose rows are all dropped (its gradient is zero, not missing) and gradients that
+    are views of one another (no row counted, unnormalised): compiled and eager agree."""
+    torch._dynamo.reset()
+    q = torch.randn(4, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.rand(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    singletons = torch.arange(4, device=DEVICE)
+    run = lambda q, w: dk.supcon_loss(q, singletons, weight=w, backend="reference")  # noqa: E731
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    with pytest.warns(RuntimeWarning, match="no row is counted"):
+        grads = torch.autograd.grad(compiled(q, w), [q, w])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    k = torch.randn(4, 3, device=DEVICE, requires_grad=True)
+    x = q.detach().float().requires_grad_()
+    labels, key_labels = torch.tensor([0, 0, 1, 1], device=DEVICE), torch.tensor([2, 2, 3, 3], device=DEVICE)
+    run = lambda x, k: dk.supcon_loss(x, labels, k, key_labels, normalize=False)  # noqa: E731
+    torch._dynamo.reset()
+    with pytest.warns(RuntimeWarning, match="no row is counted"):
+        got = torch.autograd.grad(torch.compile(run, fullgraph=True, backend="aot_eager")(x, k), [x, k])
+        want = torch.autograd.grad(run(x, k), [x, k])
+    for g, h in zip(got, want, strict=True):
+        torch.testing.assert_close(g, h)

@@ -55,6 +55,21 @@ def test_bad_values_are_refused(monkeypatch):
         fp32_precision()
 
 
+def test_gemm_precision_uses_the_setting_the_program_uses():
+    """With PyTorch's newer per-backend setting in use, the override goes through it (the legacy getter would
+    raise after it) and restores it."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        assert torch_fp32_precision() == "tf32"
+        with gemm_precision("ieee"):
+            assert matmul.fp32_precision == "ieee" and torch_fp32_precision() == "ieee"
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = saved
+
+
 def test_gemm_precision_sets_and_restores_pytorch():
     torch.set_float32_matmul_precision("highest")
     with gemm_precision("tf32"):

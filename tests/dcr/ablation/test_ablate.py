@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from dcr.ablation import ablate as ablate_module
 from dcr.ablation.ablate import ablate, training_prompts
 from dcr.ablation.config import AblateConfig
+from dcr.ablation.directions import estimate_directions
 from dcr.ablation.weight_edit import residual_writers
 from dcr.cli import main
 from dcr.modeling.model import load_model
@@ -92,3 +93,15 @@ def test_cli_runs_and_refuses_bad_settings(tmp_path, capsys):
     assert "coefficient=1.5" in capsys.readouterr().err
     assert main([*argv, "--output-dir", str(tmp_path / "c"), "--harmless", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_unsupported_layers_and_coinciding_means_are_refused(tmp_path):
+    model, _ = load_model(tiny_model_dir("llama"), dtype="fp32")
+    model.model.layers[1].post_feedforward_layernorm = torch.nn.Identity()  # a Gemma-2-style layer
+    with pytest.raises(ValueError, match="cannot have a direction ablated"):
+        residual_writers(model)
+    same = torch.ones(8)
+    with pytest.raises(ValueError, match="class means coincide"):
+        estimate_directions({"toxic": same, "seemingly_toxic": same + 1, "benign": same}, {})
+    with pytest.raises(ValueError, match="along the refusal direction"):
+        estimate_directions({"toxic": same * 2, "seemingly_toxic": same * 3, "benign": same}, {})

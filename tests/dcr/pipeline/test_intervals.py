@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from dcr.pipeline.intervals import aligned, bootstrap, excludes_zero, load_outcomes
+from dcr.pipeline.intervals import aligned, bootstrap, detectable, excludes_zero, load_outcomes
 
 
 def _outcomes(matrix: np.ndarray, name: str = "xstest_safe") -> list[dict]:
@@ -78,3 +78,13 @@ def test_only_prompts_every_arm_has_are_compared():
     b = [{"s": {"2": 1, "3": 1, "4": 0}}]
     arm_a, arm_b = aligned([a, b])
     assert arm_a["s"].tolist() == [[0, 1]] and arm_b["s"].tolist() == [[1, 1]]
+
+
+def test_detectable_difference_is_the_80_percent_power_width_of_the_contrasts():
+    tables = {
+        "(a)": {"m": {"low": 0.0, "high": 1.0}},  # an arm, not a contrast: ignored
+        "(b) - (a)": {"m": {"low": -0.1, "high": 0.1}},
+        "(c) - (a)": {"m": {"low": -0.3, "high": 0.1}},
+        "(d) - (c)": {"m": {"low": 0.0, "high": 0.0}},  # saturated rates: left out
+    }
+    assert math.isclose(detectable(tables, ["m"])["m"], 1.43 * 0.15)

@@ -61,6 +61,8 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     assert set(result["summaries"]) == {"base"} | {f"{arm}, seed 0" for arm in [*ARMS.values(), ABLATION]}
     ablated = json.loads((tmp_path / "seed-0" / "ablate" / MARKER).read_text())["settings"]
     assert ablated["model"] == str(tmp_path / "seed-0" / "align-only" / "model") and ablated["layer"] == 2
+    assert ablated["sources"] == ["twins", "self_instruct"]  # the DCR stage's prompts, harmless ones beside them
+    assert "output_dir" not in ablated
     arm = {a: json.loads((tmp_path / "seed-0" / a / MARKER).read_text())["settings"] for a in ARMS}
     refined = str(tmp_path / "seed-0" / "dcr" / "model")
     assert arm["dcr-align"]["model"] == arm["dcr-data-align"]["model"] == refined
@@ -74,7 +76,7 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "XSTest safe: compliance" in report and "(b) - (a)" in report and "(d) - (c)" in report
     assert "(b) - (e)" in report and "(e) - (a)" in report
-    assert "## Intervals (95%, paired bootstrap over prompts and seeds)" in report and "Smallest difference" in report
+    assert "## Intervals (95%, paired bootstrap over prompts and seeds)" in report
     intervals = json.loads((tmp_path / "comparison.json").read_text())["intervals"]
     assert set(intervals) >= {"(a)", "(e)", "(b) - (a)", "(e) - (a)"}
     d = intervals["(b) - (a)"]["XSTest discernment"]
