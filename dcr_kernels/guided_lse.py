@@ -100,6 +100,9 @@ def guided_row_logsumexp(
             f"guided_row_logsumexp: threshold must have shape ({a.shape[0]},), got {tuple(threshold.shape)}"
         )
     dtype = compute_dtype(a.dtype)
-    s = scale.to(dtype) if isinstance(scale, Tensor) else torch.full((), float(scale), dtype=dtype, device=a.device)
+    if isinstance(scale, Tensor):
+        s = scale.to(device=a.device, dtype=dtype)
+    else:
+        s = torch.full((), float(scale), dtype=dtype, device=a.device)
     guide_a, guide_b, threshold = guide_a.detach(), guide_b.detach(), threshold.detach()
     return _GuidedLSE.apply(a, b, guide_a, guide_b, s, threshold, protect_offset, exclude_offset)

@@ -17,6 +17,7 @@ from torch import Tensor
 from .backends import blocks
 from .backends.base import SOFTMAX, Pairs
 from .pair_terms import safe_lse
+from .precision import fp32_precision
 
 
 class _RowLSE(torch.autograd.Function):
@@ -25,7 +26,7 @@ class _RowLSE(torch.autograd.Function):
         same = a is b
         a = a.contiguous()
         b = a if same else b.contiguous()
-        pairs = Pairs(SOFTMAX, exclude_offset, scale.detach().reshape(1))
+        pairs = Pairs(SOFTMAX, exclude_offset, scale.detach().reshape(1), precision=fp32_precision())
         lse = blocks.rows_forward(a, b, pairs, backend=backend).stat1
         ctx.save_for_backward(a, b, scale, lse)
         ctx.same, ctx.pairs, ctx.backend = same, pairs, backend
@@ -55,7 +56,10 @@ def row_logsumexp(
             f"row_logsumexp: a and b differ in dtype or device ({a.dtype}/{b.dtype}, {a.device}/{b.device})"
         )
     dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    s = scale.to(dtype) if isinstance(scale, Tensor) else torch.full((), float(scale), dtype=dtype, device=a.device)
+    if isinstance(scale, Tensor):
+        s = scale.to(device=a.device, dtype=dtype)
+    else:
+        s = torch.full((), float(scale), dtype=dtype, device=a.device)
     if a is b and exclude_offset not in (None, 0):
         b = a.view_as(a)  # one tensor, but its excluded pairs are not symmetric: take the two sides apart
     return _RowLSE.apply(a, b, s, exclude_offset, backend)

@@ -30,7 +30,7 @@ class Pairs(NamedTuple):
     labels_b: Tensor | None = None
     margin: float = 0.0
     gamma: float = 0.0
-    precision: str = "ieee"
+    precision: str | None = None  # None: decided when the kernels launch
 
 
 class SoftmaxStats(NamedTuple):

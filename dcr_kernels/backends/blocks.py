@@ -86,7 +86,8 @@ def _kernel_pairs(pairs: Pairs) -> Pairs:
     """The pairs as the kernels read them: an fp32 scale of one element, int32 labels."""
     scale = None if pairs.scale is None else pairs.scale.detach().reshape(1).float()
     labels = [None if y is None else y.to(torch.int32).contiguous() for y in (pairs.labels_a, pairs.labels_b)]
-    return pairs._replace(scale=scale, labels_a=labels[0], labels_b=labels[1], precision=fp32_precision())
+    precision = pairs.precision if pairs.precision is not None else fp32_precision()  # kept from the forward
+    return pairs._replace(scale=scale, labels_a=labels[0], labels_b=labels[1], precision=precision)
 
 
 def _kernel_term(term: Term | None) -> Term | None:

@@ -109,3 +109,25 @@ def test_kernels_and_gemms_run_the_decision(monkeypatch, torch_setting, override
     assert {precision for _, precision, _ in seen} == {expected}
     assert {gemm for name, _, gemm in seen if name == "pair_weights_kernel"} == {expected}
     assert torch.get_float32_matmul_precision() == torch_setting
+
+
+@pytest.mark.skipif(not INTERPRETER and not torch.cuda.is_available(), reason="needs the Triton interpreter or CUDA")
+def test_row_logsumexp_keeps_the_forward_decision_for_its_backward(monkeypatch):
+    from dcr_kernels.row_lse import row_logsumexp
+
+    seen = []
+    real = launch._launch
+
+    def record(kernel_name, *args, **constexprs):
+        seen.append((kernel_name, constexprs["INPUT_PRECISION"]))
+        return real(kernel_name, *args, **constexprs)
+
+    monkeypatch.setattr(launch, "_launch", record)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(20, 16, device=device, requires_grad=True)
+    b = torch.randn(30, 16, device=device, requires_grad=True)
+    with use_fp32_precision("tf32"):
+        lse = row_logsumexp(a, b, 2.0, backend="triton")
+    lse.sum().backward()  # outside the override
+    assert {name for name, _ in seen} == {"similarity_stats_kernel", "pair_weights_kernel"}
+    assert {precision for _, precision in seen} == {"tf32"}

@@ -136,3 +136,29 @@ def test_tune_refuses_without_a_gpu(capsys):
         tune.main(["--batch", "1024", "--dim", "768"])
     assert exit_info.value.code == 2
     assert "CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage", ['{"version": 1, "choices": {"k": "abc"}}', '{"version": 1, "choices": ["k"]}',
+               '{"version": 1, "choices": {"k": null}}', '{"version": 1, "choices": {"k": -1}}', "[1, 2]"],
+)  # fmt: skip
+def test_damaged_entries_are_ignored(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("DCR_CACHE", str(tmp_path))
+    monkeypatch.delenv("DCR_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setattr(tuning, "_CACHES", {})
+    path = tuning.cache_file("Fake GPU")
+    path.parent.mkdir(parents=True)
+    path.write_text(damage)
+    assert tuning.choose("k", 2, "Fake GPU", [2.0, 1.0].__getitem__) == 1
+    assert json.loads(path.read_text())["choices"] == {"k": 1}
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_choice_written_by_another_process_meanwhile_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCR_CACHE", str(tmp_path))
+    monkeypatch.delenv("DCR_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setattr(tuning, "_CACHES", {})
+    assert tuning.choose("first", 2, "Fake GPU", [2.0, 1.0].__getitem__) == 1  # this process loaded the file
+    other = tuning.TuningCache(tuning.cache_file("Fake GPU"))
+    other.put("second", 0)  # another process tunes another key
+    assert tuning.choose("second", 2, "Fake GPU", lambda i: pytest.fail("timed again")) == 0

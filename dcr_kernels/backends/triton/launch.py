@@ -20,7 +20,7 @@ import triton
 import triton.testing
 from torch import Tensor
 
-from ...precision import gemm_precision
+from ...precision import fp32_precision, gemm_precision
 from .. import interpreting
 from ..base import CIRCLE, SOFTMAX, Pairs
 from . import kernels
@@ -196,6 +196,11 @@ def _common(pairs: Pairs) -> dict:
     return dict(UPCAST=interpreting(), INPUT_PRECISION=pairs.precision)
 
 
+def _decided(pairs: Pairs) -> Pairs:
+    """The pairs with the fp32 precision decided (the caller's, or the policy's now)."""
+    return pairs if pairs.precision is not None else pairs._replace(precision=fp32_precision())
+
+
 def _diag(exclude_offset: int | None, n: int) -> int:
     """The kernels' diag_offset: the excluded pair's offset, or n (never reached) when none is excluded."""
     return n if exclude_offset is None else exclude_offset
@@ -206,6 +211,7 @@ def rows_forward(
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Row statistics of S = a b^T over the candidate pairs: (lse, None, argmax, best) for softmax,
     (lse_pos, lse_neg, argmax, best) for Circle; argmax and best are None unless `want_best`."""
+    pairs = _decided(pairs)
     loss = pairs.loss
     m, n = a.shape[0], b.shape[0]
     same_rows = a is b
@@ -279,6 +285,7 @@ def pair_grads(
     """(dA = W b, dB = W^T a or None, d loss / d scale) for W = d loss / d S built from the row term (A's
     rows) and the column term (B's rows). In self mode (b is a, the column term is the row term) dA already
     holds both terms, dB is not formed, and d loss / d scale counts each pair once."""
+    pairs = _decided(pairs)
     loss = pairs.loss
     m, d = a.shape
     n = b.shape[0]

@@ -75,13 +75,19 @@ class TuningCache:
         self.choices: dict[str, int] = self._read()
 
     def _read(self) -> dict[str, int]:
+        """The file's valid choices; none for a missing or damaged file (rewritten by the next choice)."""
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # no cache yet, or a damaged one (rewritten by the next choice)
+        except (OSError, ValueError):
             return {}
-        if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
+        choices = data.get("choices") if isinstance(data, dict) and data.get("version") == _CACHE_VERSION else None
+        if not isinstance(choices, dict):
             return {}
-        return {k: int(v) for k, v in data.get("choices", {}).items()}
+        return {k: v for k, v in choices.items() if isinstance(k, str) and type(v) is int and v >= 0}
+
+    def refresh(self) -> None:
+        """Take in the choices other processes wrote since this one read the file."""
+        self.choices = {**self.choices, **self._read()}
 
     def get(self, key: str) -> int | None:
         return self.choices.get(key)
@@ -92,11 +98,15 @@ class TuningCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tuning-", dir=self.path.parent)
+        except OSError:  # a read-only cache only costs tuning again in the next process
+            return
+        try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"version": _CACHE_VERSION, "choices": self.choices}, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # readable by the other users of a shared DCR_CACHE
             os.replace(tmp, self.path)
-        except OSError:  # a read-only cache only costs tuning again in the next process
-            pass
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
 
 
 _CACHES: dict[Path, TuningCache] = {}
@@ -116,7 +126,10 @@ def choose(key: str, candidates: int, device_name: str, time_config: Callable[[i
         return 0
     cache = cache_for(device_name)
     index = cache.get(key)
-    if index is None or index >= candidates:
+    if index is None:
+        cache.refresh()  # another process or rank may have tuned it since this one read the file
+        index = cache.get(key)
+    if index is None or not 0 <= index < candidates:
         timings = [time_config(i) for i in range(candidates)]
         index = min(range(candidates), key=timings.__getitem__)
         cache.put(key, index)
