@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,15 @@ def spawn_ranks(worker: Callable, world: int, args: tuple, done: Callable[[], bo
     except mp.ProcessExitedException as err:
         if err.signal_name != "SIGABRT" or not done():
             raise
+
+
+def rank_reports(worker: Callable, world: int) -> list:
+    """Run `worker(rank, world, folder)` on `world` gloo processes, each saving its report to
+    folder/rank<r>.pt (before the closing barrier); return the reports in rank order."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(world)]
+        spawn_ranks(worker, world, (folder,), done=lambda: all(map(os.path.exists, paths)))
+        return [torch.load(path) for path in paths]
 
 
 def free_port() -> int:

@@ -11,14 +11,13 @@ import copy
 import itertools
 import math
 import os
-import tempfile
 import warnings
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-from spawn_ranks import spawn_ranks
+from spawn_ranks import rank_reports
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -192,16 +191,9 @@ def _worker(rank: int, world: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(world: int) -> list[dict]:
-    with tempfile.TemporaryDirectory() as folder:
-        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(world)]
-        spawn_ranks(_worker, world, (folder,), done=lambda: all(map(os.path.exists, paths)))
-        return [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=["2 ranks", "3 ranks"])
 def reports(request) -> list[dict]:
-    return _spawn(request.param)
+    return rank_reports(_worker, request.param)
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])

