@@ -31,7 +31,7 @@ def test_weight_gradients_match_the_reference(backend, reduction):
     dtype = torch.float64 if backend == "chunked" else torch.float32
     x0 = torch.randn(14, 9, generator=gen, dtype=torch.float64)
     w0 = torch.rand(7, generator=gen, dtype=torch.float64) + 0.1
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    tol = 1e-7 if dtype == torch.float64 else 1e-4  # relative to the norm, as tests/kernels/test_backends.py
     for name in _calls(x0, w0, "reference", reduction):
         results = []
         for b, dt in ((backend, dtype), ("reference", torch.float64)):
@@ -39,4 +39,4 @@ def test_weight_gradients_match_the_reference(backend, reduction):
             out = _calls(x, w, b, reduction)[name]
             results.append([out.double(), *(g.double() for g in torch.autograd.grad(out, [x, w]))])
         for got, want in zip(*results, strict=True):
-            torch.testing.assert_close(got, want, **tol, msg=lambda m, n=name: f"{n}: {m}")
+            assert float((got - want).norm() / want.norm().clamp_min(1e-30)) < tol, name
