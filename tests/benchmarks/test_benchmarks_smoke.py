@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import baselines  # noqa: E402
 import budget  # noqa: E402
+import judge_probe  # noqa: E402
 import memory  # noqa: E402
 import plot  # noqa: E402
 import probe  # noqa: E402
@@ -166,3 +167,18 @@ def test_gpu_dcr_step_script_runs_on_a_tiny_model(tmp_path):
     (result,) = tmp_path.glob("gpu_dcr_step_*_tiny.json")
     rows = json.loads(result.read_text())["rows"]
     assert [r["lora"] for r in rows] == [True, False] and all(r["step_s"] > 0 for r in rows)
+
+
+def test_judge_probe_fits_a_separable_judge_and_scores_it():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=gen)
+    y = x[:, 0] + 0.5 * x[:, 1] > 0
+    w, b = judge_probe.fit_probe(x, y.float(), l2=1e-4)
+    assert judge_probe.scores(x @ w + b > 0, y)["accuracy"] > 0.97
+    assert judge_probe.scores(torch.tensor([True, False]), torch.tensor([True, True])) == {
+        "accuracy": 0.5,
+        "precision": 1.0,
+        "recall": 0.5,
+    }
+    families = {r["family"] for r in judge_probe.labelled_rows()}
+    assert judge_probe.DEV in families and len(families) >= 5
