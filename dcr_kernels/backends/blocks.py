@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from ..pair_terms import circle_logits
-from ..precision import fp32_precision
 from . import select
 from .base import CIRCLE, SOFTMAX, Pairs, compute_dtype
 from .chunked import chunk_rows
@@ -86,8 +85,7 @@ def _kernel_pairs(pairs: Pairs) -> Pairs:
     """The pairs as the kernels read them: an fp32 scale of one element, int32 labels."""
     scale = None if pairs.scale is None else pairs.scale.detach().reshape(1).float()
     labels = [None if y is None else y.to(torch.int32).contiguous() for y in (pairs.labels_a, pairs.labels_b)]
-    precision = pairs.precision if pairs.precision is not None else fp32_precision()  # kept from the forward
-    return pairs._replace(scale=scale, labels_a=labels[0], labels_b=labels[1], precision=precision)
+    return pairs._replace(scale=scale, labels_a=labels[0], labels_b=labels[1])
 
 
 def _kernel_term(term: Term | None) -> Term | None:

@@ -114,6 +114,8 @@ def _describe(
     if positive is not None:
         v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
     pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)
+    query_norm = v.largest_row_norm(query) if not normalize else 1.0
+    key_norm = query_norm if key is None or normalize else v.largest_row_norm(key)
     return dict(
         m=query.shape[0],
         n=(query if key is None else key).shape[0],
@@ -130,8 +132,8 @@ def _describe(
         positive_min=int(pos.min()),
         positive_max=int(pos.max()),
         **{"temperature or margin": params[0], "gamma": params[1]},
-        query_norm=v.largest_row_norm(query) if not normalize else 1.0,
-        key_norm=v.largest_row_norm(query if key is None else key) if not normalize else 1.0,
+        query_norm=query_norm,
+        key_norm=key_norm,
     )
 
 

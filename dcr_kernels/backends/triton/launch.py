@@ -11,6 +11,7 @@ loop trip count in the kernels and a GEMM dimension in cuBLAS, so any D runs wit
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import NamedTuple
@@ -80,14 +81,15 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+@functools.cache
 def gpu_configs(
     kernel_name: str, dtype: torch.dtype, capability: int, precision: str = "tf32", loss: int = SOFTMAX
-) -> list[triton.Config]:
-    """The configs the autotuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
+) -> tuple[triton.Config, ...]:
+    """The configs the tuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
     `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`, for
-    the loss family `loss`."""
+    the loss family `loss` (built once per kind: every launch asks)."""
     family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
-    return [
+    return tuple(
         triton.Config(
             {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k},
             num_warps=t.warps,
@@ -95,7 +97,7 @@ def gpu_configs(
         )
         for t in _GPU_CONFIGS[(kernel_name, family)]
         if capability in t.architectures and not (t.softmax_only and loss != SOFTMAX)
-    ]
+    )
 
 
 def sm_count(device: torch.device) -> int:
