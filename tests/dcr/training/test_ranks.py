@@ -95,13 +95,25 @@ def test_two_rank_run_killed_between_checkpoints_resumes_to_the_same_weights(tmp
     _assert_same(full, resumed)
 
 
-def _failing_worker(rank: int, world: int, port: int, config) -> None:
+def _failing_worker(rank: int, world: int, port: int, config, errors: str) -> None:
     if rank == 1:  # this rank's data is missing: it fails while the other waits in a collective
         config = dataclasses.replace(config, data=config.data + ".missing")
-    _worker(rank, world, port, "refine", config)
+    launcher_env(rank, world, port)
+    try:
+        refine(config)
+    except Exception as error:  # spawn reports whichever rank it sees first: keep each rank's own error,
+        with open(os.path.join(errors, f"rank{rank}.txt"), "w") as f:  # written before the group closes
+            f.write(f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_a_failing_rank_ends_the_run_with_its_error(tmp_path):
     config = _refine_config(tmp_path, "fails")
-    with pytest.raises(mp.ProcessRaisedException, match="missing"):
-        mp.spawn(_failing_worker, args=(2, free_port(), config), nprocs=2, join=True)
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    with pytest.raises(mp.ProcessRaisedException):
+        mp.spawn(_failing_worker, args=(2, free_port(), config, str(errors)), nprocs=2, join=True)
+    assert "missing" in (errors / "rank1.txt").read_text()
