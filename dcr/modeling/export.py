@@ -15,18 +15,32 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 
-def save_refined(model: nn.Module, tokenizer, path: Path, meta: dict[str, Any], merge: bool = True) -> Path:
-    """Write ``model`` (merged if it carries LoRA adapters and ``merge``), ``tokenizer`` and ``dcr.json``."""
+def save_refined(
+    model: nn.Module,
+    tokenizer,
+    path: Path,
+    meta: dict[str, Any],
+    merge: bool = True,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` (merged if it carries LoRA adapters and ``merge``), ``tokenizer`` and ``dcr.json``.
+
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered)."""
     if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        if state_dict is None:
+            model = model.merge_and_unload()
+        else:
+            state_dict = merged_lora_state(model, state_dict)
+            model = model.get_base_model()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     tmp.chmod(0o755)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "dcr.json").write_text(json.dumps(meta, indent=2))
         if path.exists():
@@ -35,3 +49,22 @@ def save_refined(model: nn.Module, tokenizer, path: Path, meta: dict[str, Any], 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def merged_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base model's weights with every LoRA adapter of the peft ``model`` merged in, from its state dict
+    ``state``: W + scale * B A for each adapted linear layer (what `merge_and_unload` computes in place)."""
+    scales = {name: m.scaling["default"] for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    merged = {}
+    for key, tensor in state.items():
+        if ".lora_" in key:
+            continue
+        name = key.removeprefix("base_model.model.")
+        if ".base_layer." in key:
+            module = key.split(".base_layer.")[0]
+            name = name.replace(".base_layer.", ".")
+            if key.endswith(".base_layer.weight"):
+                a, b = state[f"{module}.lora_A.default.weight"], state[f"{module}.lora_B.default.weight"]
+                tensor = (tensor.float() + scales[module] * (b.float() @ a.float())).to(tensor.dtype)
+        merged[name] = tensor
+    return merged

@@ -49,7 +49,7 @@ class Ranks:
 
     def reduce_gradients(self, params: list[torch.Tensor], mean: bool) -> None:
         """Sum (or average) every parameter's gradient over ranks, in one flat buffer."""
-        if self.world == 1:
+        if self.world == 1 or not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])

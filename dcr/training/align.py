@@ -144,10 +144,10 @@ class _AlignStage:
             record.update(self.retention.backward(step))
         return record
 
-    def started(self, log: Metrics, start: int) -> None:
+    def started(self, log: Metrics | None, start: int) -> None:
         pass
 
-    def finished_step(self, log: Metrics, done: int) -> None:
+    def finished_step(self, log: Metrics | None, done: int) -> None:
         pass
 
 

@@ -16,22 +16,26 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from dcr.config import ConfigError
+from dcr.modeling.sharding import any_sharded
 from dcr.modeling.trainable import trainable_parameters
 from dcr.training import rng
 
 PREFIX = "step-"
 TEMPORARY = ".tmp-"
-BINARIES = ("trainable.safetensors", "training.pt")
+BINARIES = ("trainable.safetensors", "training.pt")  # of a checkpoint written before fingerprints
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
 
 
 class CheckpointWriteError(ConfigError):
@@ -55,37 +59,68 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``root/step-<step>`` atomically and keep only the newest ``keep`` (0: keep all)."""
+    """Write checkpoint ``root/step-<step>`` atomically and keep only the newest ``keep`` (0: keep all).
+
+    A model with sharded layers (`dcr.modeling.sharding`) is saved with `torch.distributed.checkpoint`:
+    every rank calls this and writes its own shards; otherwise rank 0 alone calls it."""
     final = root / f"{PREFIX}{step:08d}"
+    sharded = any_sharded(model)
+    main = not sharded or dist.get_rank() == 0
+    tmp = root / f"{TEMPORARY}{final.name}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY}{final.name}-", dir=root))
-    except OSError as err:
-        raise CheckpointWriteError(f"cannot write checkpoint {final}: {err.strerror or err}") from err
-    try:
-        weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.capture()},
-            tmp / "training.pt",
-        )
-        files = {name: _fingerprint(tmp / name) for name in BINARIES}
-        (tmp / "state.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        _agree(sharded, None, final)
+        if sharded:
+            dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp))
+        else:
+            weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
+            save_file(weights, str(tmp / "trainable.safetensors"))
+        if main:
+            torch.save(
+                {"optimizer": {} if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng.capture()},
+                tmp / "training.pt",
+            )  # fmt: skip
+            files = {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            (tmp / "state.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        _agree(sharded, None, final)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _agree(sharded, reason, final)
         raise CheckpointWriteError(
             f"cannot write checkpoint {final} (full disk or read-only folder?): {reason}; "
             "the previous checkpoints are kept"
         ) from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if keep:
+    if keep and main:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _agree(sharded: bool, failure: str | None, final: Path) -> None:
+    """With sharded writes, every rank learns whether any rank failed (and raises then), so none waits on a
+    rank that gave up."""
+    if not sharded:
+        return
+    failed = torch.tensor([failure is not None], dtype=torch.int32)
+    dist.all_reduce(failed)
+    if failed.item() and failure is None:
+        raise CheckpointWriteError(f"cannot write checkpoint {final}: another rank failed; see its error")
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The trained weights and the optimizer state, keyed by parameter name, as shards where sharded."""
+    weights, moments = get_state_dict(model, optimizer)
+    trained = trainable_parameters(model)
+    return {"model": {k: v for k, v in weights.items() if k in trained}, "optimizer": moments}
 
 
 def _fingerprint(path: Path) -> dict[str, Any]:
@@ -105,7 +140,7 @@ def damage(path: Path) -> str | None:
     except (OSError, ValueError):
         return "state.json is missing or unreadable"
     recorded = state.get("files") if isinstance(state, dict) else None
-    for name in BINARIES:
+    for name in recorded or BINARIES:
         file = path / name
         if not file.is_file() or file.stat().st_size == 0:
             return f"{name} is missing or empty"
@@ -137,22 +172,49 @@ def remove_leftovers(root: Path) -> None:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; return its state.json."""
+    """Restore weights, optimizer, scheduler and RNG from ``path``; return its state.json.
+
+    Either kind of checkpoint restores either kind of model: a sharded checkpoint (written by any number of
+    ranks) is resharded to this run's ranks, or read whole by one process; an ordinary one is spread over
+    the shards of a sharded model."""
     params = trainable_parameters(model)
-    weights = load_file(str(path / "trainable.safetensors"))
-    if set(weights) != set(params):
-        raise ValueError(
-            f"checkpoint {path} does not match the trainable parameters of this run "
-            "(different layer, LoRA setting or model?)"
-        )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
     training = torch.load(path / "training.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(training["optimizer"])
+    if (path / DCP_METADATA).is_file():
+        state = _sharded_state(model, optimizer)
+        if set(state["model"]) != set(params):
+            raise ValueError(_MISMATCH.format(path=path))
+        try:
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        except Exception as err:  # DCP names the missing keys in a wrapped exception
+            raise ValueError(f"{_MISMATCH.format(path=path)}: {str(err).splitlines()[0]}") from err
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(strict=False))  # fmt: skip
+    else:
+        weights = load_file(str(path / "trainable.safetensors"))
+        if set(weights) != set(params):
+            raise ValueError(_MISMATCH.format(path=path))
+        if any_sharded(model):
+            names = list(params)
+            saved = training["optimizer"]
+            moments = {
+                "state": {names[i]: s for i, s in saved["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]],
+            }
+            set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=moments,
+                           options=StateDictOptions(full_state_dict=True, strict=False))  # fmt: skip
+        else:
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    params[name].copy_(tensor)
+            optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     rng.restore(training["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+_MISMATCH = (
+    "checkpoint {path} does not match the trainable parameters of this run (different layer, LoRA setting or model?)"
+)
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any], config_type: type) -> list[str]:

@@ -13,7 +13,9 @@ from dcr.config import Settings, option
 from dcr.training.tracking import REPORT_TO
 
 # Settings that do not change a run's trajectory, so a resumed run (or a finished pipeline step) may differ in them.
-RUN_ONLY = frozenset({"output_dir", "resume", "save_every", "keep_checkpoints", "eval_every", "progress", "strategy"})
+RUN_ONLY = frozenset(
+    {"output_dir", "resume", "save_every", "keep_checkpoints", "eval_every", "progress", "strategy", "fsdp"}
+)
 
 
 @dataclass
@@ -47,6 +49,13 @@ class TrainingConfig(Settings):
         "auto",
         "Attention implementation: auto (flash_attention_2 on CUDA when flash-attn is installed, else sdpa), "
         "sdpa, eager, flash_attention_2.",
+        topic="model",
+    )
+    fsdp: bool = option(
+        False,
+        "Under torchrun / accelerate launch: shard the decoder layers over the ranks with FSDP2 (each rank holds "
+        "1/world of the trained layers' weights, gradients and optimizer state; bf16 compute on GPUs with fp32 "
+        "master weights). Same weights as without; see `dcr plan` for the memory.",
         topic="model",
     )
     lora: bool = option(False, "Train LoRA adapters (needs peft), merged into the saved model.", topic="LoRA")

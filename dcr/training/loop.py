@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from transformers import get_scheduler
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
 from dcr.modeling.ranks import Ranks, start
+from dcr.modeling.sharding import clip_gradients, full_state_dict, is_sharded, shard_layers
 from dcr.modeling.trainable import trainable_parameters
 from dcr.run_lock import FolderLock, claim
 from dcr.training.checkpoint import (
@@ -54,11 +56,12 @@ class Stage(Protocol):
     def backward(self, step: int) -> dict[str, Any]:
         """Forward and backward of the batch of optimizer step `step` (a pure function of it); the record to log."""
 
-    def started(self, log: Metrics, start: int) -> None:
-        """Called once on rank 0 before the first step run (start > 0 after a resume)."""
+    def started(self, log: Metrics | None, start: int) -> None:
+        """Called once before the first step run (start > 0 after a resume): on rank 0, and with sharded
+        layers on every rank (each must take part in a forward; `log` is None except on rank 0)."""
 
-    def finished_step(self, log: Metrics, done: int) -> None:
-        """Called on rank 0 after optimizer step `done` (1-based) is taken and logged."""
+    def finished_step(self, log: Metrics | None, done: int) -> None:
+        """Called after optimizer step `done` (1-based) is taken and logged; on the ranks `started` is."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     out = Path(config.output_dir)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    saved_dtype = model.dtype
+    sharded = _shard(config, model, stage, run)
     params = list(trainable_parameters(model).values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
@@ -125,13 +130,16 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         start = state["step"]
     log = Metrics(out, start, config, stage.name) if main else None
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
-    if main:
+    if main or sharded:
         stage.started(log, start)
     for step in range(start, config.steps):
         began = time.perf_counter()
         record = {"step": step + 1, **stage.backward(step)}
-        ranks.reduce_gradients(params, mean=stage.average_gradients)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
+        ranks.reduce_gradients([p for p in params if not is_sharded(p)], mean=stage.average_gradients)
+        if sharded:
+            grad_norm = clip_gradients(params, config.max_grad_norm or math.inf)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
         record.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
@@ -144,18 +152,34 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         done = step + 1
         if main:
             log.write(record)
+        if main or sharded:
             stage.finished_step(log, done)
-            if config.save_every and (done % config.save_every == 0 or done == config.steps):
-                extra = {"settings": settings, **stage.checkpoint_extra}
-                keep = config.keep_checkpoints
-                save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=keep)
+        if config.save_every and (done % config.save_every == 0 or done == config.steps) and (main or sharded):
+            extra = {"settings": settings, **stage.checkpoint_extra}
+            keep = config.keep_checkpoints
+            save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=keep)
     bar.close()
     if main:
         log.trackers.close()
-    meta = {**stage.meta, "world_size": ranks.world}
-    path = save_refined(model, tokenizer, out / "model", meta, merge=config.lora_merge) if main else out / "model"
+    meta = {**stage.meta, "world_size": ranks.world, **({"fsdp": True} if sharded else {})}
+    weights = full_state_dict(model, saved_dtype) if sharded else None  # every rank takes part in gathering
+    path = out / "model"
+    if main:
+        save_refined(model, tokenizer, path, meta, merge=config.lora_merge, state_dict=weights)
     ranks.barrier()  # the model is saved before any rank returns its folder
     return path
+
+
+def _shard(config: TrainingConfig, model, stage: Stage, run: Run) -> bool:
+    """Shard the decoder layers over the ranks when asked (`dcr.modeling.sharding`); whether they are."""
+    if not config.fsdp:
+        return False
+    if run.ranks.world == 1:
+        warnings.warn("--fsdp on one process has nothing to shard over; training unsharded", stacklevel=3)
+        return False
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and run.device.type == "cuda")
+    shard_layers(model, compute_dtype=torch.bfloat16 if bf16 else None, mean=stage.average_gradients)
+    return True
 
 
 class Metrics:

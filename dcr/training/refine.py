@@ -118,7 +118,7 @@ class _RefineStage:
             "cross_class_cosine": cross_class_cosine(reps, y),
         }
 
-    def _validate(self, log: Metrics, step: int) -> None:
+    def _validate(self, log: Metrics | None, step: int) -> None:
         config = self.config
         reps = embed_texts(
             self.model,
@@ -133,13 +133,14 @@ class _RefineStage:
             precision=config.precision,
         )
         labels = torch.tensor(self.validation["label"])
-        log.write({"step": step, "split": "validation", **separation_report(reps, labels)})
+        if log is not None:
+            log.write({"step": step, "split": "validation", **separation_report(reps, labels)})
 
-    def started(self, log: Metrics, start: int) -> None:
+    def started(self, log: Metrics | None, start: int) -> None:
         if self.can_validate and self.config.eval_every and start == 0:
             self._validate(log, 0)
 
-    def finished_step(self, log: Metrics, done: int) -> None:
+    def finished_step(self, log: Metrics | None, done: int) -> None:
         every = self.config.eval_every
         if self.can_validate and (done == self.config.steps or (every and done % every == 0)):
             self._validate(log, done)

@@ -1,0 +1,84 @@
+"""The decoder layers sharded over ranks with FSDP2 (`torch.distributed.fsdp.fully_shard`), for models
+larger than one GPU.
+
+Each decoder layer is its own FSDP unit: its parameters (weights, LoRA adapters) live as 1/world shards
+(DTensors) on every rank, are all-gathered for the layer's forward and backward and freed after, and its
+gradients are reduce-scattered into shards, so a rank holds 1/world of the trained layers' weights,
+gradients and AdamW state. Trained layers keep fp32 master weights (the frozen ones stay in the weights'
+dtype); with bf16 compute FSDP2's policy casts the gathered weights to bf16 and reduces in fp32. The
+token embeddings, the final norm and the LM head stay replicated (one tied matrix may belong to only one
+unit, and the stages call them on their own); when they are trained their gradients are all-reduced as
+in plain data parallelism. Gradient caching works unchanged: the pass without gradients gathers and frees
+each layer like the pass with them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from dcr.modeling.layer_states import decoder_of
+
+
+def shard_layers(model: nn.Module, *, compute_dtype: torch.dtype | None, mean: bool) -> list[FSDPModule]:
+    """Shard every decoder layer of ``model`` in place; return the FSDP units.
+
+    ``compute_dtype`` (e.g. bf16) is the dtype the gathered weights are cast to; None computes in the
+    stored dtype. ``mean``: gradients are averaged over ranks (each rank's loss is the global one) rather
+    than summed (each rank's loss is its share)."""
+    units = []
+    for block in decoder_of(model).layers:
+        trained = any(p.requires_grad for p in block.parameters())
+        if trained:
+            block.float()  # fp32 master weights; the policy below casts the gathered copy for compute
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if trained else None)
+        fully_shard(block, mp_policy=policy, reshard_after_forward=True)
+        if not mean:
+            block.set_gradient_divide_factor(1.0)
+            block.set_force_sum_reduction_for_comms(True)  # plain sums: gloo has no pre-multiplied sum
+        units.append(block)
+    return units
+
+
+def is_sharded(p: torch.Tensor) -> bool:
+    """Whether ``p`` is a parameter (or gradient) held as shards over ranks."""
+    return isinstance(p, DTensor)
+
+
+def any_sharded(model: nn.Module) -> bool:
+    return any(is_sharded(p) for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every weight of ``model`` as an ordinary CPU tensor in ``dtype``, gathered on rank 0 (a collective:
+    every rank calls it; the other ranks get an empty dict)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients so that their global norm is at most ``max_norm``; return the norm before.
+
+    Sharded gradients contribute their local shard's squares, summed over ranks; replicated gradients
+    count once."""
+    local, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        if is_sharded(g):
+            local += g.to_local().double().square().sum().cpu()
+        else:
+            replicated += g.double().square().sum().cpu()
+    dist.all_reduce(local)
+    norm = math.sqrt(float(local + replicated))
+    scale = max_norm / (norm + 1e-6)  # as torch.nn.utils.clip_grad_norm_
+    if scale < 1.0:
+        for g in grads:
+            (g.to_local() if is_sharded(g) else g).mul_(scale)
+    return norm

@@ -1,0 +1,104 @@
+"""The stages with their decoder layers sharded over ranks (FSDP2, `--fsdp`) on 2 gloo processes: the same
+weights as one process and as plain data parallelism (fp32, 3 steps, Circle and InfoNCE, full layers and
+LoRA); sharded checkpoints resume at another world size (2 ranks -> 1, 1 -> 2) and after a killed run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+import torch.distributed as dist
+from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
+from safetensors.torch import load_file
+from spawn_ranks import free_port, launcher_env, spawn_ranks
+
+from dcr.training.align import align
+from dcr.training.align_config import AlignConfig
+from dcr.training.refine import refine
+from dcr.training.refine_config import RefineConfig
+
+pytest.importorskip("transformers")
+
+
+def _worker(rank: int, world: int, port: int, stage: str, config) -> None:
+    launcher_env(rank, world, port)
+    try:
+        (refine if stage == "refine" else align)(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(stage: str, config, world: int) -> dict:
+    path = os.path.join(config.output_dir, "model")
+    if world == 1:
+        (refine if stage == "refine" else align)(config)
+    else:
+        done = lambda: os.path.exists(os.path.join(path, "model.safetensors"))  # noqa: E731
+        spawn_ranks(_worker, world, (free_port(), stage, config), done=done)
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict, rel: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert tensor.dtype == b[name].dtype, name
+        diff = float((b[name].double() - tensor.double()).norm() / tensor.double().norm().clamp(min=1e-12))
+        assert diff < rel, f"{name}: relative difference {diff:.2e}"
+
+
+def _refine_config(tmp_path, name: str, **kw) -> RefineConfig:
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
+    return RefineConfig(
+        model=str(tiny_model_dir("llama")), layer=2, data=str(data), batch_size=16, micro_batch_size=3, steps=3,
+        lr=1e-3, val_fraction=0.2, output_dir=str(tmp_path / name), progress=False, **{"save_every": 0, **kw},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("loss", ["circle", "infonce"])
+def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_path, loss):
+    one = _run("refine", _refine_config(tmp_path, "one", loss=loss), world=1)
+    plain = _run("refine", _refine_config(tmp_path, "dp", loss=loss), world=2)
+    sharded = _run("refine", _refine_config(tmp_path, "fsdp", loss=loss, fsdp=True), world=2)
+    _assert_same(one, sharded)
+    _assert_same(plain, sharded)
+    assert json.loads((tmp_path / "fsdp" / "model" / "dcr.json").read_text())["world_size"] == 2
+
+
+def test_sharded_refine_with_lora_learns_the_single_process_weights(tmp_path):
+    one = _run("refine", _refine_config(tmp_path, "one", lora=True, lora_r=4), world=1)
+    sharded = _run("refine", _refine_config(tmp_path, "fsdp", lora=True, lora_r=4, fsdp=True), world=2)
+    _assert_same(one, sharded)
+
+
+def test_sharded_align_learns_the_single_process_weights(tmp_path):
+    config = AlignConfig(
+        model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32, batch_size=16,
+        micro_batch_size=4, steps=3, lr=1e-3, save_every=0, output_dir=str(tmp_path / "one"), progress=False,
+    )  # fmt: skip
+    one = _run("align", config, world=1)
+    sharded = _run("align", dataclasses.replace(config, output_dir=str(tmp_path / "fsdp"), fsdp=True), world=2)
+    _assert_same(one, sharded)
+
+
+def _forget_after_first_step(run) -> None:
+    """As if the run had died after the checkpoint of step 1."""
+    shutil.rmtree(run / "model")
+    for step in (2, 3):
+        shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
+
+
+@pytest.mark.parametrize(("first", "then"), [((2, True), (1, False)), ((1, False), (2, True)), ((2, True), (2, True))])
+def test_a_run_resumes_at_another_world_size(tmp_path, first, then):
+    (world, fsdp), (world_then, fsdp_then) = first, then
+    config = _refine_config(tmp_path, "run", save_every=1, keep_checkpoints=0, fsdp=fsdp)
+    full = _run("refine", config, world=world)
+    step = tmp_path / "run" / "checkpoints" / "step-00000001"
+    assert (step / ".metadata").is_file() == fsdp  # sharded: torch.distributed.checkpoint, a file per rank
+    assert len(list(step.glob("*.distcp"))) == (world if fsdp else 0)
+    _forget_after_first_step(tmp_path / "run")
+    resumed = _run("refine", dataclasses.replace(config, resume=True, fsdp=fsdp_then), world=world_then)
+    _assert_same(full, resumed)
