@@ -73,6 +73,7 @@ def _pipeline(config: PipelineConfig) -> str:
         overrides=config.overrides(),
         device=config.device,
         progress=config.progress,
+        fsdp=config.fsdp,
     )
     report = result["paths"]["report"]
     return f"{report.read_text()}\nreport written to {report}"

@@ -32,6 +32,12 @@ class PipelineConfig(Settings):
         None, "Seeds of the DCR and alignment stages. Unset: the profile's.", topic="pipeline"
     )
     device: str = option("auto", "Device: auto (CUDA if available), cpu, cuda, cuda:1, ...", topic="pipeline")
+    fsdp: bool = option(
+        False,
+        "Under torchrun / accelerate launch: shard the decoder layers of every training stage over the ranks "
+        "(FSDP2; see `dcr refine --help`).",
+        topic="pipeline",
+    )
     output_dir: str = option("runs/pipeline", "Run folder; a rerun skips finished steps.", topic="output")
     progress: bool = option(True, "Show progress bars.", topic="output")
     refine: dict[str, Any] = option({}, "Overrides of the profile's DCR-stage settings.", topic="sections")

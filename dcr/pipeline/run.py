@@ -171,15 +171,18 @@ def run_pipeline(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     device: str = "auto",
     progress: bool = True,
+    fsdp: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths."""
+    """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths.
+
+    ``fsdp`` shards the training stages' decoder layers over the launcher's ranks."""
     ranks, _ = start(device)  # joins the launcher's process group, if there is one
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
     layer = settings["refine"].get("layer", 0.5)
     _check_evaluate(settings["evaluate"])
-    common = {"model": model, "device": device, "progress": progress}
+    common = {"model": model, "device": device, "progress": progress, **({"fsdp": True} if fsdp else {})}
     evaluated: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
 

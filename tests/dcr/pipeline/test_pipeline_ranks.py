@@ -18,14 +18,14 @@ from dcr.pipeline.run import ARMS, MARKER, run_pipeline
 pytest.importorskip("transformers")
 
 
-def _worker(rank: int, world: int, port: int, model: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, model: str, out: str, fsdp: bool) -> None:
     launcher_env(rank, world, port)
     try:
         runs = []
         for _ in range(2):  # the second run finds every step finished
             messages: list[str] = []
             result = run_pipeline(
-                model, out, "quick", overrides=TINY, device="cpu", progress=False, log=messages.append
+                model, out, "quick", overrides=TINY, device="cpu", progress=False, fsdp=fsdp, log=messages.append
             )
             runs.append(
                 {"messages": messages, "summaries": result["summaries"], "report": str(result["paths"]["report"])}
@@ -38,12 +38,13 @@ def _worker(rank: int, world: int, port: int, model: str, out: str) -> None:
             dist.destroy_process_group()
 
 
-def test_two_ranks_run_the_steps_of_one_process(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["data-parallel", "fsdp"])
+def test_two_ranks_run_the_steps_of_one_process(tmp_path, fsdp):
     one, two, model = tmp_path / "one", tmp_path / "two", str(tiny_model_dir("llama"))
     single = run_pipeline(model, one, "quick", overrides=TINY, device="cpu", progress=False, log=lambda m: None)
     two.mkdir()
     done = lambda: all((two / f"rank-{r}.json").exists() for r in range(2))  # noqa: E731
-    spawn_ranks(_worker, 2, (free_port(), model, str(two)), done=done)
+    spawn_ranks(_worker, 2, (free_port(), model, str(two), fsdp), done=done)
     ranks = [json.loads((two / f"rank-{r}.json").read_text()) for r in range(2)]
     first, again = ranks[0]
     assert first["messages"] and all(m.startswith("[run]") for m in first["messages"])
@@ -58,6 +59,7 @@ def test_two_ranks_run_the_steps_of_one_process(tmp_path):
     steps = sorted(p.parent.relative_to(one) for p in one.rglob(MARKER))
     assert steps == sorted(p.parent.relative_to(two) for p in two.rglob(MARKER))
     assert json.loads((two / "seed-0" / "dcr" / MARKER).read_text())["model"] == str(two / "seed-0" / "dcr" / "model")
+    assert json.loads((two / "seed-0" / "dcr" / "model" / "dcr.json").read_text()).get("fsdp", False) == fsdp
     for arm in ("dcr", *ARMS):
         a, b = (load_file(root / "seed-0" / arm / "model" / "model.safetensors") for root in (one, two))
         for name, tensor in a.items():
