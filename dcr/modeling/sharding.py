@@ -82,3 +82,17 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
         for g in grads:
             (g.to_local() if is_sharded(g) else g).mul_(scale)
     return norm
+
+
+def trained_state_bytes(params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    """Bytes this rank holds of the trained parameters, their gradients and the optimizer's state (local
+    shards only, where sharded)."""
+
+    def local(t: torch.Tensor | None) -> int:
+        if not isinstance(t, torch.Tensor):
+            return 0
+        t = t.to_local() if is_sharded(t) else t
+        return t.numel() * t.element_size()
+
+    moments = (v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor))
+    return sum(local(p) + local(p.grad) for p in params) + sum(local(m) for m in moments if m.dim() > 0)

@@ -27,7 +27,7 @@ from transformers import get_scheduler
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
 from dcr.modeling.ranks import Ranks, start
-from dcr.modeling.sharding import clip_gradients, full_state_dict, is_sharded, shard_layers
+from dcr.modeling.sharding import clip_gradients, full_state_dict, is_sharded, shard_layers, trained_state_bytes
 from dcr.modeling.trainable import trainable_parameters
 from dcr.run_lock import FolderLock, claim
 from dcr.training.checkpoint import (
@@ -142,6 +142,7 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
         record.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         optimizer.step()
+        record["trained_state_mb"] = round(trained_state_bytes(params, optimizer) / 2**20, 3)  # this rank's
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         record["seconds"] = time.perf_counter() - began

@@ -17,6 +17,7 @@ from spawn_ranks import free_port, launcher_env, spawn_ranks
 
 from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
+from dcr.training.jsonl_log import read_log
 from dcr.training.refine import refine
 from dcr.training.refine_config import RefineConfig
 
@@ -66,6 +67,14 @@ def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_
     _assert_same(one, sharded)
     _assert_same(plain, sharded)
     assert json.loads((tmp_path / "fsdp" / "model" / "dcr.json").read_text())["world_size"] == 2
+    held = {name: _trained_state_mb(tmp_path / name) for name in ("one", "dp", "fsdp")}
+    assert held["dp"] == held["one"]  # data parallel: every rank holds it all
+    assert 0.45 < held["fsdp"] / held["one"] < 0.55, held  # sharded: half on each of 2 ranks
+
+
+def _trained_state_mb(run) -> float:
+    """Rank 0's trained weights, gradients and AdamW state after the last step, from the metrics log."""
+    return [r for r in read_log(run / "metrics.jsonl") if "loss" in r][-1]["trained_state_mb"]
 
 
 def test_sharded_refine_with_lora_learns_the_single_process_weights(tmp_path):
