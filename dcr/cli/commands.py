@@ -10,6 +10,7 @@ from typing import Any
 from dcr.ablation.config import AblateConfig
 from dcr.evaluation.config import EvaluateConfig, RejudgeConfig
 from dcr.pipeline.config import PipelineConfig
+from dcr.planning.config import PlanConfig
 from dcr.training.align_config import AlignConfig
 from dcr.training.refine_config import RefineConfig
 
@@ -79,6 +80,12 @@ def _pipeline(config: PipelineConfig) -> str:
     return f"{report.read_text()}\nreport written to {report}"
 
 
+def _plan(config: PlanConfig) -> str:
+    from dcr.planning.table import render
+
+    return render(config)
+
+
 COMMANDS = {
     "refine": Command(
         "the DCR stage: contrastive refinement at layer l",
@@ -125,6 +132,16 @@ COMMANDS = {
         "dcr rejudge --output-dir runs/eval --judge path/to/judge-model",
         RejudgeConfig,
         _rejudge,
+    ),
+    "plan": Command(
+        "per-GPU memory of a stage: full, LoRA, FSDP, FSDP + LoRA",
+        "Plan a stage's memory before starting it, from the model's configuration alone: per-GPU weights, "
+        "gradients, AdamW state, FSDP's gathered layers, activations at the micro-batch and the contrastive "
+        "loss's O(B D), for full training, LoRA, FSDP and FSDP with LoRA, and the largest contrastive batch "
+        "that fits (docs/multi_gpu.md).",
+        "dcr plan --model llama-3-8b --layer 16 --gpus 8 --gpu-memory 80GB",
+        PlanConfig,
+        _plan,
     ),
     "pipeline": Command(
         "base vs alignment only vs DCR vs the data-side fix, evaluated and compared",

@@ -15,6 +15,8 @@ from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 from safetensors.torch import load_file
 from spawn_ranks import free_port, launcher_env, spawn_ranks
 
+from dcr.planning.memory import Setting, plan
+from dcr.planning.table import architecture
 from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
 from dcr.training.jsonl_log import read_log
@@ -70,6 +72,10 @@ def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_
     held = {name: _trained_state_mb(tmp_path / name) for name in ("one", "dp", "fsdp")}
     assert held["dp"] == held["one"]  # data parallel: every rank holds it all
     assert 0.45 < held["fsdp"] / held["one"] < 0.55, held  # sharded: half on each of 2 ranks
+    arch = architecture(str(tiny_model_dir("llama")))  # `dcr plan` predicts both
+    for name, setting in (("one", Setting(layer=2, weights="fp32")), ("fsdp", Setting(layer=2, gpus=2, fsdp=True))):
+        parts = plan(arch, setting)
+        assert held[name] == pytest.approx((2 * parts["gradients"] + parts["optimizer"]) / 2**20, rel=0.02, abs=2e-3)
 
 
 def _trained_state_mb(run) -> float:
