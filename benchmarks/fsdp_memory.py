@@ -2,10 +2,14 @@
 15, fp32, a 64-prompt batch of the matched twins cut to 32 tokens, gradient caching at micro-batch 16,
 2 steps, on 1 process and on 2 gloo ranks (torchrun), plain, with LoRA (r 16) and with --fsdp.
 
-Each rank samples its anonymous resident memory (RssAnon: what tensors allocate, not the mapped weight
-file) every 2 ms through the stage; the peak minus the value before the model is loaded is what the plan
-predicts (weights, gradients, optimizer state, FSDP's gathered layers, activations, the loss). The rank's
-trained weights, gradients and AdamW state come from the metrics log (`trained_state_mb`).
+Each rank samples its anonymous resident memory (RssAnon: what tensors allocate) every 2 ms through the
+stage; the peak minus the value before the model is loaded is what the plan predicts (weights, gradients,
+optimizer state, FSDP's gathered layers, activations, the loss). The model is a bf16 copy of the embedded
+one, loaded in fp32, so that its weights are allocated like on a GPU (an fp32 file would stay mapped and
+only its touched pages be resident); large buffers are returned to the system when freed (a fixed
+MALLOC_MMAP_THRESHOLD_), so that the peak is live memory rather than the allocator's retention. The
+rank's trained weights, gradients and AdamW state come from the metrics log (`trained_state_mb`). The
+final save is measured apart: gathering a sharded model for the Hugging Face folder costs a full copy.
 
     python benchmarks/fsdp_memory.py                      # every case; writes benchmarks/results/fsdp_memory.json
     torchrun --nproc_per_node=2 benchmarks/fsdp_memory.py --case fsdp --out runs/mem   # one case
@@ -65,7 +69,7 @@ class PeakSampler:
         self.thread.join()
 
 
-def run_case(name: str, out: str) -> None:
+def run_case(name: str, out: str, model: str) -> None:
     """One case on this rank: the measured peak and trained state, and the plan's, as one JSON line."""
     from dcr.modeling.model import model_depth
     from dcr.planning.memory import Architecture, Setting, plan
@@ -78,9 +82,10 @@ def run_case(name: str, out: str) -> None:
     config = RefineConfig(
         layer=LAYER, batch_size=BATCH, micro_batch_size=MICRO, max_length=TOKENS, steps=2, save_every=0,
         eval_every=0, lora=lora, lora_r=LORA_R, fsdp=fsdp, dtype="fp32", output_dir=out, progress=False,
+        model=model,
     )  # fmt: skip
-    arch: Architecture = architecture("default")
-    assert model_depth("default") == arch.layers
+    arch: Architecture = architecture(model)
+    assert model_depth(model) == arch.layers
     setting = Setting(stage="refine", layer=LAYER, gpus=world, fsdp=fsdp, lora_r=LORA_R if lora else None,
                       weights="fp32", compute="fp32", micro_batch=MICRO, seq_len=TOKENS, batch=BATCH)  # fmt: skip
     before = rss_anon()
@@ -116,14 +121,24 @@ def _mark_the_final_save(sampler: PeakSampler) -> None:
         setattr(loop, name, marked)
 
 
+def _bf16_copy(folder: Path) -> None:
+    from dcr.modeling.model import load_model
+
+    model, tokenizer = load_model("default", dtype="bf16")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def drive(out_file: Path) -> None:
     """Every case in its own processes; the rows and a table."""
     rows = []
+    model = Path(tempfile.mkdtemp(prefix="dcr-smollm2-bf16-"))
+    _bf16_copy(model)
     # a fixed mmap threshold: large buffers go back to the system when freed, so RssAnon follows live memory
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "131072"}
     for name, (world, _, _) in CASES.items():
         with tempfile.TemporaryDirectory() as tmp:
-            me = [str(Path(__file__).resolve()), "--case", name, "--out", str(Path(tmp) / "run")]
+            me = [str(Path(__file__).resolve()), "--case", name, "--out", str(Path(tmp) / "run"), "--model", str(model)]
             launch = ["-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_port=29533"]
             cmd = [sys.executable, *(launch if world > 1 else []), *me]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -162,10 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=list(CASES))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--model", default="default")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "fsdp_memory.json")
     args = parser.parse_args()
     if args.case:
-        run_case(args.case, args.out)
+        run_case(args.case, args.out, args.model)
     else:
         drive(args.results)
 

@@ -2,7 +2,9 @@
 initialised models with Qwen2.5-1.5B's and LLaMA-3-8B's configurations (config only, nothing downloaded),
 bf16, layer l at half the depth, contrastive batch 256 and 1024 of 64-token prompts, gradient caching at
 micro-batch 32, Circle loss through the fused kernels, the layers up to l trained fully or through LoRA
-(r 16), AdamW. Results go to benchmarks/results/gpu_dcr_step_<date>.json with the device and versions.
+(r 16) or fully with the decoder layers under FSDP2 (`dcr.modeling.sharding`, one rank: fp32 master
+weights, bf16 compute), AdamW. Each row has the peak `dcr plan` predicts beside the measured one. Results
+go to benchmarks/results/gpu_dcr_step_<date>.json with the device and versions.
 
     python benchmarks/gpu_dcr_step.py [--budget-s 420]
     python benchmarks/gpu_dcr_step.py --tiny --device cpu      # checks the script on a CPU
@@ -40,9 +42,20 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.dtype) -> dict:
+def one_rank_group(device: torch.device) -> None:
+    """A process group of this process alone, for FSDP on one device."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.dtype, fsdp: bool = False) -> dict:
     from dcr.modeling.layer_states import represent
+    from dcr.modeling.sharding import shard_layers
     from dcr.modeling.trainable import add_lora, freeze_above, trainable_parameters
+    from dcr.planning.memory import Architecture, Setting, plan
     from dcr.training.gradcache import contrastive_backward
     from dcr.training.objective import make_loss
 
@@ -52,6 +65,9 @@ def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.d
     freeze_above(model, layer)
     if lora:
         model = add_lora(model, layer, r=16, alpha=32.0)
+    if fsdp:
+        one_rank_group(device)
+        shard_layers(model, compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, mean=True)
     model.train()
     params = list(trainable_parameters(model).values())
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -82,24 +98,29 @@ def step(arch: str, batch: int, lora: bool, device: torch.device, dtype: torch.d
     seconds = time.perf_counter() - began
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     trained = sum(p.numel() for p in params)
-    return {"arch": arch, "batch": batch, "lora": lora, "layer": layer, "trained_params": trained,
-            "step_s": round(seconds, 3), "peak_gib": None if peak is None else round(peak / 2**30, 2)}  # fmt: skip
+    name = "fp32" if dtype == torch.float32 else "bf16"
+    setting = Setting(layer=layer, fsdp=fsdp, lora_r=16 if lora else None, weights=name, compute=name,
+                      micro_batch=MICRO, seq_len=SEQ, batch=batch)  # fmt: skip
+    planned = plan(Architecture.from_config(model.config), setting)["peak"]
+    return {"arch": arch, "batch": batch, "lora": lora, "fsdp": fsdp, "layer": layer, "trained_params": trained,
+            "step_s": round(seconds, 3), "peak_gib": None if peak is None else round(peak / 2**30, 2),
+            "plan_gib": round(planned / 2**30, 2)}  # fmt: skip
 
 
 def measure_all(device: torch.device, archs: list[str], batches: tuple[int, ...], budget_s: float) -> list[dict]:
-    """Every (architecture, batch, LoRA or full) step that fits in the time budget, most important first."""
+    """Every (architecture, batch, LoRA / full / FSDP) step that fits in the time budget, most important first."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     deadline = time.monotonic() + budget_s
     rows = []
     for arch in archs:
         for batch in batches:
-            for lora in (True, False):
+            for lora, fsdp in ((True, False), (False, False), (False, True)):
                 if time.monotonic() > deadline:
                     return rows
                 try:
-                    rows.append(step(arch, batch, lora, device, dtype))
+                    rows.append(step(arch, batch, lora, device, dtype, fsdp))
                 except torch.OutOfMemoryError:
-                    rows.append({"arch": arch, "batch": batch, "lora": lora, "error": "out of memory"})
+                    rows.append({"arch": arch, "batch": batch, "lora": lora, "fsdp": fsdp, "error": "out of memory"})
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 print(json.dumps(rows[-1]), flush=True)

@@ -136,7 +136,7 @@ def plan(arch: Architecture, s: Setting) -> dict[str, int]:
         weights = arch.params * w
         trained = (trained_layers * arch.layer_params + (arch.outer_params if outer_trained else 0)) * w
     gradients, optimizer, step_temporaries = trained, 2 * trained, trained
-    working = 2 * arch.layer_params * c + arch.layer_params * 4 if s.fsdp and s.gpus > 1 else 0
+    working = 2 * arch.layer_params * c + arch.layer_params * 4 if s.fsdp else 0
     tokens = s.micro_batch * s.seq_len
     per_layer = arch.activation_values() + (arch.heads * s.seq_len if s.materialised_attention else 0)
     computed = trained_layers if s.stage == "refine" else arch.layers

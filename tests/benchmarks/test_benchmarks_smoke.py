@@ -166,7 +166,8 @@ def test_gpu_dcr_step_script_runs_on_a_tiny_model(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     (result,) = tmp_path.glob("gpu_dcr_step_*_tiny.json")
     rows = json.loads(result.read_text())["rows"]
-    assert [r["lora"] for r in rows] == [True, False] and all(r["step_s"] > 0 for r in rows)
+    assert [(r["lora"], r["fsdp"]) for r in rows] == [(True, False), (False, False), (False, True)]
+    assert all(r["step_s"] > 0 and r["plan_gib"] > 0 for r in rows)
 
 
 def test_judge_probe_fits_a_separable_judge_and_scores_it():
