@@ -54,7 +54,14 @@ def save_refined(
 def merged_lora_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The base model's weights with every LoRA adapter of the peft ``model`` merged in, from its state dict
     ``state``: W + scale * B A for each adapted linear layer (what `merge_and_unload` computes in place)."""
-    scales = {name: m.scaling["default"] for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    unsupported = [k for k in state if "lora_magnitude_vector" in k or "lora_embedding" in k]
+    adapters = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    if unsupported or any(set(m.lora_A) != {"default"} or m.fan_in_fan_out for m in adapters.values()):
+        raise ValueError(
+            "merging a gathered LoRA state supports linear adapters named 'default' without DoRA or "
+            "fan_in_fan_out (what dcr adds); save the adapters with --no-lora-merge instead"
+        )
+    scales = {name: m.scaling["default"] for name, m in adapters.items()}
     merged = {}
     for key, tensor in state.items():
         if ".lora_" in key:

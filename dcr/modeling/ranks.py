@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dcr.config import ConfigError
 from dcr.modeling.runtime import pick_device
 
 TIMEOUT = dt.timedelta(minutes=float(os.environ.get("DCR_RANK_TIMEOUT_MIN", "10")))
@@ -43,9 +44,27 @@ class Ranks:
         """The sum of `value` over ranks."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=collective_device())
         dist.all_reduce(t)
         return float(t)
+
+    def micro_batches(self, rows: list, micro: int, batch: int, *, same_count: bool) -> list[list]:
+        """This rank's ``rows`` (its share of a global ``batch``) in micro-batches of at most ``micro``.
+
+        With ``same_count`` every rank gets the same number, ceil(ceil(batch / world) / micro), split
+        evenly, so that collectives run per micro-batch (sharded layers gather in every forward) match."""
+        if not same_count:
+            return [rows[k : k + micro] for k in range(0, len(rows), micro)]
+        per_rank = -(-batch // self.world)  # the largest share
+        count = -(-per_rank // micro)
+        if len(rows) < count:
+            raise ConfigError(
+                f"a batch of {batch} over {self.world} ranks at micro-batch {micro} leaves rank {self.rank} "
+                f"{len(rows)} rows for {count} micro-batches; raise the batch or the micro-batch"
+            )
+        base, extra = divmod(len(rows), count)
+        bounds = [i * base + min(i, extra) for i in range(count + 1)]
+        return [rows[bounds[i] : bounds[i + 1]] for i in range(count)]
 
     def reduce_gradients(self, params: list[torch.Tensor], mean: bool) -> None:
         """Sum (or average) every parameter's gradient over ranks, in one flat buffer."""
@@ -61,6 +80,13 @@ class Ranks:
                 p.grad = g.view_as(p).clone()
             else:
                 p.grad.copy_(g.view_as(p))
+
+
+def collective_device() -> torch.device:
+    """Where a small tensor for a collective lives: this rank's GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def start(device: str) -> tuple[Ranks, torch.device]:

@@ -14,8 +14,6 @@ each layer like the pass with them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -34,9 +32,9 @@ def shard_layers(model: nn.Module, *, compute_dtype: torch.dtype | None, mean: b
     than summed (each rank's loss is its share)."""
     units = []
     for block in decoder_of(model).layers:
-        trained = any(p.requires_grad for p in block.parameters())
-        if trained:
-            block.float()  # fp32 master weights; the policy below casts the gathered copy for compute
+        trained = [p for p in block.parameters() if p.requires_grad]
+        for p in trained:  # fp32 master weights; the frozen ones (a LoRA base layer) keep their dtype
+            p.data = p.data.float()
         policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if trained else None)
         fully_shard(block, mp_policy=policy, reshard_after_forward=True)
         if not mean:
@@ -55,33 +53,40 @@ def any_sharded(model: nn.Module) -> bool:
     return any(is_sharded(p) for p in model.parameters())
 
 
-def full_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every weight of ``model`` as an ordinary CPU tensor in ``dtype``, gathered on rank 0 (a collective:
-    every rank calls it; the other ranks get an empty dict)."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+def full_state_dict(model: nn.Module, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+    """Every weight of ``model`` as an ordinary CPU tensor, gathered on rank 0 (a collective: every rank
+    calls it; the other ranks get an empty dict), each cast back to its dtype in ``dtypes`` (the weights'
+    dtype before sharding). Cast one at a time, so the host holds one gathered copy and one tensor more."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for name in list(state):
+        state[name] = state[name].to(dtypes.get(name, state[name].dtype))
+    return state
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
     """Scale the gradients so that their global norm is at most ``max_norm``; return the norm before.
 
-    Sharded gradients contribute their local shard's squares, summed over ranks; replicated gradients
-    count once."""
-    local, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    Sharded gradients contribute their local shard's squares, summed over ranks (one all-reduce, on the
+    gradients' device); replicated gradients count once."""
     grads = [p.grad for p in params if p.grad is not None]
+    device = grads[0].device if grads else torch.device("cpu")
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # [sharded, replicated]
     for g in grads:
-        if is_sharded(g):
-            local += g.to_local().double().square().sum().cpu()
-        else:
-            replicated += g.double().square().sum().cpu()
-    dist.all_reduce(local)
-    norm = math.sqrt(float(local + replicated))
+        sharded = is_sharded(g)
+        sums[0 if sharded else 1] += (g.to_local() if sharded else g).double().square().sum()
+    total = sums[1] + _all_reduced(sums[0])
+    norm = float(total.sqrt())
     scale = max_norm / (norm + 1e-6)  # as torch.nn.utils.clip_grad_norm_
     if scale < 1.0:
         for g in grads:
             (g.to_local() if is_sharded(g) else g).mul_(scale)
     return norm
+
+
+def _all_reduced(x: torch.Tensor) -> torch.Tensor:
+    out = x.clone()
+    dist.all_reduce(out)
+    return out
 
 
 def trained_state_bytes(params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> int:

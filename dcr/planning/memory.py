@@ -7,7 +7,8 @@ The plan counts what the stages hold, as `dcr.training` runs them:
 - gradients and AdamW's two moments of the trained parameters, in their dtype (1/N under FSDP), plus the
   optimizer step's temporaries (one more copy: the foreach update's denominators);
 - FSDP's working set: two decoder layers gathered in the compute dtype (the one running and the one
-  prefetched) and one layer's unsharded fp32 gradient before it is reduce-scattered;
+  next), one layer's unsharded fp32 gradient (its adapters' with LoRA) before it is reduce-scattered, and
+  when the replicated embeddings and head train, the flat buffer their gradients are all-reduced in;
 - activations of one micro-batch (gradient caching bounds them by the micro-batch): per token and computed
   layer the tensors a SwiGLU decoder layer keeps for its backward (6 H + 2 kv + 4 I values: both norms'
   inputs and outputs, q, k, v, the attention output, gate, its activation, up and their product), plus
@@ -136,7 +137,10 @@ def plan(arch: Architecture, s: Setting) -> dict[str, int]:
         weights = arch.params * w
         trained = (trained_layers * arch.layer_params + (arch.outer_params if outer_trained else 0)) * w
     gradients, optimizer, step_temporaries = trained, 2 * trained, trained
-    working = 2 * arch.layer_params * c + arch.layer_params * 4 if s.fsdp else 0
+    working = 0
+    if s.fsdp:  # two layers gathered, one layer's unsharded fp32 gradient, the replicated part's flat buffer
+        unsharded_grad = arch.lora_params(s.lora_r) if s.lora_r is not None else arch.layer_params
+        working = 2 * arch.layer_params * c + unsharded_grad * 4 + (arch.outer_params * w if outer_trained else 0)
     tokens = s.micro_batch * s.seq_len
     per_layer = arch.activation_values() + (arch.heads * s.seq_len if s.materialised_attention else 0)
     computed = trained_layers if s.stage == "refine" else arch.layers

@@ -116,6 +116,7 @@ class _AlignStage:
         self.device, self.ranks = run.device, run.ranks
         self.kinds = mix["kind"]
         self.pad, self.micro = pad_id(tokenizer), config.micro_batch_size or config.batch_size
+        self.sharded = config.fsdp and run.ranks.world > 1  # every rank then runs as many micro-batches
         self.checkpoint_extra: dict[str, Any] = {}
         self.meta = meta
 
@@ -124,10 +125,10 @@ class _AlignStage:
         rows = sorted(batch_rows(len(encoded), config.batch_size, config.seed, step), key=lambda i: len(encoded[i][0]))
         tokens = sum(len(encoded[i][0]) - encoded[i][1] for i in rows)  # the global batch's answer tokens
         kinds = [self.kinds[i] for i in rows]
-        rows = rows[self.ranks.share(len(rows))]
+        share = rows[self.ranks.share(len(rows))]
         total = 0.0
-        for k in range(0, len(rows), self.micro):
-            chunk = [encoded[i] for i in rows[k : k + self.micro]]
+        for part in self.ranks.micro_batches(share, self.micro, len(rows), same_count=self.sharded):
+            chunk = [encoded[i] for i in part]
             input_ids, mask = collate([ids for ids, _ in chunk], self.pad)
             labels = response_labels(input_ids, mask, [n for _, n in chunk])
             with autocast(self.device, config.precision):
@@ -156,6 +157,8 @@ def align(config: AlignConfig) -> Path:
     with open_run(config) as run:  # the run folder is this process group's until the stage ends
         if config.retention_weight > 0 and run.ranks.world > 1:
             raise ConfigError("the retention term runs on one process; set retention_weight 0 under torchrun")
+        if config.batch_size < run.ranks.world:
+            raise ConfigError(f"batch_size {config.batch_size} gives some of the {run.ranks.world} ranks no pairs")
         device = run.device
         upstream = model_meta(config.model, config.revision)
         layer_setting = config.retention_layer if config.retention_layer is not None else upstream.get("layer", 0.5)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from dcr.config import ConfigError
+from dcr.modeling.ranks import collective_device
 from dcr.modeling.sharding import any_sharded
 from dcr.modeling.trainable import trainable_parameters
 from dcr.training import rng
@@ -67,53 +70,63 @@ def save_checkpoint(
     sharded = any_sharded(model)
     main = not sharded or dist.get_rank() == 0
     tmp = root / f"{TEMPORARY}{final.name}"
-    try:
-        if main:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        _agree(sharded, None, final)
+
+    def fresh_folder() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+
+    def own_files() -> None:
         if sharded:
             dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp))
         else:
             weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
             save_file(weights, str(tmp / "trainable.safetensors"))
-        if main:
-            torch.save(
-                {"optimizer": {} if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng.capture()},
-                tmp / "training.pt",
-            )  # fmt: skip
-            files = {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-            (tmp / "state.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        _agree(sharded, None, final)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+
+    def finish() -> None:
+        training = {"optimizer": {} if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        torch.save({**training, "rng": rng.capture()}, tmp / "training.pt")
+        files = {f.name: _fingerprint(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / "state.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    try:
+        _step(sharded, final, fresh_folder if main else None)
+        _step(sharded, final, own_files)  # every rank its shards (torch.distributed.checkpoint), or rank 0
+        _step(sharded, final, finish if main else None)
+    except CheckpointWriteError:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        _agree(sharded, reason, final)
-        raise CheckpointWriteError(
-            f"cannot write checkpoint {final} (full disk or read-only folder?): {reason}; "
-            "the previous checkpoints are kept"
-        ) from err
+        raise
     if keep and main:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _agree(sharded: bool, failure: str | None, final: Path) -> None:
-    """With sharded writes, every rank learns whether any rank failed (and raises then), so none waits on a
-    rank that gave up."""
-    if not sharded:
-        return
-    failed = torch.tensor([failure is not None], dtype=torch.int32)
-    dist.all_reduce(failed)
-    if failed.item() and failure is None:
-        raise CheckpointWriteError(f"cannot write checkpoint {final}: another rank failed; see its error")
+def _step(sharded: bool, final: Path, work: Callable[[], None] | None) -> None:
+    """Run one part of a checkpoint write (None: nothing on this rank); with sharded writes every rank
+    learns whether any rank failed and raises then, so none waits in a collective for a rank that gave up."""
+    failure: BaseException | None = None
+    try:
+        if work is not None:
+            work()
+    except (Exception, CheckpointException) as err:  # torch.save reports a full disk as a RuntimeError
+        failure = err
+    if sharded:
+        failed = torch.tensor([failure is not None], dtype=torch.int32, device=collective_device())
+        dist.all_reduce(failed)
+        if failed.item() and failure is None:
+            raise CheckpointWriteError(f"cannot write checkpoint {final}: another rank failed; see its error")
+    if failure is not None:
+        err = failure
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (str(err).splitlines() or [""])[0]
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final} (full disk or read-only folder?): {type(err).__name__}: {reason}; "
+            "the previous checkpoints are kept"
+        ) from err
 
 
 def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -111,9 +111,10 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     out = Path(config.output_dir)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    saved_dtype = model.dtype
+    dtypes = {name: t.dtype for name, t in model.state_dict().items()}  # as saved, whatever sharding stores
     sharded = _shard(config, model, stage, run)
     params = list(trainable_parameters(model).values())
+    trained_dtype = str(params[0].dtype).removeprefix("torch.") if params else None
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
@@ -127,6 +128,12 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         changed = changed_settings(state["settings"], settings, type(config))
         if changed:
             raise ConfigError(f"cannot resume {path}: settings changed: {changed}")
+        if state.get("trained_dtype", trained_dtype) != trained_dtype:
+            raise ConfigError(
+                f"cannot resume {path}: it trained {state['trained_dtype']} weights, this run would train "
+                f"{trained_dtype} ones (--fsdp keeps fp32 master weights of a bf16 or fp16 model); resume with "
+                "the --fsdp and --dtype it was started with"
+            )
         start = state["step"]
     log = Metrics(out, start, config, stage.name) if main else None
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
@@ -156,14 +163,14 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         if main or sharded:
             stage.finished_step(log, done)
         if config.save_every and (done % config.save_every == 0 or done == config.steps) and (main or sharded):
-            extra = {"settings": settings, **stage.checkpoint_extra}
+            extra = {"settings": settings, "trained_dtype": trained_dtype, **stage.checkpoint_extra}
             keep = config.keep_checkpoints
             save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=keep)
     bar.close()
     if main:
         log.trackers.close()
     meta = {**stage.meta, "world_size": ranks.world, **({"fsdp": True} if sharded else {})}
-    weights = full_state_dict(model, saved_dtype) if sharded else None  # every rank takes part in gathering
+    weights = full_state_dict(model, dtypes) if sharded else None  # every rank takes part in gathering
     path = out / "model"
     if main:
         save_refined(model, tokenizer, path, meta, merge=config.lora_merge, state_dict=weights)

@@ -92,6 +92,7 @@ class _RefineStage:
             strategy=config.strategy if run.ranks.world > 1 else None,
         )
         self.micro = config.micro_batch_size or config.batch_size
+        self.sharded = config.fsdp and run.ranks.world > 1  # every rank then embeds as many micro-batches
         self.can_validate = all(self.validation["label"].count(c) >= 2 for c in range(len(classes)))
         self.checkpoint_extra = {"layer": layer, "classes": classes}
         self.meta = {
@@ -105,10 +106,11 @@ class _RefineStage:
         }
 
     def backward(self, step: int) -> dict:
-        rows = sorted(self.sampler.batch(step), key=lambda i: len(self.ids[i]))  # length-sorted: little padding
-        rows = rows[self.ranks.share(len(rows))]  # this rank's share of the global batch, in order
+        batch = sorted(self.sampler.batch(step), key=lambda i: len(self.ids[i]))  # length-sorted: little padding
+        rows = batch[self.ranks.share(len(batch))]  # this rank's share of the global batch, in order
         y = torch.tensor([self.labels[i] for i in rows], device=self.device)
-        chunks = [[self.ids[i] for i in rows[k : k + self.micro]] for k in range(0, len(rows), self.micro)]
+        parts = self.ranks.micro_batches(rows, self.micro, len(batch), same_count=self.sharded)
+        chunks = [[self.ids[i] for i in part] for part in parts]
         result, reps = contrastive_backward(self.embed, chunks, y, self.loss_fn, cache=len(chunks) > 1)
         if self.ranks.world > 1:  # every rank's rows, for the batch's cross-class cosine
             reps, y = _gathered(reps), _gathered(y)

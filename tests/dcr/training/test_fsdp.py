@@ -11,12 +11,14 @@ import os
 import shutil
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
 from safetensors.torch import load_file
 from spawn_ranks import free_port, launcher_env, spawn_ranks
 
+from dcr.config import ConfigError
 from dcr.planning.memory import Setting, plan
 from dcr.planning.table import architecture
 from dcr.training.align import align
@@ -57,22 +59,21 @@ def _assert_same(a: dict, b: dict, rel: float = 1e-5) -> None:
 
 def _refine_config(tmp_path, name: str, **kw) -> RefineConfig:
     data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    return RefineConfig(
-        model=str(tiny_model_dir("llama")), layer=2, data=str(data), batch_size=16, micro_batch_size=3, steps=3,
-        lr=1e-3, val_fraction=0.2, output_dir=str(tmp_path / name), progress=False, **{"save_every": 0, **kw},
-    )  # fmt: skip
+    settings = dict(model=str(tiny_model_dir("llama")), layer=2, data=str(data), batch_size=16, micro_batch_size=3,
+                    steps=3, lr=1e-3, val_fraction=0.2, progress=False, save_every=0)  # fmt: skip
+    return RefineConfig(**{**settings, **kw, "output_dir": str(tmp_path / name)})
 
 
-@pytest.mark.parametrize("loss", ["circle", "infonce"])
-def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_path, loss):
-    one = _run("refine", _refine_config(tmp_path, "one", loss=loss), world=1)
-    plain = _run("refine", _refine_config(tmp_path, "dp", loss=loss), world=2)
-    sharded = _run("refine", _refine_config(tmp_path, "fsdp", loss=loss, fsdp=True), world=2)
+@pytest.mark.parametrize(("loss", "batch"), [("circle", 16), ("infonce", 16), ("circle", 14)])
+def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_path, loss, batch):
+    """14 prompts: 7 rows per rank at micro-batch 3, a short last micro-batch."""
+    one = _run("refine", _refine_config(tmp_path, "one", loss=loss, batch_size=batch), world=1)
+    plain = _run("refine", _refine_config(tmp_path, "dp", loss=loss, batch_size=batch), world=2)
+    sharded = _run("refine", _refine_config(tmp_path, "fsdp", loss=loss, fsdp=True, batch_size=batch), world=2)
     _assert_same(one, sharded)
     _assert_same(plain, sharded)
     assert json.loads((tmp_path / "fsdp" / "model" / "dcr.json").read_text())["world_size"] == 2
-    held = {name: _trained_state_mb(tmp_path / name) for name in ("one", "dp", "fsdp")}
-    assert held["dp"] == held["one"]  # data parallel: every rank holds it all
+    held = {name: _trained_state_mb(tmp_path / name) for name in ("one", "fsdp")}
     assert 0.45 < held["fsdp"] / held["one"] < 0.55, held  # sharded: half on each of 2 ranks
     arch = architecture(str(tiny_model_dir("llama")))  # `dcr plan` predicts both
     for name, setting in (("one", Setting(layer=2, weights="fp32")), ("fsdp", Setting(layer=2, gpus=2, fsdp=True))):
@@ -91,10 +92,12 @@ def test_sharded_refine_with_lora_learns_the_single_process_weights(tmp_path):
     _assert_same(one, sharded)
 
 
-def test_sharded_align_learns_the_single_process_weights(tmp_path):
+@pytest.mark.parametrize(("batch", "micro"), [(16, 4), (9, 4)], ids=["even", "uneven"])
+def test_sharded_align_learns_the_single_process_weights(tmp_path, batch, micro):
+    """9 pairs on 2 ranks at micro-batch 4: 5 and 4 rows, as many micro-batches on both (each a collective)."""
     config = AlignConfig(
-        model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32, batch_size=16,
-        micro_batch_size=4, steps=3, lr=1e-3, save_every=0, output_dir=str(tmp_path / "one"), progress=False,
+        model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32, batch_size=batch,
+        micro_batch_size=micro, steps=3, lr=1e-3, save_every=0, output_dir=str(tmp_path / "one"), progress=False,
     )  # fmt: skip
     one = _run("align", config, world=1)
     sharded = _run("align", dataclasses.replace(config, output_dir=str(tmp_path / "fsdp"), fsdp=True), world=2)
@@ -108,7 +111,10 @@ def _forget_after_first_step(run) -> None:
         shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
 
 
-@pytest.mark.parametrize(("first", "then"), [((2, True), (1, False)), ((1, False), (2, True)), ((2, True), (2, True))])
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [((2, True), (1, False)), ((1, False), (2, True)), ((2, True), (2, True)), ((2, True), (2, False))],
+)
 def test_a_run_resumes_at_another_world_size(tmp_path, first, then):
     (world, fsdp), (world_then, fsdp_then) = first, then
     config = _refine_config(tmp_path, "run", save_every=1, keep_checkpoints=0, fsdp=fsdp)
@@ -146,3 +152,38 @@ def test_a_killed_rank_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert steps == ["step-00000001", "step-00000002"] and not (tmp_path / "killed" / "model").exists()
     resumed = _run("refine", dataclasses.replace(killed, resume=True), world=2)
     _assert_same(full, resumed)
+
+
+def test_bf16_weights_train_fp32_masters_and_come_back_in_bf16(tmp_path):
+    """With bf16 weights the sharded trained layers are fp32 master weights (LoRA's frozen base layers stay
+    bf16), the saved model is bf16 again, and a checkpoint of such a run is refused by a run that would
+    train bf16 weights."""
+    common = dict(dtype="bf16", precision="bf16", save_every=1, keep_checkpoints=0)
+    config = _refine_config(tmp_path, "bf16", fsdp=True, **common)
+    saved = _run("refine", config, world=2)
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+    state = json.loads((tmp_path / "bf16" / "checkpoints" / "step-00000003" / "state.json").read_text())
+    assert state["trained_dtype"] == "float32"
+    lora = _run("refine", _refine_config(tmp_path, "lora", fsdp=True, lora=True, lora_r=4, **common), world=2)
+    assert {t.dtype for t in lora.values()} == {torch.bfloat16}
+    _forget_after_first_step(tmp_path / "bf16")
+    with pytest.raises(ConfigError, match="trained float32 weights, this run would train bfloat16"):
+        refine(dataclasses.replace(config, resume=True, fsdp=False))
+
+
+def test_lora_base_layers_keep_their_dtype_when_sharded(tmp_path):
+    from dcr.modeling.model import load_model
+    from dcr.modeling.sharding import shard_layers
+    from dcr.modeling.trainable import add_lora, freeze_above
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model, _ = load_model(tiny_model_dir("llama"), dtype="bf16")
+        model = add_lora(freeze_above(model, 2), 2, r=4)
+        shard_layers(model, compute_dtype=torch.bfloat16, mean=True)
+        dtypes = {n: p.dtype for n, p in model.named_parameters() if ".layers.0." in n}
+        assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+        assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    finally:
+        dist.destroy_process_group()
