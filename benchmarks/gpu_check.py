@@ -69,6 +69,9 @@ PLAN = [
     ("clip", 65536, 256, "bfloat16", ("ours", "inf-cl")),
     ("info_nce", 1048576, 256, "bfloat16", ("ours",)),
     # ragged batches and dimensions (N % 16 != 0, D % 16 != 0): the launches the resource test captures
+    # SigLIP's sigmoid loss: the kernels' sigmoid epilogues against the row-chunked PyTorch path and dense
+    ("siglip", 65536, 1024, "bfloat16", ("ours", "chunked")),
+    ("siglip", 16384, 768, "float32", ("ours", "chunked", "dense")),
     ("clip", 65000, 1000, "bfloat16", ("ours",)),
     ("circle", 1000, 130, "bfloat16", ("ours",)),
     ("supcon", 65000, 130, "float32", ("ours",)),
@@ -77,6 +80,7 @@ PLAN = [
 PER_KERNEL = [("clip", 65536, 1024), ("info_nce", 65536, 256), ("circle", 65536, 1024), ("clip", 65536, 256)]
 _LONG_MS = 200.0  # a step this slow is timed twice instead of by do_bench's repeated runs
 TEMPERATURE, MARGIN, GAMMA = 0.07, 0.4, 80.0
+SIGLIP_SCALE, SIGLIP_BIAS = 10.0, -10.0
 
 
 class Clock:
@@ -200,6 +204,19 @@ def _providers(loss: str, backend: str):
         except ImportError:
             pass
         return out
+    if loss == "siglip":
+        siglip = dict(scale=SIGLIP_SCALE, bias=SIGLIP_BIAS)
+
+        def dense_siglip(q, k, y):
+            logits = SIGLIP_SCALE * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).T + SIGLIP_BIAS
+            labels = 2 * torch.eye(q.shape[0], device=q.device, dtype=logits.dtype) - 1
+            return -F.logsigmoid(labels * logits).sum() / q.shape[0]
+
+        return {
+            "ours": lambda q, k, y: dk.sigmoid_loss(q, k, **siglip, backend=backend),
+            "chunked": lambda q, k, y: dk.sigmoid_loss(q, k, **siglip, backend="chunked"),
+            "dense": dense_siglip,
+        }
     if loss == "info_nce":  # self mode: two stacked views, row i's positive is row (i + B/2) mod B
         return {"ours": lambda q, k, y: dk.info_nce(q, temperature=TEMPERATURE, backend=backend)}
     if loss == "supcon":

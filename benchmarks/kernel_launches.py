@@ -24,8 +24,9 @@ BATCHES = (1000, 65536)
 DIMS = (130, 256, 1536)
 DTYPES = ("fp32", "bf16", "fp16")
 # (loss family, call): self mode; cross mode over extra key rows (N = B + 24, ragged) with no column term;
-# the symmetric (CLIP) loss, whose backward carries the column term
-CALLS = (("softmax", "self"), ("softmax", "cross"), ("softmax", "symmetric"), ("circle", "self"), ("circle", "cross"))
+# the symmetric (CLIP) loss, whose backward carries the column term; the sigmoid loss (SigLIP, cross only)
+CALLS = (("softmax", "self"), ("softmax", "cross"), ("softmax", "symmetric"), ("circle", "self"), ("circle", "cross"),
+         ("sigmoid", "cross"))  # fmt: skip
 SM_COUNT = 132  # H100 SXM / H200: sets the column splits, a grid size only (never specialised)
 EXTRA_KEYS = 24
 
@@ -80,6 +81,10 @@ def _run_case(batch: int, dim: int, dtype: str, loss: str, call: str, metrics: b
         columns = call == "symmetric"
         stats = backend.softmax_stats(q, k, scale, self_mode=call == "self", columns=columns, argmax=metrics)
         out = stats.lse.sum() + (stats.col_lse.sum() if stats.col_lse is not None else 0)
+    elif loss == "sigmoid":
+        positive = torch.empty(batch, device="meta", dtype=torch.int64)
+        t, b = (torch.empty((), device="meta", dtype=torch.float32, requires_grad=True) for _ in range(2))
+        out = backend.sigmoid_rows(q, k, positive, t, b).sum()
     else:
         labels_q = torch.empty(batch, device="meta", dtype=torch.int64)
         labels_k = labels_q if call == "self" else torch.empty(keys, device="meta", dtype=torch.int64)

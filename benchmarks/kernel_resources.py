@@ -31,7 +31,7 @@ import sass  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {80: ("sm_80", 163 * 1024), 90: ("sm_90a", 227 * 1024)}  # ptxas arch, shared memory per block
-LOSSES = {0: "softmax", 1: "circle"}
+LOSSES = {0: "softmax", 1: "circle", 2: "sigmoid"}
 DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 MAX_REGISTERS = 255
 REGISTER_FILE = 65536  # 32-bit registers per SM (sm_80 and sm_90)

@@ -500,7 +500,7 @@ def sigmoid_loss(
     )
     q, k = _normalized(query, key, normalize)
     impl = resolve(backend, q, fn)
-    rows_of = getattr(impl, "sigmoid_rows", chunked_sigmoid.sigmoid_rows)  # no Triton epilogue yet
+    rows_of = getattr(impl, "sigmoid_rows", chunked_sigmoid.sigmoid_rows)
     with _no_autocast(q):
         rows = rows_of(q, k, positive, t, b)
     if reduction == "none":

@@ -14,13 +14,14 @@ from torch import Tensor
 
 from ..pair_terms import weighted_total
 
-SOFTMAX, CIRCLE = 0, 1  # loss families, as the block primitives and the Triton kernels name them
+SOFTMAX, CIRCLE, SIGMOID = 0, 1, 2  # loss families, as the block primitives and the Triton kernels name them
 
 
 class Pairs(NamedTuple):
     """Which pairs (i, j) of S = A B^T are candidates and how their logits are formed, for the block
     primitives and the kernels: the loss family, the excluded pair (i, i + exclude_offset) (None: every pair
-    is a candidate), the softmax scale s (a 1-element tensor), the Circle labels of A's and B's rows, m, gamma,
+    is a candidate), the softmax scale s (a 1-element tensor; the sigmoid loss's (t, b)), the Circle labels of
+    A's and B's rows (the sigmoid loss's: each row's positive column, and the columns' indices), m, gamma,
     and the precision of fp32 dots and GEMMs (`dcr_kernels.precision`, decided once per forward)."""
 
     loss: int

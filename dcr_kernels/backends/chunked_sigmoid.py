@@ -2,8 +2,8 @@
 key, with gradients for the queries, the keys, the scale t and the bias b (docs/design.md, "The math").
 
 Rows are taken in chunks against all N keys (`chunked.chunk_rows`), so memory is O(chunk x N); the
-backward recomputes each chunk. Runs on any device (the Triton backend has no sigmoid epilogue yet, so CUDA
-tensors run here too).
+backward recomputes each chunk. Runs on any device; the Triton backend has its own (`backends/triton`,
+the kernels' sigmoid epilogues).
 """
 
 from __future__ import annotations

@@ -26,12 +26,13 @@ def rows() -> list[dict]:
 
 
 def test_every_variant_is_compiled_from_real_launches(rows):
-    """Both targets, both kernels, both loss families, three dtypes, both backward term layouts, both fp32
-    dot precisions; each captured from the launcher at aligned and ragged batches (B = 1000 and 65536) and
-    bound by Triton's binder, which, with the sizes unspecialised and W's stride padded, gives one compile
-    per variant for every shape."""
+    """Both targets, both kernels, the three loss families, three dtypes, both backward term layouts (the
+    sigmoid loss has no column term), both fp32 dot precisions; each captured from the launcher at aligned
+    and ragged batches (B = 1000 and 65536) and bound by Triton's binder, which, with the sizes unspecialised
+    and W's stride padded, gives one compile per variant for every shape."""
     keys = {(r["capability"], r["kernel"], r["loss"], r["dtype"], r["col_term"], r["precision"]) for r in rows}
-    assert len(keys) == 2 * (2 * (1 + 1 + 2) + 2 * 2 * (1 + 1 + 2))  # targets x (forward + backward variants)
+    dtypes = 1 + 1 + 2  # fp32 (tf32 and IEEE dots), bf16, fp16
+    assert len(keys) == 2 * (3 * dtypes + (2 * 2 + 1) * dtypes)  # targets x (forward + backward variants)
     for r in rows:
         assert {"1000x130", "65536x130", "1000x1536", "65536x1536"} <= set(r["shapes"]), r
 
@@ -93,7 +94,9 @@ def test_one_exponential_per_pair_and_term(rows):
     for r in rows:
         if "sass" not in r:
             continue
-        if r["kernel"] == "similarity_stats_kernel":
+        if r["loss"] == "sigmoid":  # softplus: exp2 and log2; the slope: exp2 and a reciprocal
+            assert r["sass"]["mufu_per_pair"] <= 2.05, r
+        elif r["kernel"] == "similarity_stats_kernel":
             assert r["sass"]["mufu_per_pair"] <= 1.1, r
         else:
             assert r["sass"]["mufu_per_pair"] <= (2.05 if r["col_term"] else 1.05), r

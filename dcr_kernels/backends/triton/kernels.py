@@ -6,12 +6,14 @@ every BLOCK_M x BLOCK_N tile it accumulates S over D in BLOCK_K slices with `tl.
 BLOCK_M >= 64 tile lowers to Hopper's warp-group MMA), then runs an epilogue on the tile in registers:
 
 - `similarity_stats_kernel` (forward): per row and split, the online log-sum-exp of the candidate logits
-  (one for the softmax family, two for Circle: positives and negatives) and, when the call wants top-1
-  metrics (WANT_BEST), the best candidate column with its similarity (docs/design.md, "The math").
+  (one for the softmax family, two for Circle: positives and negatives; for the sigmoid loss the sum of
+  softplus(-l (t S + b))) and, when the call wants top-1 metrics (WANT_BEST), the best candidate column
+  with its similarity (docs/design.md, "The math").
 - `pair_weights_kernel` (backward): W = d loss / d S for the tile, the row term (the losses of A's rows)
   plus optionally the column term (the losses of B's rows, whose candidates include A's rows), written to
   a block of the workspace in fp32 (fp32 inputs) or bf16 (16-bit inputs); cuBLAS then forms dA += W B and
-  dB += W^T A. Also per row and split: d loss / d scale partial sums.
+  dB += W^T A. Also per row and split: d loss / d scale partial sums (and d loss / d bias for the sigmoid
+  loss).
 
 The epilogues are written to an instruction budget (docs/design.md, "The Triton kernels"): exp2 with
 log2(e) folded into the scale, masks on edge tiles only, no mask held per entry.
@@ -28,10 +30,12 @@ import triton
 import triton.language as tl
 
 from ..base import CIRCLE as _CIRCLE
+from ..base import SIGMOID as _SIGMOID
 from ..base import SOFTMAX as _SOFTMAX
 
 SOFTMAX: tl.constexpr = tl.constexpr(_SOFTMAX)
 CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
+SIGMOID: tl.constexpr = tl.constexpr(_SIGMOID)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum (|z| / gamma <= 4 for cosines)
@@ -141,6 +145,20 @@ def _circle_terms(sim, pos, margin):
 
 
 @triton.jit
+def _sigmoid_logits(sim, labels_a, labels_b, scale, bias):
+    """The sigmoid loss's signed logits x = -l (t S + b), l = +1 on each row's positive column (its label
+    code is that column's index) and -1 elsewhere: the loss term is softplus(x), its slope d/dz -l sigmoid(x)."""
+    z = sim * scale + bias
+    return tl.where(labels_a[:, None] == labels_b[None, :], -z, z)
+
+
+@triton.jit
+def _softplus(x):
+    """ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|): no overflow, two transcendental instructions."""
+    return tl.maximum(x, 0.0) + tl.math.log2(1.0 + tl.math.exp2(-tl.abs(x) * LOG2E)) * LN2
+
+
+@triton.jit
 def _label_match(labels_a, labels_b):
     """(pos, neg): 1.0 / 0.0 for pairs with equal / different labels, from the labels as exact float codes in
     two arithmetic instructions per pair (no masks: a tile's worth of them does not fit the predicate
@@ -176,6 +194,10 @@ def similarity_stats_kernel(
         scale = tl.load(SCALE)
         log2_scale = scale * LOG2E  # z in base 2, s S log2(e): each entry costs one exp2
     m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # softmax: the best similarity so far
+    if LOSS == SIGMOID:
+        labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1.0)
+        scale = tl.load(SCALE)
+        bias = tl.load(SCALE + 1)
     if LOSS == CIRCLE:
         labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1.0)
         log2_gamma = gamma * LOG2E
@@ -202,6 +224,12 @@ def similarity_stats_kernel(
             if WANT_BEST:
                 best, best_idx = _best_column(best, best_idx, sim, tile_best, n0)
             m1, l1 = _online_lse2(m1, l1, sim, tile_best, log2_scale)  # m1: the best similarity
+        elif LOSS == SIGMOID:
+            labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N))  # padded: see launch.kernel_vector
+            terms = _softplus(_sigmoid_logits(sim, labels_a, labels_b, scale, bias))
+            if edge:
+                terms = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), terms, 0.0)
+            l1 += tl.sum(terms, 1)
         else:
             labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N))  # padded: see launch.kernel_vector
             pos, neg = _label_match(labels_a, labels_b)
@@ -232,6 +260,8 @@ def similarity_stats_kernel(
     out = tl.program_id(1).to(tl.int64) * M + m0 + tl.arange(0, BLOCK_M)
     if LOSS == SOFTMAX:
         tl.store(STAT1 + out, _finish_lse(m1 * scale, l1), mask=mask_m)
+    elif LOSS == SIGMOID:
+        tl.store(STAT1 + out, l1, mask=mask_m)  # a partial sum: the splits are added on the host
     else:
         tl.store(STAT1 + out, _finish_lse(m1 * LN2, l1), mask=mask_m)  # Circle's maxima are in base 2
         tl.store(STAT2 + out, _finish_lse(m2 * LN2, l2), mask=mask_m)
@@ -245,7 +275,7 @@ def pair_weights_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # as in the forward
     STAT1_A, STAT2_A, COEF_A,  # row term: final statistics and upstream coefficients of A's rows
     STAT1_B, STAT2_B, COEF_B,  # column term: the same for B's rows (read only when COL_TERM)
-    W, DSCALE,  # outputs: W (M, N) in W's dtype; (splits, M) partial sums of d loss / d scale (fp32)
+    W, DSCALE, DBIAS,  # outputs: W (M, N) in W's dtype; (splits, M) partial sums of d loss / d scale (and bias)
     M, N, D, stride_a, stride_b, stride_w,
     margin, gamma, diag_offset,
     col_scale,  # 1 if the column term adds to d loss / d scale, 0 when A is B (its pairs are the row term's)
@@ -263,6 +293,11 @@ def pair_weights_kernel(
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
         coef_a = coef_a * scale
+    elif LOSS == SIGMOID:
+        labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1.0)
+        scale = tl.load(SCALE)
+        bias = tl.load(SCALE + 1)
+        wb = tl.zeros((BLOCK_M,), tl.float32)  # sum_j d loss / d z_ij: d loss / d bias
     else:
         labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1.0)
         stat2_a = tl.load(STAT2_A + offs_m, mask=mask_m, other=float("inf"))[:, None]
@@ -278,7 +313,18 @@ def pair_weights_kernel(
             A + m0 * stride_a, B + n0 * stride_b, D, stride_a, stride_b,
             UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
-        if LOSS == SOFTMAX:
+        edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
+        if LOSS == SIGMOID:
+            labels_b = tl.load(LABELS_B + offs_n)
+            x = _sigmoid_logits(sim, labels_a, labels_b, scale, bias)
+            g = 1.0 / (1.0 + tl.math.exp2(-x * LOG2E))  # sigmoid(x): d term / d z = -l sigmoid(x)
+            g = coef_a * tl.where(labels_a[:, None] == labels_b[None, :], -g, g)
+            if edge:
+                g = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), g, 0.0)
+            ws += tl.sum(g * sim, 1)  # d loss / d t sums g S, d loss / d b sums g, and W = t g
+            wb += tl.sum(g, 1)
+            w = g * scale
+        elif LOSS == SOFTMAX:
             z = sim * scale
             stat_a = stat1_a
         else:
@@ -287,10 +333,10 @@ def pair_weights_kernel(
             z, alpha = _circle_terms(sim, same, margin)
             z = z * gamma
             stat_a = tl.where(same, stat1_a, stat2_a)
-        edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
-        if edge:
-            z = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), z, float("-inf"))
-        w = coef_a * tl.math.exp2((z - stat_a) * LOG2E)  # +inf statistics (rows not counted) give 0
+        if LOSS != SIGMOID:
+            if edge:
+                z = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), z, float("-inf"))
+            w = coef_a * tl.math.exp2((z - stat_a) * LOG2E)  # +inf statistics (rows not counted) give 0
         if COL_TERM:
             coef_b = tl.load(COEF_B + offs_n)
             stat_b = tl.load(STAT1_B + offs_n)
@@ -318,3 +364,5 @@ def pair_weights_kernel(
     if LOSS == SOFTMAX:
         ws = ws / scale  # W = s P, and d loss / d s sums P S
     tl.store(DSCALE + tl.program_id(1).to(tl.int64) * M + offs_m, ws, mask=mask_m)
+    if LOSS == SIGMOID:
+        tl.store(DBIAS + tl.program_id(1).to(tl.int64) * M + offs_m, wb, mask=mask_m)

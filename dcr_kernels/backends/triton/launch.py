@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ...precision import fp32_precision, gemm_precision
 from .. import interpreting
-from ..base import CIRCLE, SOFTMAX, Pairs
+from ..base import CIRCLE, SIGMOID, SOFTMAX, Pairs
 from . import kernels
 from .tuning import choose, deterministic, tuning_key
 
@@ -254,7 +254,9 @@ def rows_forward(
         WANT_BEST=want_best,
         **_common(pairs),
     )
-    if splits > 1:
+    if splits > 1 and loss == SIGMOID:
+        stat1 = stat1.sum(dim=0, keepdim=True)  # the sigmoid loss's partial row sums, in split order
+    elif splits > 1:
         stat1 = torch.logsumexp(stat1, dim=0, keepdim=True)
         stat2 = torch.logsumexp(stat2, dim=0, keepdim=True) if loss == CIRCLE else stat1
         if want_best:
@@ -286,7 +288,8 @@ def pair_grads(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dA = W b, dB = W^T a or None, d loss / d scale) for W = d loss / d S built from the row term (A's
     rows) and the column term (B's rows). In self mode (b is a, the column term is the row term) dA already
-    holds both terms, dB is not formed, and d loss / d scale counts each pair once."""
+    holds both terms, dB is not formed, and d loss / d scale counts each pair once. For the sigmoid loss the
+    last is (d loss / d t, d loss / d b), and the row term's coefficients are d loss / d row sum."""
     pairs = _decided(pairs)
     loss = pairs.loss
     m, d = a.shape
@@ -307,12 +310,13 @@ def pair_grads(
     workspace = new_output((block_rows, -(-block_cols // 16) * 16), w_dtype, a.device)
     workspace[:, block_cols:] = 0  # never part of W, but a CPU 16-bit GEMM reads the padding of a strided view
     partial = new_output((splits, block_rows), torch.float32, a.device)
+    partial_bias = new_output((splits, block_rows), torch.float32, a.device) if loss == SIGMOID else partial
     one_block = block_cols == n  # dA of a row block in one GEMM; else accumulated over column blocks in fp32
     da = new_output((m, a.shape[1]), a.dtype if one_block else torch.float32, a.device)
     if not one_block:
         da.zero_()
     db = torch.zeros(n, a.shape[1], dtype=torch.float32, device=a.device) if want_db and not same_rows else None
-    dscale = torch.zeros((), dtype=torch.float32, device=a.device)
+    dscale = torch.zeros((2,) if loss == SIGMOID else (), dtype=torch.float32, device=a.device)
     r1, r2, rc = row_term
     c1, c2, cc = col_term if col_term is not None else (None, None, None)
 
@@ -343,6 +347,7 @@ def pair_grads(
                     part(cc, cols),
                     w,
                     partial,
+                    partial_bias,
                     w.shape[0],
                     w.shape[1],
                     a.shape[1],
@@ -358,8 +363,11 @@ def pair_grads(
                     COL_TERM=col_term is not None,
                     **_common(pairs),
                 )
+                written = slice(0, splits * w.shape[0])  # the kernel wrote (splits, rows)
                 if loss == SOFTMAX:
-                    dscale += partial.view(-1)[: splits * w.shape[0]].sum()  # the kernel wrote (splits, rows)
+                    dscale += partial.view(-1)[written].sum()
+                elif loss == SIGMOID:
+                    dscale += torch.stack([partial.view(-1)[written].sum(), partial_bias.view(-1)[written].sum()])
                 if one_block:
                     da[rows] = w @ b_w
                 else:
