@@ -38,6 +38,7 @@ CIRCLE: tl.constexpr = tl.constexpr(_CIRCLE)
 SIGMOID: tl.constexpr = tl.constexpr(_SIGMOID)
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+INV_SQRT2: tl.constexpr = tl.constexpr(0.7071067811865476)
 BIG: tl.constexpr = tl.constexpr(1e30)  # pushes an entry out of a set's maximum (|z| / gamma <= 4 for cosines)
 RENEW: tl.constexpr = tl.constexpr(2.0**64)  # an entry this far above its set's reference renews the references
 
@@ -153,9 +154,19 @@ def _sigmoid_logits(sim, labels_a, labels_b, scale, bias):
 
 
 @triton.jit
-def _softplus(x):
-    """ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|): no overflow, two transcendental instructions."""
-    return tl.maximum(x, 0.0) + tl.math.log2(1.0 + tl.math.exp2(-tl.abs(x) * LOG2E)) * LN2
+def _times(a, b):
+    return a * b
+
+
+@triton.jit
+def _softplus_sum(x, BLOCK_N: tl.constexpr):
+    """sum_j ln(1 + e^x_j) over a tile's rows (-inf where an entry does not count: it adds exactly 0), as
+    sum max(x, 0) plus the log of a product: ln(1 + e^-|x|) = ln2 (log2 f + 1/2) with
+    f = (1 + e^-|x|) / sqrt 2 in (0.70, 1.42], so a row's product of at most 128 factors stays within
+    2^+-64 and one log2 per row replaces one per pair."""
+    e = tl.math.exp2(-tl.abs(x) * LOG2E)
+    product = tl.reduce((1.0 + e) * INV_SQRT2, 1, _times)
+    return tl.sum(tl.maximum(x, 0.0), 1) + (tl.math.log2(product) + 0.5 * BLOCK_N) * LN2
 
 
 @triton.jit
@@ -226,10 +237,10 @@ def similarity_stats_kernel(
             m1, l1 = _online_lse2(m1, l1, sim, tile_best, log2_scale)  # m1: the best similarity
         elif LOSS == SIGMOID:
             labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N))  # padded: see launch.kernel_vector
-            terms = _softplus(_sigmoid_logits(sim, labels_a, labels_b, scale, bias))
+            x = _sigmoid_logits(sim, labels_a, labels_b, scale, bias)
             if edge:
-                terms = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), terms, 0.0)
-            l1 += tl.sum(terms, 1)
+                x = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), x, float("-inf"))
+            l1 += _softplus_sum(x, BLOCK_N)
         else:
             labels_b = tl.load(LABELS_B + n0 + tl.arange(0, BLOCK_N))  # padded: see launch.kernel_vector
             pos, neg = _label_match(labels_a, labels_b)
@@ -317,7 +328,9 @@ def pair_weights_kernel(
         if LOSS == SIGMOID:
             labels_b = tl.load(LABELS_B + offs_n)
             x = _sigmoid_logits(sim, labels_a, labels_b, scale, bias)
-            g = 1.0 / (1.0 + tl.math.exp2(-x * LOG2E))  # sigmoid(x): d term / d z = -l sigmoid(x)
+            g = tl.fdiv(
+                1.0, 1.0 + tl.math.exp2(-x * LOG2E), ieee_rounding=False
+            )  # sigmoid(x): d term / d z = -l sigmoid(x)
             g = coef_a * tl.where(labels_a[:, None] == labels_b[None, :], -g, g)
             if edge:
                 g = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), g, 0.0)

@@ -184,13 +184,17 @@ def kernel_vector(x: Tensor, fill: float) -> Tensor:
 
 
 def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
-    """Circle's labels as the kernels read them: fp32 codes (exact below 2^24; the codes number at most the
-    rows, so the check is on the shapes), which compare in two arithmetic instructions per pair; padded with
-    -1 (A's rows) and -2 (B's rows), which match nothing."""
+    """Circle's labels (the sigmoid loss's positive columns and column indices) as the kernels read them:
+    fp32 codes (exact below 2^24; the codes number at most the rows, so the check is on the shapes), which
+    compare in two arithmetic instructions per pair; padded with -1 (A's rows) and -2 (B's rows), which
+    match nothing."""
     if pairs.labels_a is None:
         return None, None
     if pairs.labels_a.shape[0] + pairs.labels_b.shape[0] > 2**24:
-        raise ValueError("the Triton Circle kernels take at most 2^24 rows and keys together; use backend='chunked'")
+        raise ValueError(
+            "the Triton Circle and sigmoid kernels take at most 2^24 rows and keys together (their label codes "
+            "are fp32); use backend='chunked'"
+        )
     return kernel_vector(pairs.labels_a, -1.0), kernel_vector(pairs.labels_b, -2.0)
 
 
