@@ -45,12 +45,16 @@ def test_matches_the_paper(m, n, d, dtype, launches, monkeypatch):
         torch.randn(m, d, generator=gen, dtype=torch.float64),
         torch.randn(n, d, generator=gen, dtype=torch.float64),
     )
-    q64, k64 = q64.to(dtype).double(), k64.to(dtype).double()  # the values the kernels see
+    q64, k64 = (x.div(d**0.5).to(dtype).double() for x in (q64, k64))  # |S| ~ 1; the values the kernels see
     positive = torch.randperm(n, generator=gen)[:m] if n >= m else torch.randint(0, n, (m,), generator=gen)
     probe = torch.randn(m, generator=gen, dtype=torch.float64)
 
+    normalize = dtype == torch.float32  # 16-bit: the kernels' W, not the 16-bit normalisation's cancellations
+
     def run(q, k, t, b, **kw):
-        rows = dk.sigmoid_loss(q, k, positive=positive.to(q.device), scale=t, bias=b, reduction="none", **kw)
+        rows = dk.sigmoid_loss(
+            q, k, positive=positive.to(q.device), scale=t, bias=b, reduction="none", normalize=normalize, **kw
+        )
         grads = torch.autograd.grad((rows.double() * probe.to(rows.device)).sum(), [q, k, t, b])
         return rows.double().cpu(), [g.double().cpu() for g in grads]
 
