@@ -1,6 +1,8 @@
-"""Measured memory per rank of the DCR stage against `dcr plan`, on the CPU: SmolLM2-135M-Instruct at layer
-15, fp32, a 64-prompt batch of the matched twins cut to 32 tokens, gradient caching at micro-batch 16,
-2 steps, on 1 process and on 2 gloo ranks (torchrun), plain, with LoRA (r 16) and with --fsdp.
+"""Measured memory per rank of the stages against `dcr plan`, on the CPU: SmolLM2-135M-Instruct, fp32, 2 steps,
+on 1 process and on 2 gloo ranks (torchrun). The DCR stage at layer 15, a 64-prompt batch of the matched
+twins cut to 32 tokens, gradient caching at micro-batch 16: plain, with LoRA (r 16) and with --fsdp; the
+alignment stage (every layer trained), 16 pairs of at most 64 tokens in micro-batches of 4: plain and with
+--fsdp.
 
 Each rank samples its anonymous resident memory (RssAnon: what tensors allocate) every 2 ms through the
 stage; the peak minus the value before the model is loaded is what the plan predicts (weights, gradients,
@@ -29,14 +31,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {  # name: (ranks, fsdp, lora)
-    "one process": (1, False, False),
-    "2 ranks, data parallel": (2, False, False),
-    "2 ranks, FSDP": (2, True, False),
-    "one process, LoRA": (1, False, True),
-    "2 ranks, FSDP + LoRA": (2, True, True),
+CASES = {  # name: (ranks, fsdp, lora, stage)
+    "one process": (1, False, False, "refine"),
+    "2 ranks, data parallel": (2, False, False, "refine"),
+    "2 ranks, FSDP": (2, True, False, "refine"),
+    "one process, LoRA": (1, False, True, "refine"),
+    "2 ranks, FSDP + LoRA": (2, True, True, "refine"),
+    "align, one process": (1, False, False, "align"),
+    "align, 2 ranks, FSDP": (2, True, False, "align"),
 }
 LAYER, BATCH, MICRO, TOKENS, LORA_R = 15, 64, 16, 32, 16
+ALIGN_BATCH, ALIGN_MICRO, ALIGN_TOKENS = 16, 4, 64
 
 
 def rss_anon() -> int:
@@ -74,24 +79,31 @@ def run_case(name: str, out: str, model: str) -> None:
     from dcr.modeling.model import model_depth
     from dcr.planning.memory import Architecture, Setting, plan
     from dcr.planning.table import architecture
+    from dcr.training.align import align
+    from dcr.training.align_config import AlignConfig
     from dcr.training.jsonl_log import read_log
     from dcr.training.refine import refine
     from dcr.training.refine_config import RefineConfig
 
-    world, fsdp, lora = CASES[name]
-    config = RefineConfig(
-        layer=LAYER, batch_size=BATCH, micro_batch_size=MICRO, max_length=TOKENS, steps=2, save_every=0,
-        eval_every=0, lora=lora, lora_r=LORA_R, fsdp=fsdp, dtype="fp32", output_dir=out, progress=False,
-        model=model,
-    )  # fmt: skip
+    world, fsdp, lora, stage = CASES[name]
+    common = dict(steps=2, save_every=0, lora=lora, lora_r=LORA_R, fsdp=fsdp, dtype="fp32", output_dir=out,
+                  progress=False, model=model)  # fmt: skip
+    if stage == "refine":
+        config = RefineConfig(layer=LAYER, batch_size=BATCH, micro_batch_size=MICRO, max_length=TOKENS, eval_every=0,
+                              **common)  # fmt: skip
+        sizes = dict(micro_batch=MICRO, seq_len=TOKENS, batch=BATCH)
+    else:
+        config = AlignConfig(examples=200, refusal_share=0.25, batch_size=ALIGN_BATCH, micro_batch_size=ALIGN_MICRO,
+                             max_length=ALIGN_TOKENS, **common)  # fmt: skip
+        sizes = dict(micro_batch=ALIGN_MICRO, seq_len=ALIGN_TOKENS, batch=ALIGN_BATCH)
     arch: Architecture = architecture(model)
     assert model_depth(model) == arch.layers
-    setting = Setting(stage="refine", layer=LAYER, gpus=world, fsdp=fsdp, lora_r=LORA_R if lora else None,
-                      weights="fp32", compute="fp32", micro_batch=MICRO, seq_len=TOKENS, batch=BATCH)  # fmt: skip
+    setting = Setting(stage=stage, layer=LAYER, gpus=world, fsdp=fsdp, lora_r=LORA_R if lora else None,
+                      weights="fp32", compute="fp32", **sizes)  # fmt: skip
     before = rss_anon()
     with PeakSampler() as sampler:
         _mark_the_final_save(sampler)
-        refine(config)
+        (refine if stage == "refine" else align)(config)
     main = os.environ.get("RANK", "0") == "0"
     steps = [r for r in read_log(Path(out) / "metrics.jsonl") if "loss" in r] if main else []
     predicted = plan(arch, setting)
@@ -136,7 +148,7 @@ def drive(out_file: Path) -> None:
     _bf16_copy(model)
     # a fixed mmap threshold: large buffers go back to the system when freed, so RssAnon follows live memory
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    for name, (world, _, _) in CASES.items():
+    for name, (world, *_) in CASES.items():
         with tempfile.TemporaryDirectory() as tmp:
             me = [str(Path(__file__).resolve()), "--case", name, "--out", str(Path(tmp) / "run"), "--model", str(model)]
             launch = ["-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_port=29533"]

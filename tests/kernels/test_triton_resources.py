@@ -89,11 +89,12 @@ def test_circle_forward_epilogue_within_budget(rows):
 
 
 def test_sigmoid_forward_epilogue_within_budget(rows):
-    """Read from the sm_90 SASS: the sigmoid loss's forward at most 20 instructions per pair per thread
+    """Read from the sm_90 SASS: the sigmoid loss's forward at most 28 instructions per pair per thread
     outside the K loop on an interior tile (the best config), with one exp2 per pair: softplus's logarithm is
-    taken once per row and tile, of the product of the tile's factors."""
+    taken once per row and tile, of the product of the tile's factors (a logarithm per pair lowers to a
+    software routine: 41)."""
     counts = _best(rows, "similarity_stats_kernel", "sigmoid")
-    assert counts["epilogue_per_pair"] <= 20, counts
+    assert counts["epilogue_per_pair"] <= 28, counts
     assert counts["mufu_per_pair"] <= 1.05, counts
 
 

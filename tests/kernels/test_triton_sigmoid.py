@@ -82,3 +82,34 @@ def test_matches_the_paper(m, n, d, dtype, launches, monkeypatch):
         "similarity_stats_kernel",
         "pair_weights_kernel",
     }
+
+
+@pytest.mark.parametrize("tile", [(32, 32, 32), (64, 128, 32)], ids=["32x32", "64x128"])
+@pytest.mark.parametrize(("t", "b", "aligned"), [(7.0, -4.0, False), (100.0, -20.0, False), (30.0, 30.0, False),
+                                                 (100.0, -60.0, True)])  # fmt: skip
+def test_row_sums_are_accurate_at_any_logit(tile, t, b, aligned, monkeypatch):
+    """Each row's sum to a relative 1e-4 of the float64 formula, never negative, with the widest tile the GPU
+    configs use (128 columns: the longest product of factors), from logits where most terms are large to a
+    trained model's (`aligned`: each query equals its positive key, D = 256, so every term is below 2^-24,
+    which 1 + e^-|x| would drop, and a row's sum is about 1e-15)."""
+    if not ON_GPU:
+        monkeypatch.setattr(
+            launch, "_INTERPRETER_META", dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), tile, strict=True))
+        )
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    d = 256 if aligned else 24
+    q, k = (
+        torch.randn(70, d, generator=gen, dtype=torch.float64),
+        torch.randn(300, d, generator=gen, dtype=torch.float64),
+    )
+    positive = torch.randperm(300, generator=gen)[:70]
+    if aligned:
+        q = k[positive].clone()
+    want = _paper(q, k, positive, torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), True)
+    with torch.no_grad():
+        got = dk.sigmoid_loss(q.float().to(DEVICE), k.float().to(DEVICE), positive=positive.to(DEVICE), scale=t,
+                              bias=b, reduction="none", backend="triton").double().cpu()  # fmt: skip
+    assert bool((got >= 0).all())
+    err = ((got - want).abs() / want.abs().clamp_min(1e-30)).max()
+    # fp32 bounds it: a term e^x moves by t |dS| relatively, about 100 x 2^-24 x a few at t = 100
+    assert err < 1e-4, f"largest relative error of a row: {float(err):.2e}"

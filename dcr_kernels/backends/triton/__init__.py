@@ -144,7 +144,7 @@ class _SigmoidRows(torch.autograd.Function):
         pairs = Pairs(SIGMOID, None, tb, positive.float(), columns, precision=fp32_precision())
         rows, _, _, _ = rows_forward(q, k, pairs, want_best=False)
         ctx.save_for_backward(q, k)
-        ctx.pairs, ctx.shapes = pairs, (scale, bias)
+        ctx.pairs, ctx.scalars = pairs, [(x.dtype, x.shape) for x in (scale, bias)]
         return rows
 
     @staticmethod
@@ -152,8 +152,7 @@ class _SigmoidRows(torch.autograd.Function):
         q, k = ctx.saved_tensors
         term = (torch.zeros_like(grad_rows, dtype=torch.float32), None, grad_rows.float())
         dq, dk, dtb = pair_grads(q, k, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
-        scale, bias = ctx.shapes
-        dt, db = (g.to(x.dtype).reshape(x.shape) for g, x in zip(dtb, (scale, bias), strict=True))
+        dt, db = (g.to(dtype).reshape(shape) for g, (dtype, shape) in zip(dtb, ctx.scalars, strict=True))
         return dq, dk, None, dt, db
 
 

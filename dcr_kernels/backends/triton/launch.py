@@ -190,10 +190,11 @@ def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
     match nothing."""
     if pairs.labels_a is None:
         return None, None
-    if pairs.labels_a.shape[0] + pairs.labels_b.shape[0] > 2**24:
+    codes = pairs.labels_b.shape[0] if pairs.loss == SIGMOID else pairs.labels_a.shape[0] + pairs.labels_b.shape[0]
+    if codes > 2**24:
         raise ValueError(
-            "the Triton Circle and sigmoid kernels take at most 2^24 rows and keys together (their label codes "
-            "are fp32); use backend='chunked'"
+            "the Triton Circle kernels take at most 2^24 rows and keys together, the sigmoid kernels 2^24 keys "
+            "(their label codes are fp32); use backend='chunked'"
         )
     return kernel_vector(pairs.labels_a, -1.0), kernel_vector(pairs.labels_b, -2.0)
 
