@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -55,11 +54,22 @@ def any_sharded(model: nn.Module) -> bool:
 
 def full_state_dict(model: nn.Module, dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
     """Every weight of ``model`` as an ordinary CPU tensor, gathered on rank 0 (a collective: every rank
-    calls it; the other ranks get an empty dict), each cast back to its dtype in ``dtypes`` (the weights'
-    dtype before sharding). Cast one at a time, so the host holds one gathered copy and one tensor more."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    for name in list(state):
-        state[name] = state[name].to(dtypes.get(name, state[name].dtype))
+    calls it; the other ranks get an empty dict), each cast to its dtype in ``dtypes`` (the weights' dtype
+    before sharding) as it arrives: rank 0's host holds one copy in the saved dtypes, a device one gathered
+    tensor at a time. Tied weights stay one tensor."""
+    main = dist.get_rank() == 0
+    state, copies = {}, {}
+    for name, tensor in model.state_dict().items():
+        if is_sharded(tensor):
+            full = tensor.full_tensor()  # every rank takes part in the gather
+            if main:
+                state[name] = full.to("cpu", dtypes.get(name, full.dtype), copy=True)
+            del full
+        elif main:  # replicated: the embeddings, the final norm, the head (tied to the embeddings or not)
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if key not in copies:
+                copies[key] = tensor.detach().to("cpu", dtypes.get(name, tensor.dtype), copy=True)
+            state[name] = copies[key]
     return state
 
 
