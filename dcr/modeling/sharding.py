@@ -63,12 +63,12 @@ def full_state_dict(model: nn.Module, dtypes: dict[str, torch.dtype]) -> dict[st
         if is_sharded(tensor):
             full = tensor.full_tensor()  # every rank takes part in the gather
             if main:
-                state[name] = full.to("cpu", dtypes.get(name, full.dtype), copy=True)
+                state[name] = full.to("cpu", dtypes.get(name, full.dtype))  # a fresh tensor: no second copy
             del full
         elif main:  # replicated: the embeddings, the final norm, the head (tied to the embeddings or not)
             key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-            if key not in copies:
-                copies[key] = tensor.detach().to("cpu", dtypes.get(name, tensor.dtype), copy=True)
+            if key not in copies:  # the live tensor itself when it is on the CPU in its saved dtype
+                copies[key] = tensor.detach().to("cpu", dtypes.get(name, tensor.dtype))
             state[name] = copies[key]
     return state
 
