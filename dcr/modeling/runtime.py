@@ -24,10 +24,16 @@ def attn_implementation(spec: str, device: torch.device) -> str:
     return "sdpa"
 
 
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for ``auto``/``bf16`` (and on CPU only for ``bf16``); fp32 otherwise."""
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 on CUDA for ``auto``/``bf16`` (and on CPU only for ``bf16``); None (the weights' own) otherwise."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast to `autocast_dtype`; fp32 (no autocast) when it is None."""
+    dtype = autocast_dtype(device, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

@@ -17,19 +17,18 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from dcr.modeling.layer_states import decoder_of
 
 
-def shard_layers(model: nn.Module, *, compute_dtype: torch.dtype | None, mean: bool) -> list[FSDPModule]:
-    """Shard every decoder layer of ``model`` in place; return the FSDP units.
+def shard_layers(model: nn.Module, *, compute_dtype: torch.dtype | None, mean: bool) -> None:
+    """Shard every decoder layer of ``model`` in place (each becomes an FSDP unit).
 
     ``compute_dtype`` (e.g. bf16) is the dtype the gathered weights are cast to; None computes in the
     stored dtype. ``mean``: gradients are averaged over ranks (each rank's loss is the global one) rather
     than summed (each rank's loss is its share)."""
-    units = []
     for block in decoder_of(model).layers:
         trained = [p for p in block.parameters() if p.requires_grad]
         for p in trained:  # fp32 master weights; the frozen ones (a LoRA base layer) keep their dtype
@@ -39,8 +38,6 @@ def shard_layers(model: nn.Module, *, compute_dtype: torch.dtype | None, mean: b
         if not mean:
             block.set_gradient_divide_factor(1.0)
             block.set_force_sum_reduction_for_comms(True)  # plain sums: gloo has no pre-multiplied sum
-        units.append(block)
-    return units
 
 
 def is_sharded(p: torch.Tensor) -> bool:

@@ -222,6 +222,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     rng.restore(training["rng"])
+    return read_state(path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The state.json of checkpoint ``path``: its step, the settings it was trained with, and its files."""
     return json.loads((path / "state.json").read_text())
 
 

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 from dcr.config import ConfigError
 from dcr.modeling.export import save_refined
 from dcr.modeling.ranks import Ranks, start
+from dcr.modeling.runtime import autocast_dtype
 from dcr.modeling.sharding import clip_gradients, full_state_dict, is_sharded, shard_layers, trained_state_bytes
 from dcr.modeling.trainable import trainable_parameters
 from dcr.run_lock import FolderLock, claim
@@ -35,6 +36,7 @@ from dcr.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     newest_intact,
+    read_state,
     remove_leftovers,
     save_checkpoint,
 )
@@ -124,7 +126,7 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     start = 0
     if config.resume and checkpoints:
         path = newest_intact(checkpoints)
-        state = load_checkpoint(path, model, optimizer, scheduler)
+        state = read_state(path)  # refused before anything loads when the run would differ
         changed = changed_settings(state["settings"], settings, type(config))
         if changed:
             raise ConfigError(f"cannot resume {path}: settings changed: {changed}")
@@ -134,10 +136,12 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
                 f"{trained_dtype} ones (--fsdp keeps fp32 master weights of a bf16 or fp16 model); resume with "
                 "the --fsdp and --dtype it was started with"
             )
+        load_checkpoint(path, model, optimizer, scheduler)
         start = state["step"]
     log = Metrics(out, start, config, stage.name) if main else None
+    hooks = main or sharded  # a sharded forward or checkpoint is a collective: every rank takes part
     bar = tqdm(total=config.steps, initial=start, disable=not (config.progress and main), desc=stage.name, unit="step")
-    if main or sharded:
+    if hooks:
         stage.started(log, start)
     for step in range(start, config.steps):
         began = time.perf_counter()
@@ -160,9 +164,9 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
         done = step + 1
         if main:
             log.write(record)
-        if main or sharded:
+        if hooks:
             stage.finished_step(log, done)
-        if config.save_every and (done % config.save_every == 0 or done == config.steps) and (main or sharded):
+        if config.save_every and (done % config.save_every == 0 or done == config.steps) and hooks:
             extra = {"settings": settings, "trained_dtype": trained_dtype, **stage.checkpoint_extra}
             keep = config.keep_checkpoints
             save_checkpoint(out / "checkpoints", done, model, optimizer, scheduler, extra, keep=keep)
@@ -185,8 +189,7 @@ def _shard(config: TrainingConfig, model, stage: Stage, run: Run) -> bool:
     if run.ranks.world == 1:
         warnings.warn("--fsdp on one process has nothing to shard over; training unsharded", stacklevel=3)
         return False
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and run.device.type == "cuda")
-    shard_layers(model, compute_dtype=torch.bfloat16 if bf16 else None, mean=stage.average_gradients)
+    shard_layers(model, compute_dtype=autocast_dtype(run.device, config.precision), mean=stage.average_gradients)
     return True
 
 
