@@ -14,64 +14,28 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
-from safetensors.torch import load_file
-from spawn_ranks import free_port, launcher_env, spawn_ranks
+from dcr_helpers import tiny_model_dir
+from spawn_ranks import free_port
+from stage_ranks import assert_same_weights, refine_config, run_stage, stage_worker
 
 from dcr.config import ConfigError
 from dcr.planning.memory import Setting, plan
 from dcr.planning.table import architecture
-from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
 from dcr.training.jsonl_log import read_log
 from dcr.training.refine import refine
-from dcr.training.refine_config import RefineConfig
 
 pytest.importorskip("transformers")
-
-
-def _worker(rank: int, world: int, port: int, stage: str, config) -> None:
-    launcher_env(rank, world, port)
-    try:
-        (refine if stage == "refine" else align)(config)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _run(stage: str, config, world: int) -> dict:
-    path = os.path.join(config.output_dir, "model")
-    if world == 1:
-        (refine if stage == "refine" else align)(config)
-    else:
-        done = lambda: os.path.exists(os.path.join(path, "model.safetensors"))  # noqa: E731
-        spawn_ranks(_worker, world, (free_port(), stage, config), done=done)
-    return load_file(os.path.join(path, "model.safetensors"))
-
-
-def _assert_same(a: dict, b: dict, rel: float = 1e-5) -> None:
-    assert a.keys() == b.keys()
-    for name, tensor in a.items():
-        assert tensor.dtype == b[name].dtype, name
-        diff = float((b[name].double() - tensor.double()).norm() / tensor.double().norm().clamp(min=1e-12))
-        assert diff < rel, f"{name}: relative difference {diff:.2e}"
-
-
-def _refine_config(tmp_path, name: str, **kw) -> RefineConfig:
-    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    settings = dict(model=str(tiny_model_dir("llama")), layer=2, data=str(data), batch_size=16, micro_batch_size=3,
-                    steps=3, lr=1e-3, val_fraction=0.2, progress=False, save_every=0)  # fmt: skip
-    return RefineConfig(**{**settings, **kw, "output_dir": str(tmp_path / name)})
 
 
 @pytest.mark.parametrize(("loss", "batch"), [("circle", 16), ("infonce", 16), ("circle", 14)])
 def test_sharded_refine_learns_the_single_process_and_data_parallel_weights(tmp_path, loss, batch):
     """14 prompts: 7 rows per rank at micro-batch 3, a short last micro-batch."""
-    one = _run("refine", _refine_config(tmp_path, "one", loss=loss, batch_size=batch), world=1)
-    plain = _run("refine", _refine_config(tmp_path, "dp", loss=loss, batch_size=batch), world=2)
-    sharded = _run("refine", _refine_config(tmp_path, "fsdp", loss=loss, fsdp=True, batch_size=batch), world=2)
-    _assert_same(one, sharded)
-    _assert_same(plain, sharded)
+    one = run_stage("refine", refine_config(tmp_path, "one", loss=loss, batch_size=batch), world=1)
+    plain = run_stage("refine", refine_config(tmp_path, "dp", loss=loss, batch_size=batch), world=2)
+    sharded = run_stage("refine", refine_config(tmp_path, "fsdp", loss=loss, fsdp=True, batch_size=batch), world=2)
+    assert_same_weights(one, sharded)
+    assert_same_weights(plain, sharded)
     assert json.loads((tmp_path / "fsdp" / "model" / "dcr.json").read_text())["world_size"] == 2
     held = {name: _trained_state_mb(tmp_path / name) for name in ("one", "fsdp")}
     assert 0.45 < held["fsdp"] / held["one"] < 0.55, held  # sharded: half on each of 2 ranks
@@ -87,9 +51,9 @@ def _trained_state_mb(run) -> float:
 
 
 def test_sharded_refine_with_lora_learns_the_single_process_weights(tmp_path):
-    one = _run("refine", _refine_config(tmp_path, "one", lora=True, lora_r=4), world=1)
-    sharded = _run("refine", _refine_config(tmp_path, "fsdp", lora=True, lora_r=4, fsdp=True), world=2)
-    _assert_same(one, sharded)
+    one = run_stage("refine", refine_config(tmp_path, "one", lora=True, lora_r=4), world=1)
+    sharded = run_stage("refine", refine_config(tmp_path, "fsdp", lora=True, lora_r=4, fsdp=True), world=2)
+    assert_same_weights(one, sharded)
 
 
 @pytest.mark.parametrize(("batch", "micro"), [(16, 4), (9, 4)], ids=["even", "uneven"])
@@ -99,9 +63,9 @@ def test_sharded_align_learns_the_single_process_weights(tmp_path, batch, micro)
         model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32, batch_size=batch,
         micro_batch_size=micro, steps=3, lr=1e-3, save_every=0, output_dir=str(tmp_path / "one"), progress=False,
     )  # fmt: skip
-    one = _run("align", config, world=1)
-    sharded = _run("align", dataclasses.replace(config, output_dir=str(tmp_path / "fsdp"), fsdp=True), world=2)
-    _assert_same(one, sharded)
+    one = run_stage("align", config, world=1)
+    sharded = run_stage("align", dataclasses.replace(config, output_dir=str(tmp_path / "fsdp"), fsdp=True), world=2)
+    assert_same_weights(one, sharded)
 
 
 def _forget_after_first_step(run) -> None:
@@ -117,14 +81,14 @@ def _forget_after_first_step(run) -> None:
 )
 def test_a_run_resumes_at_another_world_size(tmp_path, first, then):
     (world, fsdp), (world_then, fsdp_then) = first, then
-    config = _refine_config(tmp_path, "run", save_every=1, keep_checkpoints=0, fsdp=fsdp)
-    full = _run("refine", config, world=world)
+    config = refine_config(tmp_path, "run", save_every=1, keep_checkpoints=0, fsdp=fsdp)
+    full = run_stage("refine", config, world=world)
     step = tmp_path / "run" / "checkpoints" / "step-00000001"
     assert (step / ".metadata").is_file() == fsdp  # sharded: torch.distributed.checkpoint, a file per rank
     assert len(list(step.glob("*.distcp"))) == (world if fsdp else 0)
     _forget_after_first_step(tmp_path / "run")
-    resumed = _run("refine", dataclasses.replace(config, resume=True, fsdp=fsdp_then), world=world_then)
-    _assert_same(full, resumed)
+    resumed = run_stage("refine", dataclasses.replace(config, resume=True, fsdp=fsdp_then), world=world_then)
+    assert_same_weights(full, resumed)
 
 
 def _dying_worker(rank: int, world: int, port: int, config) -> None:
@@ -139,19 +103,19 @@ def _dying_worker(rank: int, world: int, port: int, config) -> None:
         return stage_backward(self, step)
 
     refine_module._RefineStage.backward = backward
-    _worker(rank, world, port, "refine", config)
+    stage_worker(rank, world, port, "refine", config)
 
 
 def test_a_killed_rank_then_resume_gives_the_uninterrupted_weights(tmp_path):
-    config = _refine_config(tmp_path, "full", save_every=1, keep_checkpoints=0, fsdp=True)
-    full = _run("refine", config, world=2)
+    config = refine_config(tmp_path, "full", save_every=1, keep_checkpoints=0, fsdp=True)
+    full = run_stage("refine", config, world=2)
     killed = dataclasses.replace(config, output_dir=str(tmp_path / "killed"))
     with pytest.raises(Exception):  # noqa: B017 - the surviving rank fails on the lost peer, spawn raises either
         mp.spawn(_dying_worker, args=(2, free_port(), killed), nprocs=2, join=True)
     steps = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
     assert steps == ["step-00000001", "step-00000002"] and not (tmp_path / "killed" / "model").exists()
-    resumed = _run("refine", dataclasses.replace(killed, resume=True), world=2)
-    _assert_same(full, resumed)
+    resumed = run_stage("refine", dataclasses.replace(killed, resume=True), world=2)
+    assert_same_weights(full, resumed)
 
 
 def test_bf16_weights_train_fp32_masters_and_come_back_in_bf16(tmp_path):
@@ -159,12 +123,12 @@ def test_bf16_weights_train_fp32_masters_and_come_back_in_bf16(tmp_path):
     bf16), the saved model is bf16 again, and a checkpoint of such a run is refused by a run that would
     train bf16 weights."""
     common = dict(dtype="bf16", precision="bf16", save_every=1, keep_checkpoints=0)
-    config = _refine_config(tmp_path, "bf16", fsdp=True, **common)
-    saved = _run("refine", config, world=2)
+    config = refine_config(tmp_path, "bf16", fsdp=True, **common)
+    saved = run_stage("refine", config, world=2)
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}
     state = json.loads((tmp_path / "bf16" / "checkpoints" / "step-00000003" / "state.json").read_text())
     assert state["trained_dtype"] == "float32"
-    lora = _run("refine", _refine_config(tmp_path, "lora", fsdp=True, lora=True, lora_r=4, **common), world=2)
+    lora = run_stage("refine", refine_config(tmp_path, "lora", fsdp=True, lora=True, lora_r=4, **common), world=2)
     assert {t.dtype for t in lora.values()} == {torch.bfloat16}
     _forget_after_first_step(tmp_path / "bf16")
     with pytest.raises(ConfigError, match="trained float32 weights, this run would train bfloat16"):

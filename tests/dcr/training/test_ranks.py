@@ -12,61 +12,23 @@ import shutil
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from dcr_helpers import prompt_rows, tiny_model_dir, write_jsonl
-from safetensors.torch import load_file
-from spawn_ranks import free_port, launcher_env, spawn_ranks
+from dcr_helpers import tiny_model_dir
+from spawn_ranks import free_port, launcher_env
+from stage_ranks import assert_same_weights, refine_config, run_stage
 
-from dcr.training.align import align
 from dcr.training.align_config import AlignConfig
 from dcr.training.jsonl_log import read_log
 from dcr.training.refine import refine
-from dcr.training.refine_config import RefineConfig
 
 pytest.importorskip("transformers")
-
-
-def _worker(rank: int, world: int, port: int, stage: str, config) -> None:
-    launcher_env(rank, world, port)
-    try:
-        (refine if stage == "refine" else align)(config)  # ends with a barrier after rank 0 saved the model
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _run(stage: str, config, world: int):
-    if world == 1:
-        path = (refine if stage == "refine" else align)(config)
-    else:
-        path = os.path.join(config.output_dir, "model")
-        done = lambda: os.path.exists(os.path.join(path, "model.safetensors"))  # noqa: E731
-        spawn_ranks(_worker, world, (free_port(), stage, config), done=done)
-    return load_file(os.path.join(path, "model.safetensors"))
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    """Every weight tensor equal to relative tolerance 1e-5 (in norm: Adam's division by the running RMS
-    turns fp32 rounding of a near-zero gradient into a visible difference of a single entry)."""
-    assert a.keys() == b.keys()
-    for name, tensor in a.items():
-        rel = float((b[name] - tensor).norm() / tensor.norm().clamp(min=1e-12))
-        assert rel < 1e-5, f"{name}: relative difference {rel:.2e}"
-
-
-def _refine_config(tmp_path, name: str, **kw) -> RefineConfig:
-    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
-    return RefineConfig(
-        model=str(tiny_model_dir("llama")), layer=2, data=str(data), batch_size=16, micro_batch_size=3, steps=3,
-        lr=1e-3, val_fraction=0.2, output_dir=str(tmp_path / name), progress=False, **{"save_every": 0, **kw},
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("strategy", ["ring", "gather"])
 @pytest.mark.parametrize("loss", ["circle", "infonce"])
 def test_refine_on_two_ranks_learns_the_single_process_weights(tmp_path, strategy, loss):
-    one = _run("refine", _refine_config(tmp_path, "one", loss=loss), world=1)
-    two = _run("refine", _refine_config(tmp_path, "two", loss=loss, strategy=strategy), world=2)
-    _assert_same(one, two)
+    one = run_stage("refine", refine_config(tmp_path, "one", loss=loss), world=1)
+    two = run_stage("refine", refine_config(tmp_path, "two", loss=loss, strategy=strategy), world=2)
+    assert_same_weights(one, two)
     log = read_log(tmp_path / "two" / "metrics.jsonl")
     assert [r["world_size"] for r in log if "loss" in r] == [2, 2, 2]
     assert json.loads((tmp_path / "two" / "model" / "dcr.json").read_text())["world_size"] == 2
@@ -79,20 +41,20 @@ def test_align_on_two_ranks_learns_the_single_process_weights(tmp_path):
         model=str(tiny_model_dir("llama")), examples=40, refusal_share=0.25, max_length=32, batch_size=16,
         micro_batch_size=4, steps=3, lr=1e-3, save_every=0, output_dir=str(tmp_path / "one"), progress=False,
     )  # fmt: skip
-    one = _run("align", config, world=1)
-    two = _run("align", dataclasses.replace(config, output_dir=str(tmp_path / "two")), world=2)
-    _assert_same(one, two)
+    one = run_stage("align", config, world=1)
+    two = run_stage("align", dataclasses.replace(config, output_dir=str(tmp_path / "two")), world=2)
+    assert_same_weights(one, two)
 
 
 def test_two_rank_run_killed_between_checkpoints_resumes_to_the_same_weights(tmp_path):
-    config = _refine_config(tmp_path, "full", save_every=1, keep_checkpoints=0)
-    full = _run("refine", config, world=2)
+    config = refine_config(tmp_path, "full", save_every=1, keep_checkpoints=0)
+    full = run_stage("refine", config, world=2)
     run = tmp_path / "full"
     shutil.rmtree(run / "model")
     for step in (2, 3):  # as if the run had died after the checkpoint of step 1
         shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
-    resumed = _run("refine", dataclasses.replace(config, resume=True), world=2)
-    _assert_same(full, resumed)
+    resumed = run_stage("refine", dataclasses.replace(config, resume=True), world=2)
+    assert_same_weights(full, resumed)
 
 
 def _failing_worker(rank: int, world: int, port: int, config, errors: str) -> None:
@@ -111,7 +73,7 @@ def _failing_worker(rank: int, world: int, port: int, config, errors: str) -> No
 
 
 def test_a_failing_rank_ends_the_run_with_its_error(tmp_path):
-    config = _refine_config(tmp_path, "fails")
+    config = refine_config(tmp_path, "fails")
     errors = tmp_path / "errors"
     errors.mkdir()
     with pytest.raises(mp.ProcessRaisedException):
