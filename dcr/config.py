@@ -170,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         help_text = f.metadata["help"] + ("" if default is None else f" (default: {_show(default)})")
-        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if kind == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif kind == "list":

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dcr.ablation.config import AblateConfig
-from dcr.evaluation.config import EvaluateConfig, RejudgeConfig
+from dcr.evaluation.config import EvaluateConfig, RejudgeConfig, TrainJudgeConfig
 from dcr.pipeline.config import PipelineConfig
 from dcr.planning.config import PlanConfig
 from dcr.training.align_config import AlignConfig
@@ -63,6 +63,19 @@ def _rejudge(config: RejudgeConfig) -> str:
     return "\n".join([*lines, f"report rewritten in {Path(config.output_dir) / 'report.md'}"])
 
 
+def _train_judge(config: TrainJudgeConfig) -> str:
+    from dcr.evaluation.encoder_judge import TrainSettings, read_labels, train_encoder_judge
+
+    rows = read_labels(config.labels, exclude_families=config.exclude_families)
+    settings = TrainSettings(
+        epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, max_length=config.max_length, seed=config.seed
+    )
+    path = train_encoder_judge(
+        rows, config.output_dir, encoder=config.encoder, settings=settings, progress=config.progress
+    )
+    return f"judge trained on {len(rows)} responses saved to {path}; use it with --judge {path}"
+
+
 def _pipeline(config: PipelineConfig) -> str:
     from dcr.pipeline.run import run_pipeline
 
@@ -75,6 +88,7 @@ def _pipeline(config: PipelineConfig) -> str:
         device=config.device,
         progress=config.progress,
         fsdp=config.fsdp,
+        second_judge=config.second_judge,
     )
     report = result["paths"]["report"]
     return f"{report.read_text()}\nreport written to {report}"
@@ -132,6 +146,15 @@ COMMANDS = {
         "dcr rejudge --output-dir runs/eval --judge path/to/judge-model",
         RejudgeConfig,
         _rejudge,
+    ),
+    "train-judge": Command(
+        "fine-tune a small encoder as a refusal judge on labelled responses",
+        "Fine-tune a sentence encoder (all-MiniLM-L6-v2 by default) to classify (prompt, response) pairs as refusal "
+        "or compliance, on the shipped labelled responses or your own; the folder it writes is a judge for "
+        "evaluate, rejudge and the pipeline (--judge DIR). docs/evaluation.md scores it leave one family out.",
+        "dcr train-judge --output-dir runs/judge",
+        TrainJudgeConfig,
+        _train_judge,
     ),
     "plan": Command(
         "per-GPU memory of a stage: full, LoRA, FSDP, FSDP + LoRA",

@@ -54,9 +54,9 @@ class EvaluateConfig(Settings):
     batch_size: int = option(16, "Prompts per generation batch.", topic="behaviour")
     judge: str = option(
         "cues",
-        "Refusal judge: cues (the weighted-cue detector, fast) or a local chat-model folder ('default': the "
-        "embedded model) that classifies each response with XSTest's rubric; docs/evaluation.md gives their "
-        "measured accuracy.",
+        "Refusal judge: cues (the weighted-cue detector, fast), a trained judge's folder (dcr train-judge) or a "
+        "local chat-model folder ('default': the embedded model) that classifies each response with XSTest's "
+        "rubric; docs/evaluation.md gives their measured accuracy.",
         topic="behaviour",
     )
     representation: bool = option(
@@ -107,8 +107,8 @@ class RejudgeConfig(Settings):
 
     judge: str = option(
         "cues",
-        "Refusal judge: cues (the weighted-cue detector) or a local chat-model folder ('default': the embedded "
-        "model) that classifies each response with XSTest's rubric.",
+        "Refusal judge: cues (the weighted-cue detector), a trained judge's folder (dcr train-judge) or a local "
+        "chat-model folder ('default': the embedded model) that classifies each response with XSTest's rubric.",
         topic="behaviour",
     )
     device: str = option("auto", "Device of a judge model: auto (CUDA if available), cpu, cuda, ...", topic="model")
@@ -122,4 +122,50 @@ class RejudgeConfig(Settings):
     def validate(self) -> RejudgeConfig:
         super().validate()
         check_judge(self.judge)
+        return self
+
+
+@dataclass
+class TrainJudgeConfig(Settings):
+    """Everything `dcr train-judge` needs."""
+
+    labels: list[str] = option(
+        [],
+        "JSONL files of labelled responses, one {prompt, response, label} per line, label refusal or compliance "
+        "(the labelling rule of dcr/data/refusal_labels/README.md). Empty: the shipped labelled responses.",
+        topic="data",
+    )
+    exclude_families: list[str] = option(
+        [],
+        "Model families of the shipped labels to leave out (their 'family' names, e.g. \"Claude (Anthropic)\"), "
+        "to score the judge on them afterwards.",
+        topic="data",
+    )
+    encoder: str | None = option(
+        None, "Encoder folder to fine-tune (a BERT-like Hugging Face model). Unset: all-MiniLM-L6-v2.", topic="model"
+    )
+    epochs: int = option(3, "Passes over the labelled responses.", topic="optimization")
+    lr: float = option(5e-5, "AdamW learning rate (linear decay after 10% warm-up).", topic="optimization")
+    batch_size: int = option(16, "Responses per step.", topic="optimization")
+    max_length: int = option(192, "Tokens of prompt plus response the encoder reads.", topic="optimization")
+    seed: int = option(0, "Seed of the classifier head's initialisation and the batch order.", topic="optimization")
+    output_dir: str = option("runs/judge", "Where the judge folder is written (atomically).", topic="output")
+    progress: bool = option(True, "Show a progress bar over the steps.", topic="output")
+
+    def checks(self) -> dict[str, bool]:
+        return {
+            **super().checks(),
+            "epochs": self.epochs >= 1,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "max_length": self.max_length >= 16,
+        }
+
+    def validate(self) -> TrainJudgeConfig:
+        super().validate()
+        missing = [p for p in self.labels if not Path(p).is_file()]
+        if missing:
+            raise ConfigError(f"labels file(s) not found: {', '.join(missing)}")
+        if self.encoder is not None and not Path(self.encoder).is_dir():
+            raise ConfigError(f"encoder {self.encoder!r} is not a model folder")
         return self

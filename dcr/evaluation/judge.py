@@ -1,9 +1,12 @@
-"""Refusal judges for `dcr evaluate`: the weighted-cue detector, or a local chat model with XSTest's rubric.
+"""Refusal judges for `dcr evaluate`: the weighted-cue detector, a trained encoder, or a local chat model with
+XSTest's rubric.
 
 A judge maps (prompts, responses) to refusal verdicts (refusal = full or partial refusal, as in XSTest).
 
 - ``cues`` (default): `dcr.evaluation.refusal`, reading the response's opening; no model, microseconds per
   response.
+- a trained encoder judge's folder (`dcr train-judge`, `dcr.evaluation.encoder_judge`): a sentence encoder
+  fine-tuned to classify (prompt, response) pairs; one encoder forward per batch.
 - a local Hugging Face chat-model folder (or ``default`` for the embedded model): the judge model reads the
   prompt and the response under XSTest's three-class rubric (full compliance, full refusal, partial refusal)
   and the verdict is the class whose digit gets the highest next-token logit after the chat template's
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dcr.evaluation.encoder_judge import EncoderJudge, is_encoder_judge
 from dcr.evaluation.refusal import is_refusal
 from dcr.modeling.chat import collate, encode_prompts, pad_id
 from dcr.modeling.model import load_model
@@ -86,5 +90,10 @@ def _digit_id(tokenizer, digit: str) -> int:
 
 
 def load_judge(name: str, *, device: str | torch.device = "cpu", batch_size: int = 8) -> Judge:
-    """``cues`` or a chat-model folder (``default``: the embedded model) as a judge."""
-    return cue_judge if name == CUES else ModelJudge.load(name, device=device, batch_size=batch_size)
+    """``cues``, a trained encoder judge's folder (`dcr train-judge`) or a chat-model folder (``default``: the
+    embedded model) as a judge."""
+    if name == CUES:
+        return cue_judge
+    if is_encoder_judge(name):
+        return EncoderJudge.load(name, device=device)
+    return ModelJudge.load(name, device=device, batch_size=batch_size)

@@ -21,9 +21,9 @@ from dcr.evaluation.judge import load_judge
 from dcr.evaluation.report import FILES, write_results
 
 
-def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu", progress: bool = False) -> dict:
-    """Judge the completions in ``folder`` with ``judge`` (``cues`` or a chat-model folder); return the new
-    results, also written to ``folder``."""
+def rescore(folder: str | Path, judge: str, *, device: str | torch.device = "cpu", progress: bool = False):
+    """(results, completion rows) of the finished evaluation in ``folder`` judged by ``judge``; nothing is
+    written."""
     folder = Path(folder)
     paths = {k: folder / FILES[k] for k in ("results", "completions")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -42,5 +42,12 @@ def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu
         results["summary"][summary_key(set_name, previous["expected"])] = results["sets"][set_name]["score"]
         rejudged += rows
     results["settings"]["judge"] = judge
-    write_results(results, rejudged, folder)
+    return results, rejudged
+
+
+def rejudge(folder: str | Path, judge: str, *, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Judge the completions in ``folder`` with ``judge`` (``cues``, a trained judge's folder or a chat-model
+    folder); return the new results, also written to ``folder``."""
+    results, rows = rescore(folder, judge, device=device, progress=progress)
+    write_results(results, rows, Path(folder))
     return results

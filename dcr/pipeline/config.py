@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcr.config import ConfigError, Settings, option
+from dcr.evaluation.config import check_judge
 from dcr.pipeline.profiles import PROFILES, SECTIONS
 
 
@@ -38,6 +39,12 @@ class PipelineConfig(Settings):
         "(FSDP2; see `dcr refine --help`).",
         topic="pipeline",
     )
+    second_judge: str | None = option(
+        None,
+        "A second refusal judge (a trained judge's folder from dcr train-judge, or a chat-model folder): the report "
+        "adds every model's refusal rates by it beside the run's judge, from the same completions.",
+        topic="pipeline",
+    )
     output_dir: str = option("runs/pipeline", "Run folder; a rerun skips finished steps.", topic="output")
     progress: bool = option(True, "Show progress bars.", topic="output")
     refine: dict[str, Any] = option({}, "Overrides of the profile's DCR-stage settings.", topic="sections")
@@ -52,6 +59,8 @@ class PipelineConfig(Settings):
 
     def validate(self) -> PipelineConfig:
         super().validate()
+        if self.second_judge is not None:
+            check_judge(self.second_judge)
         for section in SECTIONS:
             if not all(isinstance(k, str) for k in getattr(self, section)):
                 raise ConfigError(f"the {section} section must map setting names to values")

@@ -20,6 +20,7 @@ from typing import Any
 
 from dcr.evaluation.report import comparison_table, discernment
 from dcr.pipeline.intervals import detectable, excludes_zero, interval_tables
+from dcr.pipeline.judges import judges_section
 
 HEADLINE = (
     ("xstest_safe_compliance", "XSTest safe: compliance"),
@@ -222,6 +223,7 @@ def render(
     seconds: float,
     seen: Mapping[str, float] | None = None,
     intervals: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    judges: tuple[str, str, Mapping[str, Any]] | None = None,
 ) -> str:
     """Markdown: discernment, the sets' provenance, every metric, the arms' differences, the settings, the time."""
     rows = _with_means(summaries)
@@ -236,6 +238,7 @@ def render(
         comparison_table({k: {"summary": v} for k, v in rows.items()}),
         *_differences_section(summaries),
         *_intervals_section(intervals or {}),
+        *(judges_section(judges[2], judges[0], judges[1]) if judges else []),
         f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
         "",
         "## Settings",
@@ -256,11 +259,13 @@ def write_comparison(
     seconds: float,
     seen: Mapping[str, float] | None = None,
     outcomes: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
+    judges: tuple[str, str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write report.md, comparison.json and comparison.png under ``out``; return their paths.
 
     ``seen`` maps each evaluated set to the share of its prompts the DCR stage trained on; ``outcomes`` the
-    per-prompt outcomes of each evaluated label (`intervals.load_outcomes`), for the intervals."""
+    per-prompt outcomes of each evaluated label (`intervals.load_outcomes`), for the intervals; ``judges``
+    (the run's judge, a second judge, `judges.compare_judges`'s table) every model's rates by both."""
     tables = interval_tables(outcomes, ARMS, CONTRASTS) if outcomes else {}
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
@@ -270,11 +275,12 @@ def write_comparison(
         "dcr_stage_trained_on": dict(seen or {}),
         "differences": {f"{x} - {y}": differences(summaries, x, y) for x, y, _ in CONTRASTS},
         "intervals": tables,
+        **({"judges": {"first": judges[0], "second": judges[1], "rates": judges[2]}} if judges else {}),
         "settings": settings,
         "seconds": seconds,
     }
     paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    paths["report"].write_text(render(summaries, settings, seconds, seen, tables))
+    paths["report"].write_text(render(summaries, settings, seconds, seen, tables, judges))
     if plot(summaries, paths["plot"]) is None:
         del paths["plot"]
     return paths

@@ -37,6 +37,7 @@ from dcr.evaluation.rejudge import rejudge
 from dcr.modeling.ranks import start
 from dcr.modeling.runtime import pick_device
 from dcr.pipeline.intervals import load_outcomes
+from dcr.pipeline.judges import compare_judges
 from dcr.pipeline.profiles import SECTIONS, profile
 from dcr.pipeline.report import FILES, write_comparison
 from dcr.prompts.eval_sets import resolve_sets
@@ -172,11 +173,13 @@ def run_pipeline(
     device: str = "auto",
     progress: bool = True,
     fsdp: bool = False,
+    second_judge: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or finish) the pipeline; return ``{label: summary}`` of every evaluated model and the report paths.
 
-    ``fsdp`` shards the training stages' decoder layers over the launcher's ranks."""
+    ``fsdp`` shards the training stages' decoder layers over the launcher's ranks; ``second_judge`` adds every
+    model's refusal rates by that judge to the report (`dcr.pipeline.judges`)."""
     ranks, _ = start(device)  # joins the launcher's process group, if there is one
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
@@ -242,6 +245,11 @@ def run_pipeline(
                     label = f"{ABLATION}, seed {seed}"
                     evaluated[label] = evaluation(root / "eval-ablate", ablated["model"], label)
         if ranks.main:
+            judges = None
+            if second_judge is not None:
+                log(f"[judge] every evaluation's completions by {second_judge}")
+                table = compare_judges(folders, second_judge, device=pick_device(device))
+                judges = (settings["evaluate"].get("judge", CUES), second_judge, table)
             paths = write_comparison(
                 out,
                 {k: v["summary"] for k, v in evaluated.items()},
@@ -249,6 +257,7 @@ def run_pipeline(
                 seconds=time.perf_counter() - tic,
                 seen=dcr_overlap(plan[settings["seeds"][0]][0], settings["evaluate"]),
                 outcomes={label: load_outcomes(folder) for label, folder in folders.items() if label != BASE_LABEL},
+                judges=judges,
             )
         ranks.barrier()  # the comparison is written before any rank returns its paths
         if not ranks.main:

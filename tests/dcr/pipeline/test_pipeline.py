@@ -8,6 +8,7 @@ import pytest
 from dcr_helpers import tiny_model_dir
 
 from dcr.config import ConfigError
+from dcr.evaluation.rejudge import rescore
 from dcr.pipeline.report import differences
 from dcr.pipeline.run import ABLATION, ARMS, MARKER, _stage_configs, dcr_overlap, resolve, run_pipeline, run_step
 
@@ -224,6 +225,24 @@ def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generatin
     model, judge = str(tiny_model_dir("llama")), str(tiny_model_dir(extra_words=("1", "2", "3")))
     run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=lambda m: None)
     messages: list[str] = []
+    # a second judge reads the same completions for the report and changes no evaluation
+    before = {p: p.read_text() for p in tmp_path.rglob("results.json")}
+    run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, second_judge=judge,
+                 log=messages.append)  # fmt: skip
+    assert {p: p.read_text() for p in tmp_path.rglob("results.json")} == before
+    assert [m for m in messages if not m.startswith("[skip]")] == [f"[judge] every evaluation's completions by {judge}"]
+    compared = json.loads((tmp_path / "comparison.json").read_text())["judges"]
+    assert compared["first"] == "cues" and compared["second"] == judge and len(compared["rates"]) == 6
+    for label, by_set in compared["rates"].items():
+        folder = next(p.parent for p in before if json.loads(p.read_text())["model"] == label)
+        second, _ = rescore(folder, judge)
+        for set_name, cell in by_set.items():
+            first = json.loads((folder / "results.json").read_text())["sets"][set_name]["refusal_rate"]
+            assert cell["first"] == first and cell["second"] == second["sets"][set_name]["refusal_rate"]
+            assert 0.0 <= cell["agreement"] <= 1.0 and cell["n"] == 2
+            assert (cell["agreement"] == 1.0) <= (cell["first"] == cell["second"])
+    assert "## Refusal rates by two judges" in (tmp_path / "report.md").read_text()
+    messages.clear()
     judged = {**TINY, "evaluate": {**TINY["evaluate"], "judge": judge}}
     result = run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
     evals = sorted(str(p.parent) for p in tmp_path.rglob("results.json"))
