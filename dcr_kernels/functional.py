@@ -17,9 +17,10 @@ from torch import Tensor
 
 from . import _validation as v
 from . import custom_ops
-from .backends import chunked_sigmoid, resolve
+from .backends import resolve, select
 from .backends.base import compute_dtype
 from .pair_terms import row_dots
+from .sigmoid_rows import sigmoid_rows
 
 
 class ContrastiveOutput(NamedTuple):
@@ -499,10 +500,9 @@ def sigmoid_loss(
         _as_scalar(x, name, dtype, query.device, fn, check_inputs) for x, name in ((scale, "scale"), (bias, "bias"))
     )
     q, k = _normalized(query, key, normalize)
-    impl = resolve(backend, q, fn)
-    rows_of = getattr(impl, "sigmoid_rows", chunked_sigmoid.sigmoid_rows)
+    on = "triton" if select(backend, q, fn) == "triton" else "chunked"  # the reference shares the chunked rows
     with _no_autocast(q):
-        rows = rows_of(q, k, positive, t, b)
+        rows = sigmoid_rows(q, k, positive, t, b, backend=on)
     if reduction == "none":
         return rows if weight is None else rows * weight.to(dtype)
     if weight is None:

@@ -4,9 +4,10 @@
     lse_i = log sum_{j in C(i)} exp(s * a_i . b_j),
     C(i) = {j : G_ij <= threshold_i, or j = i + protect_offset} minus {j = i + exclude_offset}.
 
-Rows are taken in chunks (`backends.chunked.chunk_rows`), so memory is O(chunk x N) for S and G and
-O((M + N) D) in all, on any device; the backward recomputes each chunk's S and G. The guide is not
-differentiated (GISTEmbed computes it without gradients); A, B and s are.
+The loss is the softmax family with the guide's candidate rule (`backends.tiles.Guide`) in its `Pairs`, on the
+block primitives (`backends.blocks`); the guide's mask has no kernel epilogue yet, so it runs row-chunked in
+PyTorch on every device: memory O(chunk x N) for S and G and O((M + N) D) in all; the backward recomputes each
+chunk's S and G. The guide is not differentiated (GISTEmbed computes it without gradients); A, B and s are.
 """
 
 from __future__ import annotations
@@ -14,62 +15,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends.base import compute_dtype
-from .backends.chunked import chunk_rows
-
-_TEMPORARIES = 5  # chunk x N buffers alive at once: S, G, the mask, z and the weights
-
-
-def _candidates(g: Tensor, threshold: Tensor, r0: int, protect: int | None, exclude: int | None) -> Tensor:
-    """Candidate mask of one chunk of rows starting at row r0."""
-    keep = g <= threshold[:, None]
-    if protect is not None:
-        keep.diagonal(r0 + protect).fill_(True)
-    if exclude is not None:
-        keep.diagonal(r0 + exclude).fill_(False)
-    return keep
+from .backends import blocks
+from .backends.base import SOFTMAX, Pairs, compute_dtype
+from .backends.tiles import Guide
+from .pair_terms import safe_lse
 
 
 class _GuidedLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, guide_a, guide_b, scale, threshold, protect, exclude):
-        dtype = compute_dtype(a.dtype)
-        s = scale.detach().to(dtype)
-        m, n = a.shape[0], b.shape[0]
-        chunk = chunk_rows(n, _TEMPORARIES, torch.finfo(dtype).bits // 8)
-        lse = torch.empty(m, dtype=dtype, device=a.device)
-        for r0 in range(0, m, chunk):
-            rows = slice(r0, r0 + chunk)
-            g = guide_a[rows].to(dtype) @ guide_b.to(dtype).T
-            keep = _candidates(g, threshold[rows].to(dtype), r0, protect, exclude)
-            z = (s * (a[rows].to(dtype) @ b.to(dtype).T)).masked_fill(~keep, float("-inf"))
-            lse[rows] = torch.logsumexp(z, dim=1)
-        ctx.save_for_backward(a, b, guide_a, guide_b, scale, threshold, lse)
-        ctx.protect, ctx.exclude, ctx.chunk = protect, exclude, chunk
+    def forward(ctx, a, b, scale, guide, exclude):
+        pairs = Pairs(SOFTMAX, exclude, scale.detach().reshape(1), guide=guide)
+        lse = blocks.rows_forward(a, b, pairs, want_best=False).stat1
+        ctx.save_for_backward(a, b, scale, lse)
+        ctx.pairs = pairs
         return lse
 
     @staticmethod
     def backward(ctx, grad_lse):
-        a, b, guide_a, guide_b, scale, threshold, lse = ctx.saved_tensors
-        dtype = lse.dtype
-        s = scale.detach().to(dtype)
-        ad, bd = a.to(dtype), b.to(dtype)
-        da, db = torch.zeros_like(ad), torch.zeros_like(bd)
-        ds = torch.zeros((), dtype=dtype, device=a.device)
-        counted = torch.isfinite(lse)
-        coef = torch.where(counted, grad_lse.to(dtype), 0.0)
-        base = torch.where(counted, lse, 0.0)
-        for r0 in range(0, a.shape[0], ctx.chunk):
-            rows = slice(r0, r0 + ctx.chunk)
-            g = guide_a[rows].to(dtype) @ guide_b.to(dtype).T
-            keep = _candidates(g, threshold[rows].to(dtype), r0, ctx.protect, ctx.exclude)
-            sim = ad[rows] @ bd.T
-            p = torch.exp(s * sim - base[rows, None]).masked_fill(~keep, 0.0) * coef[rows, None]
-            ds += (p * sim).sum()
-            w = s * p
-            da[rows] = w @ bd
-            db += w.T @ ad[rows]
-        return da.to(a.dtype), db.to(b.dtype), None, None, ds.to(scale.dtype).reshape(scale.shape), None, None, None
+        a, b, scale, lse = ctx.saved_tensors
+        term = (safe_lse(lse), None, grad_lse)
+        da, db, ds = blocks.rows_backward(a, b, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
+        return da, db, ds.to(scale.dtype).reshape(scale.shape), None, None
 
 
 def guided_row_logsumexp(
@@ -104,5 +70,7 @@ def guided_row_logsumexp(
         s = scale.to(device=a.device, dtype=dtype)
     else:
         s = torch.full((), float(scale), dtype=dtype, device=a.device)
-    guide_a, guide_b, threshold = guide_a.detach(), guide_b.detach(), threshold.detach()
-    return _GuidedLSE.apply(a, b, guide_a, guide_b, s, threshold, protect_offset, exclude_offset)
+    if a is b:
+        b = a.view_as(a)  # one tensor, but the guide's mask is not symmetric: take the two sides apart
+    guide = Guide(guide_a.detach(), guide_b.detach(), threshold.detach(), protect_offset)
+    return _GuidedLSE.apply(a, b, s, guide, exclude_offset)

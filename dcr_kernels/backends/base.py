@@ -7,7 +7,7 @@ is hot; without coefficients it returns differentiable per-row vectors.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,7 +22,8 @@ class Pairs(NamedTuple):
     primitives and the kernels: the loss family, the excluded pair (i, i + exclude_offset) (None: every pair
     is a candidate), the softmax scale s (a 1-element tensor; the sigmoid loss's (t, b)), the Circle labels of
     A's and B's rows (the sigmoid loss's: each row's positive column, and the columns' indices), m, gamma,
-    and the precision of fp32 dots and GEMMs (`dcr_kernels.precision`, decided once per forward)."""
+    the precision of fp32 dots and GEMMs (`dcr_kernels.precision`, decided once per forward), and a guide
+    model's candidate rule."""
 
     loss: int
     exclude_offset: int | None = None
@@ -32,6 +33,7 @@ class Pairs(NamedTuple):
     margin: float = 0.0
     gamma: float = 0.0
     precision: str | None = None  # None: decided when the kernels launch
+    guide: Any = None  # `tiles.Guide`: a guide model's candidate rule (GISTEmbed); row-chunked PyTorch only
 
 
 class SoftmaxStats(NamedTuple):

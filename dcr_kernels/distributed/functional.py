@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _validation as v
 from ..backends import blocks, resolve
-from ..backends.base import compute_dtype
+from ..backends.base import CIRCLE, SOFTMAX, compute_dtype
 from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
 from ..pair_terms import row_dots
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
@@ -290,14 +290,12 @@ def info_nce(
     dtype = compute_dtype(q.dtype)
     s = _scale(temperature, dtype, q.device)
     every_key = torch.arange(n_keys, device=q.device)
-    spec = RowSpec(blocks.SOFTMAX, positive, every_key, targets=True, backend=backend)
+    spec = RowSpec(SOFTMAX, positive, every_key, targets=True, backend=backend)
     value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
     rows = value - s * row_dots(q.to(dtype), t)
     if symmetric:
         own = call.k_start + torch.arange(k.shape[0], device=q.device)
-        spec = RowSpec(
-            blocks.SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend
-        )
+        spec = RowSpec(SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend)
         col_value, col_t, _ = _block_rows(call, strategy, k, q, call.q_sizes, False, s, spec)
         rows = 0.5 * (rows + col_value - s * row_dots(k.to(dtype), col_t))
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
@@ -362,7 +360,7 @@ def supcon_loss(
     s = _scale(temperature, dtype, q.device)
     local = slice(call.q_start, call.q_start + q.shape[0])
     q_codes, n_pos = all_codes[local], n_pos_all[local]
-    spec = RowSpec(blocks.SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
+    spec = RowSpec(SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
     value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
     rows = value - s * row_dots(q.to(dtype), t) / n_pos.clamp(min=1)
     counted = n_pos > 0
@@ -418,9 +416,7 @@ def circle_loss(
     local = slice(call.q_start, call.q_start + q.shape[0])
     q_codes = all_codes[local]
     one = torch.ones((), dtype=compute_dtype(q.dtype), device=q.device)
-    spec = RowSpec(
-        blocks.CIRCLE, q_codes, key_codes, targets=False, margin=float(margin), gamma=float(gamma), backend=backend
-    )
+    spec = RowSpec(CIRCLE, q_codes, key_codes, targets=False, margin=float(margin), gamma=float(gamma), backend=backend)
     value, _, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, one, spec)
     hits = _label_hits(best, q_codes, key_codes)
     return _reduce(call, value, counted_all[local], hits, weight, reduction, fn, return_metrics)

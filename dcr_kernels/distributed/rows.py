@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ..backends import blocks
-from ..backends.base import Pairs, compute_dtype
+from ..backends.base import SOFTMAX, Pairs, compute_dtype
+from ..backends.tiles import Term
 from ..pair_terms import circle_row_loss, safe_lse
 from .comm import KeySource
 
@@ -58,9 +59,9 @@ def positive_sum(labels_a: Tensor, b: Tensor, labels_b: Tensor, exclude_offset: 
     return t
 
 
-def _backward_term(loss: int, stat1: Tensor, stat2: Tensor, g: Tensor) -> blocks.Term:
+def _backward_term(loss: int, stat1: Tensor, stat2: Tensor, g: Tensor) -> Term:
     """Final statistics (+inf where a row is not counted) and coefficients d loss / d statistic."""
-    if loss == blocks.SOFTMAX:
+    if loss == SOFTMAX:
         return safe_lse(stat1), None, g
     total = stat1 + stat2
     counted = torch.isfinite(total)
@@ -103,7 +104,7 @@ class BlockRows(torch.autograd.Function):
             best_col = torch.where(better, st.argmax + start, best_col)
             if spec.targets:
                 t += positive_sum(spec.labels, block.to(dtype), labels_b, exclude)
-        value = stat1 if spec.loss == blocks.SOFTMAX else circle_row_loss(stat1, stat2)
+        value = stat1 if spec.loss == SOFTMAX else circle_row_loss(stat1, stat2)
         ctx.save_for_backward(a, b, scale, stat1, stat2)
         ctx.spec, ctx.source = spec, source
         ctx.mark_non_differentiable(best_col)

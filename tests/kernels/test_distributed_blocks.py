@@ -1,5 +1,7 @@
-"""The block primitives of the distributed losses (`backends.blocks`): the chunked PyTorch version against
-dense float64 autograd, and the Triton kernels against it (in the interpreter when there is no GPU)."""
+"""The block primitives (`backends.blocks`), which the distributed losses, `row_logsumexp`,
+`guided_row_logsumexp` and `sigmoid_rows` are written over: the row-chunked PyTorch version (`backends.tiles`)
+against dense float64 autograd for every loss family, and the Triton kernels against it (in the interpreter
+when there is no GPU)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from dcr_kernels.backends import blocks, triton_available
-from dcr_kernels.backends.base import Pairs
-from dcr_kernels.pair_terms import circle_logits
+from dcr_kernels.backends.base import CIRCLE, SIGMOID, SOFTMAX, Pairs
+from dcr_kernels.pair_terms import circle_logits, sigmoid_terms
 
 OFFSETS = [None, 0, 3, -2]
 MARGIN, GAMMA = 0.25, 16.0
@@ -31,7 +33,7 @@ def _dense_stats(a, b, loss, offset, scale, labels_a, labels_b):
     valid = torch.ones_like(sim, dtype=torch.bool)
     if offset is not None:
         valid.diagonal(offset).fill_(False)
-    if loss == blocks.SOFTMAX:
+    if loss == SOFTMAX:
         return torch.logsumexp((sim * scale).masked_fill(~valid, float("-inf")), dim=1), None, sim, valid
     same = labels_a[:, None] == labels_b[None, :]
     z_pos, z_neg, _, _ = circle_logits(sim, MARGIN, GAMMA)
@@ -57,7 +59,7 @@ def _pairs(loss, offset, scale, labels_a, labels_b) -> Pairs:
     return Pairs(loss, offset, scale, labels_a, labels_b, MARGIN, GAMMA)
 
 
-@pytest.mark.parametrize("loss", [blocks.SOFTMAX, blocks.CIRCLE])
+@pytest.mark.parametrize("loss", [SOFTMAX, CIRCLE])
 @pytest.mark.parametrize("offset", OFFSETS)
 @pytest.mark.parametrize("chunk_bytes", [None, 600])  # 600 bytes: one or two rows per chunk
 def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
@@ -68,7 +70,7 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
     got = blocks.rows_forward(a, b, pairs, backend="chunked")
     stat1, stat2, sim, valid = _dense_stats(a, b, loss, offset, scale, labels_a, labels_b)
     torch.testing.assert_close(got.stat1, stat1, rtol=1e-12, atol=0)
-    if loss == blocks.CIRCLE:
+    if loss == CIRCLE:
         torch.testing.assert_close(got.stat2, stat2, rtol=1e-12, atol=0)
     torch.testing.assert_close(got.best, sim.masked_fill(~valid, float("-inf")).max(dim=1).values)
     torch.testing.assert_close(sim.gather(1, got.argmax[:, None]).squeeze(1), got.best)
@@ -86,15 +88,41 @@ def test_chunked_matches_dense_float64(loss, offset, chunk_bytes, monkeypatch):
     da, db, ds = blocks.rows_backward(a, b, pairs, row, col, want_db=True, backend="chunked")
     torch.testing.assert_close(da, want_da, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(db, want_db, rtol=1e-10, atol=1e-12)
-    if loss == blocks.SOFTMAX:
+    if loss == SOFTMAX:
         torch.testing.assert_close(ds, want_ds, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_sigmoid_family_matches_dense_float64(offset, monkeypatch):
+    """The sigmoid loss's rows over the candidates (its positive column as the row's label, the columns'
+    indices as theirs), and the gradients of a, b, t and the bias from per-row coefficients."""
+    monkeypatch.setenv("DCR_CHUNK_BYTES", "900")  # a few rows per chunk
+    a, b, _, _, _ = _inputs(7, 9, 5, torch.float64, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    positive, columns = torch.randint(0, 9, (7,), generator=gen), torch.arange(9)
+    tb = torch.tensor([4.0, -2.5], dtype=torch.float64)
+    coef = torch.rand(7, generator=gen, dtype=torch.float64)
+    pairs = Pairs(SIGMOID, offset, tb, positive, columns)
+
+    a_, b_, tb_ = a.clone().requires_grad_(), b.clone().requires_grad_(), tb.clone().requires_grad_()
+    terms, _ = sigmoid_terms(tb_[0] * (a_ @ b_.T) + tb_[1], positive[:, None] == columns[None, :])
+    valid = torch.ones_like(terms, dtype=torch.bool)
+    if offset is not None:
+        valid.diagonal(offset).fill_(False)
+    rows = terms.masked_fill(~valid, 0.0).sum(dim=1)
+    got = blocks.rows_forward(a, b, pairs, backend="chunked")
+    torch.testing.assert_close(got.stat1, rows.detach(), rtol=1e-12, atol=1e-14)
+    want = torch.autograd.grad((coef * rows).sum(), [a_, b_, tb_])
+    da, db, dtb = blocks.rows_backward(a, b, pairs, (rows.detach(), None, coef), None, want_db=True, backend="chunked")
+    for x, y in zip((da, db, dtb), want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
 
 
 def test_same_rows_counts_the_scale_gradient_once():
     """With a is b (self mode) both terms take one pass, and d loss / d s counts the row term only."""
     a, _, labels, _, scale = _inputs(6, 6, 4, torch.float64, seed=3)
-    pairs = _pairs(blocks.SOFTMAX, 0, scale, labels, labels)
-    row, _ = _terms(a, a, blocks.SOFTMAX, 0, scale, labels, labels, torch.Generator().manual_seed(4))
+    pairs = _pairs(SOFTMAX, 0, scale, labels, labels)
+    row, _ = _terms(a, a, SOFTMAX, 0, scale, labels, labels, torch.Generator().manual_seed(4))
     da_same, _, ds_same = blocks.rows_backward(a, a, pairs, row, row, backend="chunked")
     da_two, _, ds_two = blocks.rows_backward(a, a.clone(), pairs, row, row, backend="chunked")
     _, _, ds_row = blocks.rows_backward(a, a, pairs, row, None, backend="chunked")
@@ -109,7 +137,7 @@ def _kernels_runnable() -> bool:
 
 @pytest.mark.interpreter
 @pytest.mark.skipif(not _kernels_runnable(), reason="needs Triton on a GPU or in the interpreter")
-@pytest.mark.parametrize("loss", [blocks.SOFTMAX, blocks.CIRCLE])
+@pytest.mark.parametrize("loss", [SOFTMAX, CIRCLE])
 @pytest.mark.parametrize("offset", OFFSETS)
 def test_triton_matches_chunked(loss, offset):
     device = "cuda" if torch.cuda.is_available() else "cpu"

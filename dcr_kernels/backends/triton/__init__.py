@@ -7,7 +7,8 @@ Cost in B^2 D matmul units (one unit = one M x N x D product), from the launches
   holds both the row and the column term).
 - backward, cross mode (symmetric or not): 3 (recompute S; dQ = W K and dK = W^T Q from the same W).
 So the symmetric CLIP loss costs 2 + 3 = 5 units, against Inf-CL's 10; docs/design.md ("Cost model")
-adds the HBM traffic of W and predicted times on an H200. The sigmoid loss (SigLIP) costs 1 + 3.
+adds the HBM traffic of W and predicted times on an H200. The sigmoid loss (SigLIP) costs 1 + 3; it runs on
+the same launchers through `dcr_kernels.sigmoid_rows`.
 float64 inputs never reach this module: `backends.select` sends them to the chunked backend.
 """
 
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from ...pair_terms import circle_row_loss, safe_lse, weighted_total
 from ...precision import fp32_precision
-from ..base import CIRCLE, SIGMOID, SOFTMAX, CircleStats, Pairs, SoftmaxStats, softmax_total
+from ..base import CIRCLE, SOFTMAX, CircleStats, Pairs, SoftmaxStats, softmax_total
 from .launch import pair_grads, rows_forward
 
 
@@ -130,33 +131,3 @@ def circle_stats(
     row_loss, best = _CircleRows.apply(q, k, q_labels, k_labels, margin, gamma, self_mode, argmax)
     total = weighted_total(coeff.float(), row_loss) if coeff is not None else None
     return CircleStats(row_loss, best if argmax else None, total)
-
-
-class _SigmoidRows(torch.autograd.Function):
-    """Per-row sums of softplus(-l (t Q K^T + b)) over every key (SigLIP), with fused backward: the
-    positive column of each row travels as its label code, the columns' indices as theirs."""
-
-    @staticmethod
-    def forward(ctx, q, k, positive, scale, bias):
-        q, k = _contiguous(q, k)
-        tb = torch.stack([scale.detach().float().reshape(()), bias.detach().float().reshape(())])
-        columns = torch.arange(k.shape[0], device=q.device, dtype=torch.float32)
-        pairs = Pairs(SIGMOID, None, tb, positive.float(), columns, precision=fp32_precision())
-        rows, _, _, _ = rows_forward(q, k, pairs, want_best=False)
-        ctx.save_for_backward(q, k)
-        ctx.pairs, ctx.scalars = pairs, [(x.dtype, x.shape) for x in (scale, bias)]
-        return rows
-
-    @staticmethod
-    def backward(ctx, grad_rows):
-        q, k = ctx.saved_tensors
-        term = (torch.zeros_like(grad_rows, dtype=torch.float32), None, grad_rows.float())
-        dq, dk, dtb = pair_grads(q, k, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
-        dt, db = (g.to(dtype).reshape(shape) for g, (dtype, shape) in zip(dtb, ctx.scalars, strict=True))
-        return dq, dk, None, dt, db
-
-
-def sigmoid_rows(q: Tensor, k: Tensor, positive: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    """sum_j softplus(-l_ij (t q_i . k_j + b)) per row, l_ij = +1 for j = positive[i]; differentiable in q, k,
-    the scale t and the bias b (0-dim tensors)."""
-    return _SigmoidRows.apply(q, k, positive, scale, bias)
