@@ -5,7 +5,8 @@ rows of any ranks, and local batch sizes may differ. Two strategies compute the 
 - "gather" (default): every rank's keys are all-gathered with autograd and each rank scores its local rows
   against all of them; memory O(global B x D) per rank, one all_gather forward and one all_reduce backward.
 - "ring": key blocks move between neighbours with point-to-point sends while each rank merges its rows'
-  statistics block by block (log-add-exp), the next block in flight during the current block's compute;
+  statistics block by block (log-add-exp; the sigmoid loss adds), the next block in flight during the current
+  block's compute;
   the backward sends each block's gradient around the ring with it; memory O(local B x D) per rank.
 
 Gradient convention (docs/design.md, "Gradients across ranks"). With L the loss over the global batch (the mean over all
@@ -20,7 +21,16 @@ Every rank must call the loss, and the backward, with the same options: the inpu
 dtypes are compared first, so a mismatch raises the same error on every rank instead of a hang.
 """
 
-from .functional import circle_loss, info_nce, supcon_loss
+from .functional import circle_loss, info_nce, sigmoid_loss, sigmoid_rows, supcon_loss
 from .nn import CircleLoss, InfoNCELoss, SupConLoss
 
-__all__ = ["CircleLoss", "InfoNCELoss", "SupConLoss", "circle_loss", "info_nce", "supcon_loss"]
+__all__ = [
+    "CircleLoss",
+    "InfoNCELoss",
+    "SupConLoss",
+    "circle_loss",
+    "info_nce",
+    "sigmoid_loss",
+    "sigmoid_rows",
+    "supcon_loss",
+]

@@ -1,7 +1,9 @@
-"""InfoNCE, SupCon and Circle over the global batch of all ranks (see the package docstring for the
-gradient convention): validate on every rank, bring the keys to the rows (gather or ring), reduce."""
+"""InfoNCE, SupCon, Circle and the sigmoid loss over the global batch of all ranks (see the package docstring
+for the gradient convention): validate on every rank, bring the keys to the rows (gather or ring), reduce."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -10,16 +12,16 @@ from torch import Tensor
 
 from .. import _validation as v
 from ..backends import blocks, resolve
-from ..backends.base import CIRCLE, SOFTMAX, compute_dtype
+from ..backends.base import CIRCLE, SIGMOID, SOFTMAX, compute_dtype
 from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
 from ..pair_terms import row_dots
-from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets
+from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets, row_counts
 from .rows import BlockRows, RowSpec
 from .world import World, agree, require_same
 
 STRATEGIES = ("gather", "ring")
 REDUCTIONS = ("mean", "sum")
-_LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss")
+_LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss", "distributed.sigmoid_loss")
 _FIELDS = (
     "m",
     "n",
@@ -35,8 +37,8 @@ _FIELDS = (
     "positive",
     "positive_min",
     "positive_max",
-    "temperature or margin",
-    "gamma",
+    "temperature, margin or scale",
+    "gamma or bias",
     "query_norm",
     "key_norm",
 )
@@ -131,7 +133,7 @@ def _describe(
         positive=positive is not None,
         positive_min=int(pos.min()),
         positive_max=int(pos.max()),
-        **{"temperature or margin": params[0], "gamma": params[1]},
+        **{"temperature, margin or scale": params[0], "gamma or bias": params[1]},
         query_norm=query_norm,
         key_norm=key_norm,
     )
@@ -148,11 +150,10 @@ def _normalized(query: Tensor, key: Tensor | None, normalize: bool) -> tuple[Ten
     return q, (F.normalize(key, dim=-1) if normalize else key)
 
 
-def _block_rows(
-    call: _Call, strategy: str, a: Tensor, b: Tensor, b_sizes: list[int], self_mode: bool, scale: Tensor, spec: RowSpec
+def _rows_against(
+    world: World, strategy: str, a: Tensor, b: Tensor, b_sizes: list[int], self_mode: bool, scale: Tensor, spec: RowSpec
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(value, t, best column) of the local rows `a` against the keys of every rank (rank r holds b_sizes[r])."""
-    world = call.world
     if strategy == "gather":
         keys = gather_with_grad(b, b_sizes, world)
         source = OneBlock(offsets(b_sizes)[world.rank] if self_mode else None)
@@ -291,12 +292,12 @@ def info_nce(
     s = _scale(temperature, dtype, q.device)
     every_key = torch.arange(n_keys, device=q.device)
     spec = RowSpec(SOFTMAX, positive, every_key, targets=True, backend=backend)
-    value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
+    value, t, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, s, spec)
     rows = value - s * row_dots(q.to(dtype), t)
     if symmetric:
         own = call.k_start + torch.arange(k.shape[0], device=q.device)
         spec = RowSpec(SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend)
-        col_value, col_t, _ = _block_rows(call, strategy, k, q, call.q_sizes, False, s, spec)
+        col_value, col_t, _ = _rows_against(call.world, strategy, k, q, call.q_sizes, False, s, spec)
         rows = 0.5 * (rows + col_value - s * row_dots(k.to(dtype), col_t))
     counted = torch.ones(m, dtype=torch.bool, device=q.device)
     return _reduce(call, rows, counted, best == positive, weight, reduction, fn, return_metrics)
@@ -361,7 +362,7 @@ def supcon_loss(
     local = slice(call.q_start, call.q_start + q.shape[0])
     q_codes, n_pos = all_codes[local], n_pos_all[local]
     spec = RowSpec(SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
-    value, t, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, s, spec)
+    value, t, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, s, spec)
     rows = value - s * row_dots(q.to(dtype), t) / n_pos.clamp(min=1)
     counted = n_pos > 0
     return _reduce(call, rows, counted, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
@@ -417,6 +418,102 @@ def circle_loss(
     q_codes = all_codes[local]
     one = torch.ones((), dtype=compute_dtype(q.dtype), device=q.device)
     spec = RowSpec(CIRCLE, q_codes, key_codes, targets=False, margin=float(margin), gamma=float(gamma), backend=backend)
-    value, _, best = _block_rows(call, strategy, q, k, call.k_sizes, self_mode, one, spec)
+    value, _, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, one, spec)
     hits = _label_hits(best, q_codes, key_codes)
     return _reduce(call, value, counted_all[local], hits, weight, reduction, fn, return_metrics)
+
+
+def _scalar(x: float | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.reshape(()).to(dtype=dtype, device=device)
+    return torch.full((), float(x), dtype=dtype, device=device)
+
+
+def sigmoid_rows(
+    query: Tensor,
+    key: Tensor,
+    positive: Tensor,
+    scale: float | Tensor,
+    bias: float | Tensor,
+    *,
+    strategy: str = "ring",
+    group: dist.ProcessGroup | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """This rank's rows of the sigmoid loss, sum_j softplus(-l_ij (t q_i . k_j + b)) over the keys of every rank
+    (`positive`: each local query's global key index), with no B x B buffer. The gradient reaching a rank's
+    keys is the sum over ranks of their rows' gradients (what an all-gather with gradients gives); "ring"
+    keeps memory at O(local B x D). No checks: `sigmoid_loss` validates; OpenCLIP's `SigLipLoss` reduces this
+    per rank (`integrations.open_clip`)."""
+    world = World.of(group)
+    return _sigmoid_rows(world, row_counts(key, world), query, key, positive, scale, bias, strategy, backend)
+
+
+def _sigmoid_rows(
+    world: World,
+    sizes: list[int],
+    query: Tensor,
+    key: Tensor,
+    positive: Tensor,
+    scale,
+    bias,
+    strategy: str,
+    backend: str,
+) -> Tensor:
+    dtype = compute_dtype(query.dtype)
+    tb = torch.stack([_scalar(scale, dtype, query.device), _scalar(bias, dtype, query.device)])
+    every_key = torch.arange(sum(sizes), device=query.device)
+    spec = RowSpec(SIGMOID, positive.long(), every_key, targets=False, backend=backend)
+    rows, _, _ = _rows_against(world, strategy, query, key, sizes, False, tb, spec)
+    return rows
+
+
+def sigmoid_loss(
+    query: Tensor,
+    key: Tensor,
+    *,
+    positive: Tensor | None = None,
+    scale: float | Tensor = 10.0,
+    bias: float | Tensor = -10.0,
+    normalize: bool = True,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    strategy: str = "ring",
+    group: dist.ProcessGroup | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """The pairwise sigmoid loss (SigLIP) over the global batch: every rank's queries against every rank's keys,
+    L = (1 / global B) sum_i sum_j softplus(-l_ij (t S_ij + b)) for "mean" (SigLIP's normalisation), the plain
+    sum for "sum". `positive` holds global key indices (default: local query i's positive is local key i).
+    "ring" (default) keeps memory at O(local B x D) per rank; "gather" all-gathers the keys. Other arguments
+    as in `functional.sigmoid_loss`; `strategy` and `group` as in `info_nce`."""
+    fn = _LOSSES[3]
+
+    def check() -> dict[str, float]:
+        params = tuple(float(x.detach()) if isinstance(x, Tensor) else float(x) for x in (scale, bias))
+        for name, x in zip(("scale", "bias"), (scale, bias), strict=True):
+            if isinstance(x, Tensor) and x.numel() != 1:
+                raise ValueError(f"{fn}: {name} tensor must hold one value, got shape {tuple(x.shape)}")
+        if not all(math.isfinite(x) for x in params):
+            raise ValueError(f"{fn}: scale and bias must be finite, got {params}")
+        meta = _describe(
+            fn, query, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
+            normalize=normalize, params=params, positive=positive,
+        )  # fmt: skip
+        if positive is None and meta["n"] < meta["m"]:
+            raise ValueError(f"{fn}: key has {int(meta['n'])} rows but query has {int(meta['m'])}; the default "
+                             "positive of query i is key i")  # fmt: skip
+        return meta
+
+    call = _Call(fn, group, check)
+    m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
+    if positive is None:
+        positive = call.k_start + torch.arange(m, device=query.device)
+    else:
+        for r, row in enumerate(call.table):
+            if row["positive_min"] < 0 or row["positive_max"] >= n_keys:
+                raise ValueError(f"{fn}: rank {r} has positive indices outside [0, {n_keys}) (the global key rows)")
+    q, k = _normalized(query, key, normalize)
+    rows = _sigmoid_rows(call.world, call.k_sizes, q, k, positive, scale, bias, strategy, backend)
+    counted = torch.ones(m, dtype=torch.bool, device=q.device)
+    return _reduce(call, rows, counted, torch.zeros_like(counted), weight, reduction, fn, False)

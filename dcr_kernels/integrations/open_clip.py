@@ -16,11 +16,13 @@ Across ranks the features are gathered as OpenCLIP gathers them, so values and g
 `logit_bias` shifts every logit by the same amount, which a softmax cross-entropy does not see: it is
 accepted (with a zero gradient, as in OpenCLIP) and has no effect. Horovod is not supported.
 
-`SigLipLoss` is OpenCLIP's sigmoid loss on `dcr_kernels.sigmoid_loss`, row-chunked (no B x B logits):
-same constructor (`cache_labels`, `rank`, `world_size`, `dist_impl`) and call (`forward(image_features,
-text_features, logit_scale, logit_bias, output_dict=False)`); across ranks every rank's text features are
-gathered with their gradients and each rank scores its images against all of them (its own texts carrying
-the positives), which is the loss and the gradients of each of OpenCLIP's exchange patterns.
+`SigLipLoss` is OpenCLIP's sigmoid loss on `dcr_kernels.sigmoid_loss` (no B x B logits): same constructor
+(`cache_labels`, `rank`, `world_size`, `dist_impl`) and call (`forward(image_features, text_features,
+logit_scale, logit_bias, output_dict=False)`). Across ranks the text features travel around a ring of
+neighbours (`dcr_kernels.distributed.sigmoid_rows`): each rank scores its images against every rank's texts
+block by block, holding O(local B x D), and each text's gradient returns to its rank summed over ranks. That
+is the loss and the gradients of each of OpenCLIP's exchange patterns (bidir, shift, reduce, gather), which
+differ only in how they move the texts.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch.distributed.nn as dist_nn
 from torch import Tensor, nn
 
 from .. import functional as F
+from ..distributed import sigmoid_rows
 
 
 def _gather(x: Tensor, with_grad: bool, world_size: int) -> list[Tensor]:
@@ -125,8 +128,7 @@ class SigLipLoss(nn.Module):
         if self.world_size == 1:
             loss = F.sigmoid_loss(image_features, text_features, backend=self.backend, **kw)
         else:
-            texts = torch.cat(_gather(text_features, True, self.world_size))
             positive = torch.arange(b, device=image_features.device) + b * self.rank
-            loss = F.sigmoid_loss(image_features, texts, positive=positive, reduction="sum", backend=self.backend, **kw)
-            loss = loss / b
+            rows = sigmoid_rows(image_features, text_features, positive, kw["scale"], kw["bias"], backend=self.backend)
+            loss = rows.sum() / b
         return {"contrastive_loss": loss} if output_dict else loss

@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,6 +37,8 @@ MODES = [
     ("supcon", "cross"),
     ("circle", "self"),
     ("circle", "cross"),
+    ("sigmoid", "cross"),
+    ("sigmoid", "positives"),
 ]
 STRATEGIES = ("gather", "ring")
 DTYPES = {"float64": (torch.float64, 1e-10), "float32": (torch.float32, 1e-4)}
@@ -86,6 +89,11 @@ def _loss(
     if module is dd:
         kw["strategy"] = batch["strategy"]
     labels, key_labels = batch["labels"][rows], batch["key_labels"][key_rows]
+    if loss == "sigmoid":  # the learnable temperature's inverse as SigLIP's learnable scale t
+        positive = batch["positive"][rows] if module is dk or mode == "positives" else None
+        kw.pop("return_metrics")
+        value = module.sigmoid_loss(q, k, positive=positive, scale=1 / temperature, bias=-1.5, **kw)
+        return SimpleNamespace(loss=value, accuracy=0.0, rows_counted=0, rows_dropped=0)  # no metrics to compare
     if loss == "info_nce":
         positive = batch["positive"][rows] if module is dk or mode == "positives" else None
         positive = None if mode == "symmetric" else positive
@@ -164,6 +172,9 @@ def _bad_calls(rank: int) -> dict:
         "overflow info_nce": lambda: dd.info_nce(x.float() * (1e20 if rank == 1 else 1.0), normalize=False),
         "overflow supcon": lambda: dd.supcon_loss(x.float() * (1e20 if rank == 1 else 1.0), labels, normalize=False),
         "overflow circle": lambda: dd.circle_loss(x.float() * (1e20 if rank == 0 else 1.0), labels, normalize=False),
+        "sigmoid scale": lambda: dd.sigmoid_loss(x, x, scale=float("nan") if rank == 1 else 10.0),
+        "sigmoid positive range": lambda: dd.sigmoid_loss(x, x, positive=torch.tensor([0, 1, 2, 100 if rank else 3])),
+        "sigmoid bias on one rank": lambda: dd.sigmoid_loss(x, x, bias=-10.0 if rank == 0 else -5.0),
     }
     out = {}
     for name, call in bad.items():
