@@ -4,7 +4,13 @@
   cached embeddings: d loss / d embeddings for the whole batch) at batch 4096 and 16384, MiniLM-sized
   embeddings (D = 384, anchors and positives, mini-batches of 32). The embedding passes around it are the
   library's own in both, so this is where the two differ.
-- OpenCLIP: `ClipLoss` forward + backward at B = 8192, D = 512 with a learnable logit scale.
+- sentence-transformers' `MultipleNegativesRankingLoss` with all four directions in the joint partition (the
+  GTE "improved contrastive" loss) and hardness weighting of the in-batch negatives (strength 5),
+  `compute_loss_from_embeddings` + backward, at batch 4096 and 16384, D = 384.
+- sentence-transformers' `CachedGISTEmbedLoss`: the loss step (`calculate_loss` with backward over the cached
+  model and guide embeddings), relative margin 0.05, at batch 4096 and 16384, D = 384.
+- OpenCLIP: `ClipLoss` forward + backward at B = 8192, D = 512 with a learnable logit scale; `SigLipLoss`
+  forward + backward at B = 4096 and 16384, D = 512, with a learnable scale and bias.
 
 Each measurement runs in a fresh process (one torch thread; memory as in `memory.py`: peak resident set
 above the inputs and gradient-sized buffers), time the median of 3 after one warm-up.
@@ -24,11 +30,28 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = [("cached_mnrl", 4096, 384), ("cached_mnrl", 16384, 384), ("clip", 8192, 512)]
+CASES = [
+    ("cached_mnrl", 4096, 384),
+    ("cached_mnrl", 16384, 384),
+    ("mnrl_joint_hardness", 4096, 384),
+    ("mnrl_joint_hardness", 16384, 384),
+    ("cached_gist", 4096, 384),
+    ("cached_gist", 16384, 384),
+    ("clip", 8192, 512),
+    ("siglip", 4096, 512),
+    ("siglip", 16384, 512),
+]
+JOINT_HARDNESS = dict(
+    directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"),
+    partition_mode="joint",
+    hardness_mode="in_batch_negatives",
+    hardness_strength=5.0,
+)
 PROVIDERS = ("ours", "library")
 
 
-def _open_clip_loss():
+def _open_clip_loss(name: str = "ClipLoss"):
+    """OpenCLIP's loss module loaded alone (open_clip's package import pulls in its model zoo)."""
     import importlib.util
 
     spec = importlib.util.find_spec("open_clip")
@@ -36,7 +59,7 @@ def _open_clip_loss():
     module_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.ClipLoss
+    return getattr(module, name)
 
 
 def _step(case: str, provider: str, b: int, d: int):
@@ -56,6 +79,18 @@ def _step(case: str, provider: str, b: int, d: int):
             loss_fn(image, text, scale).backward()
 
         return [image, text], step
+    if case == "siglip":
+        from dcr_kernels.integrations.open_clip import SigLipLoss
+
+        loss_fn = SigLipLoss() if provider == "ours" else _open_clip_loss("SigLipLoss")()
+        image, text = anchors.requires_grad_(), positives.requires_grad_()
+        scale, bias = torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+
+        def step():
+            image.grad = text.grad = scale.grad = bias.grad = None
+            loss_fn(image, text, scale, bias).backward()
+
+        return [image, text], step
     from sentence_transformers.sentence_transformer import losses
 
     from dcr_kernels.integrations import sentence_transformers as ours
@@ -63,6 +98,38 @@ def _step(case: str, provider: str, b: int, d: int):
     class Model(torch.nn.Module):
         def __getitem__(self, i):
             return torch.nn.Identity()
+
+    if case == "mnrl_joint_hardness":
+        cls = ours.MultipleNegativesRankingLoss if provider == "ours" else losses.MultipleNegativesRankingLoss
+        loss_fn = cls(Model(), **JOINT_HARDNESS)
+        embeddings = [anchors.requires_grad_(), positives.requires_grad_()]
+
+        def step():
+            anchors.grad = positives.grad = None
+            loss_fn.compute_loss_from_embeddings(embeddings, None).backward()
+
+        return embeddings, step
+    if case == "cached_gist":
+        from sentence_transformers import SentenceTransformer
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from offline_minilm import minilm_dir
+
+        model, guide = (SentenceTransformer(minilm_dir(), device="cpu") for _ in range(2))
+        cls = ours.CachedGISTEmbedLoss if provider == "ours" else losses.CachedGISTEmbedLoss
+        loss_fn = cls(model, guide, mini_batch_size=32, margin_strategy="relative", margin=0.05)
+        guide_anchors = torch.nn.functional.normalize(anchors + 0.5 * torch.randn(b, d, generator=gen), dim=1)
+        guide_positives = torch.nn.functional.normalize(positives + 0.5 * torch.randn(b, d, generator=gen), dim=1)
+        reps = [[c[i : i + 32].clone().requires_grad_() for i in range(0, b, 32)] for c in (anchors, positives)]
+        guided = [[c[i : i + 32] for i in range(0, b, 32)] for c in (guide_anchors, guide_positives)]
+
+        def step():
+            for col in reps:
+                for r in col:
+                    r.grad = None
+            loss_fn.calculate_loss(reps, guided, with_backward=True)
+
+        return [anchors, positives], step
 
     cls = ours.CachedMultipleNegativesRankingLoss if provider == "ours" else losses.CachedMultipleNegativesRankingLoss
     loss_fn = cls(Model(), mini_batch_size=32)

@@ -24,9 +24,11 @@ BATCHES = (1000, 65536)
 DIMS = (130, 256, 1536)
 DTYPES = ("fp32", "bf16", "fp16")
 # (loss family, call): self mode; cross mode over extra key rows (N = B + 24, ragged) with no column term;
-# the symmetric (CLIP) loss, whose backward carries the column term; the sigmoid loss (SigLIP, cross only)
+# the symmetric (CLIP) loss, whose backward carries the column term; the sigmoid loss (SigLIP, cross only);
+# the guide-masked softmax (GISTEmbed: cross, the positive protected, a guide of GUIDE_DIM)
 CALLS = (("softmax", "self"), ("softmax", "cross"), ("softmax", "symmetric"), ("circle", "self"), ("circle", "cross"),
-         ("sigmoid", "cross"))  # fmt: skip
+         ("sigmoid", "cross"), ("softmax", "guided"))  # fmt: skip
+GUIDE_DIM = 384
 SM_COUNT = 132  # H100 SXM / H200: sets the column splits, a grid size only (never specialised)
 EXTRA_KEYS = 24
 
@@ -34,7 +36,7 @@ EXTRA_KEYS = 24
 @dataclass
 class Variant:
     """One compile: the kernel, Triton's signature and attributes from the binder, the constexprs of the
-    call (LOSS, COL_TERM, UPCAST, INPUT_PRECISION; the BLOCK sizes come from each config), and every case
+    call (LOSS, COL_TERM, GUIDED, UPCAST, INPUT_PRECISION; the BLOCK sizes come from each config), and every case
     (batch, dim, dtype, loss, call) that launched it."""
 
     kernel: str
@@ -70,14 +72,21 @@ def _run_case(batch: int, dim: int, dtype: str, loss: str, call: str, metrics: b
     import torch
 
     from dcr_kernels.backends import triton as backend
+    from dcr_kernels.guided_lse import guided_row_logsumexp
     from dcr_kernels.sigmoid_rows import sigmoid_rows
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     meta = dict(device="meta", dtype=torch_dtype)
     q = torch.empty(batch, dim, requires_grad=True, **meta)
-    keys = batch + (EXTRA_KEYS if call == "cross" else 0)
+    keys = batch + (EXTRA_KEYS if call in ("cross", "guided") else 0)
     k = q if call == "self" else torch.empty(keys, dim, requires_grad=True, **meta)
-    if loss == "softmax":
+    if call == "guided":
+        scale = torch.empty((), device="meta", dtype=torch.float32, requires_grad=True)
+        guide_q, guide_k = (torch.empty(rows, GUIDE_DIM, device="meta", dtype=torch.float32) for rows in (batch, keys))
+        threshold = torch.empty(batch, device="meta", dtype=torch.float32)
+        lse = guided_row_logsumexp(q, k, guide_q, guide_k, scale, threshold, protect_offset=0, backend="triton")
+        out = lse.sum()
+    elif loss == "softmax":
         scale = torch.empty((), device="meta", dtype=torch.float32, requires_grad=True)
         columns = call == "symmetric"
         stats = backend.softmax_stats(q, k, scale, self_mode=call == "self", columns=columns, argmax=metrics)

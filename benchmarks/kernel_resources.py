@@ -50,8 +50,8 @@ def variants() -> list[dict]:
         for v in captured_variants(cap):
             dtype = v.signature["A"].lstrip("*")
             precision = v.constexprs["INPUT_PRECISION"] if dtype == "fp32" else ""
-            loss = v.constexprs["LOSS"]
-            for c in launch.gpu_configs(v.kernel, torch_dtypes[dtype], cap, precision or "tf32", loss):
+            loss, guided = v.constexprs["LOSS"], v.constexprs["GUIDED"]
+            for c in launch.gpu_configs(v.kernel, torch_dtypes[dtype], cap, precision or "tf32", loss, guided):
                 out.append(
                     dict(
                         capability=cap,
@@ -59,6 +59,7 @@ def variants() -> list[dict]:
                         loss=LOSSES[v.constexprs["LOSS"]],
                         dtype=dtype,
                         col_term=v.constexprs.get("COL_TERM"),
+                        guided=guided,
                         precision=precision,
                         block=[c.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
                         warps=c.num_warps,
@@ -165,7 +166,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         col = "" if r["col_term"] is None else ("yes" if r["col_term"] else "no")
         lines.append(
-            f"| sm_{r['capability']} | {r['kernel']} | {r['loss']} | {r['dtype']} | {col} | {r['precision']} "
+            f"| sm_{r['capability']} | {r['kernel']} | {r['loss']}{' (guided)' if r['guided'] else ''} | {r['dtype']} "
+            f"| {col} | {r['precision']} "
             f"| {'x'.join(map(str, r['block']))} | {r['warps']} | {r['stages']} "
             f"| {'' if r['want_best'] is None else ('yes' if r['want_best'] else 'no')} | {r['launches']} "
             f"| {r['shared'] / 1024:.0f} | {r['registers']} | {r['spill']} | {r['mma']} "

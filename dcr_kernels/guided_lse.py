@@ -5,9 +5,10 @@
     C(i) = {j : G_ij <= threshold_i, or j = i + protect_offset} minus {j = i + exclude_offset}.
 
 The loss is the softmax family with the guide's candidate rule (`backends.tiles.Guide`) in its `Pairs`, on the
-block primitives (`backends.blocks`); the guide's mask has no kernel epilogue yet, so it runs row-chunked in
-PyTorch on every device: memory O(chunk x N) for S and G and O((M + N) D) in all; the backward recomputes each
-chunk's S and G. The guide is not differentiated (GISTEmbed computes it without gradients); A, B and s are.
+block primitives (`backends.blocks`): on CUDA the Triton kernels form G beside S in each tile (a second GEMM
+over the guide's dim, in fp32 whatever the model's dtype), elsewhere row chunks in PyTorch; memory is
+O((M + N) D) in all, and the backward recomputes S and G. The guide is not differentiated (GISTEmbed computes
+it without gradients); A, B and s are.
 """
 
 from __future__ import annotations
@@ -19,23 +20,26 @@ from .backends import blocks
 from .backends.base import SOFTMAX, Pairs, compute_dtype
 from .backends.tiles import Guide
 from .pair_terms import safe_lse
+from .precision import fp32_precision
 
 
 class _GuidedLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, scale, guide, exclude):
-        pairs = Pairs(SOFTMAX, exclude, scale.detach().reshape(1), guide=guide)
-        lse = blocks.rows_forward(a, b, pairs, want_best=False).stat1
+    def forward(ctx, a, b, scale, guide, exclude, backend):
+        a, b = a.contiguous(), b.contiguous()
+        pairs = Pairs(SOFTMAX, exclude, scale.detach().reshape(1), guide=guide, precision=fp32_precision())
+        lse = blocks.rows_forward(a, b, pairs, want_best=False, backend=backend).stat1
         ctx.save_for_backward(a, b, scale, lse)
-        ctx.pairs = pairs
+        ctx.pairs, ctx.backend = pairs, backend
         return lse
 
     @staticmethod
     def backward(ctx, grad_lse):
         a, b, scale, lse = ctx.saved_tensors
-        term = (safe_lse(lse), None, grad_lse)
-        da, db, ds = blocks.rows_backward(a, b, ctx.pairs, term, None, want_db=ctx.needs_input_grad[1])
-        return da, db, ds.to(scale.dtype).reshape(scale.shape), None, None
+        term = (safe_lse(lse), None, grad_lse.contiguous())
+        want_db = ctx.needs_input_grad[1]
+        da, db, ds = blocks.rows_backward(a, b, ctx.pairs, term, None, want_db=want_db, backend=ctx.backend)
+        return da, db, ds.to(scale.dtype).reshape(scale.shape), None, None, None
 
 
 def guided_row_logsumexp(
@@ -48,6 +52,7 @@ def guided_row_logsumexp(
     *,
     protect_offset: int | None = None,
     exclude_offset: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """lse_i of s * a_i . b_j over the keys j whose guide similarity guide_a_i . guide_b_j is at most
     threshold_i (plus j = i + protect_offset, always; minus j = i + exclude_offset, never), -inf for a row
@@ -73,4 +78,4 @@ def guided_row_logsumexp(
     if a is b:
         b = a.view_as(a)  # one tensor, but the guide's mask is not symmetric: take the two sides apart
     guide = Guide(guide_a.detach(), guide_b.detach(), threshold.detach(), protect_offset)
-    return _GuidedLSE.apply(a, b, s, guide, exclude_offset)
+    return _GuidedLSE.apply(a, b, s, guide, exclude_offset, backend)

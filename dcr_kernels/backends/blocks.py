@@ -9,8 +9,7 @@ include A's rows); returns dA = W B, optionally dB = W^T A from the same W, and 
 
 `pairs` (`base.Pairs`) describes the loss: family, candidate mask, scale, labels. The Triton kernels
 (`backends.triton.launch`) and row-chunked PyTorch (`backends.tiles`, O(chunk x N) memory) implement the
-contract; `backends.select` decides where a call runs (CPU, float64 or asked for: PyTorch). A guide model's
-mask (GISTEmbed) has no kernel epilogue and always runs in PyTorch.
+contract; `backends.select` decides where a call runs (CPU, float64 or asked for: PyTorch).
 """
 
 from __future__ import annotations
@@ -27,19 +26,17 @@ BACKENDS = ("auto", "chunked", "triton")
 # deferred imports: the Triton launcher loads only when a kernel runs (Triton is absent off Linux).
 
 
-def use_triton(a: Tensor, backend: str, pairs: Pairs | None = None) -> bool:
+def use_triton(a: Tensor, backend: str) -> bool:
     """Whether `backend` sends `a` to the kernels (`backends.select` decides, as for the functional API)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if pairs is not None and pairs.guide is not None:
-        return False
     return select(backend, a, "block primitives") == "triton"
 
 
 def rows_forward(a: Tensor, b: Tensor, pairs: Pairs, *, want_best: bool = True, backend: str = "auto") -> BlockStats:
     """Row statistics of S = a b^T over b's candidate columns (see the module docstring); argmax and best are
     None unless `want_best`."""
-    if use_triton(a, backend, pairs):
+    if use_triton(a, backend):
         from .triton import launch
 
         return BlockStats(*launch.rows_forward(a, b, _kernel_pairs(pairs), want_best=want_best))
@@ -59,7 +56,7 @@ def rows_backward(
     """(dA, dB or None, d loss / d scale) for W = d loss / d S built from the row and column terms; dA and dB in
     the inputs' dtypes, dB = W^T A only when `want_db`. When `a is b` both terms are taken in one pass,
     dA is the whole gradient and d loss / d s counts each pair once."""
-    if use_triton(a, backend, pairs):
+    if use_triton(a, backend):
         from .triton import launch
 
         kernel_terms = _kernel_term(row_term), _kernel_term(col_term)

@@ -1,11 +1,15 @@
 """guided_row_logsumexp against a dense float64 reference: the guide's threshold mask, the protected and
-excluded columns, one tensor on both sides, rows without candidates, and chunking (a tiny chunk budget)."""
+excluded columns, one tensor on both sides, rows without candidates, and chunking (a tiny chunk budget); the
+Triton kernels' guide epilogue in the interpreter."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
+from dcr_kernels.backends import triton_available
 from dcr_kernels.guided_lse import guided_row_logsumexp
 
 
@@ -54,3 +58,44 @@ def test_bad_shapes_are_refused():
         guided_row_logsumexp(x, x, torch.randn(3, 2), torch.randn(4, 2), 1.0, torch.zeros(4))
     with pytest.raises(ValueError, match="threshold must have shape"):
         guided_row_logsumexp(x, x, x, x, 1.0, torch.zeros(3))
+
+
+def _kernels_runnable() -> bool:
+    return triton_available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not _kernels_runnable(), reason="needs Triton on a GPU or in the interpreter")
+@pytest.mark.parametrize(("protect", "exclude"), [(None, None), (0, None), (None, 0), (3, -2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_guide_epilogue_matches_dense(protect, exclude, dtype):
+    """The kernels form the guide's similarities in each tile beside the model's (a second GEMM over the
+    guide's own dim, fp32 whatever the model's dtype): values and gradients of a, b and s against the dense
+    float64 reference, over several row blocks, column splits and a row without candidates."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    m, n, d, dg = 37, 70, 20, 9
+    a64, b64 = (torch.nn.functional.normalize(torch.randn(r, d, generator=gen, dtype=torch.float64), dim=1)
+                for r in (m, n))  # fmt: skip
+    ga, gb = (torch.randn(r, dg, generator=gen, dtype=torch.float64) for r in (m, n))
+    threshold = torch.randn(m, generator=gen, dtype=torch.float64)
+    threshold[0] = -1e9  # only the protected pair, or none
+    a, b = (x.to(device=device, dtype=dtype).requires_grad_() for x in (a64, b64))
+    s = torch.tensor(5.0, device=device, requires_grad=True)
+    got = guided_row_logsumexp(
+        a, b, ga.float().to(device), gb.float().to(device), s, threshold.float().to(device),
+        protect_offset=protect, exclude_offset=exclude, backend="triton",
+    )  # fmt: skip
+    exact = [x.to(dtype).double().requires_grad_() for x in (a64, b64)]
+    s64 = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    want = _dense(*exact, ga.float().double(), gb.float().double(), s64, threshold.float().double(), protect, exclude)
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got.cpu()), finite)
+    tol = 1e-4 if device == "cpu" else 5e-3  # the interpreter computes fp32 dots exactly; a GPU in tf32
+    torch.testing.assert_close(got.cpu().double()[finite], want[finite], rtol=tol, atol=tol)
+    w = torch.randn(m, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((got.cpu().double()[finite] * w[finite]).sum(), [a, b, s])
+    wants = torch.autograd.grad((want[finite] * w[finite]).sum(), [*exact, s64])
+    for g, h in zip(grads, wants, strict=True):
+        err = float((g.cpu().double() - h).norm() / h.norm())
+        assert err < (1e-4 if dtype == torch.float32 else 1e-2), err

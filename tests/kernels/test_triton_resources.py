@@ -26,13 +26,16 @@ def rows() -> list[dict]:
 
 
 def test_every_variant_is_compiled_from_real_launches(rows):
-    """Both targets, both kernels, the three loss families, three dtypes, both backward term layouts (the
-    sigmoid loss has no column term), both fp32 dot precisions; each captured from the launcher at aligned
-    and ragged batches (B = 1000 and 65536) and bound by Triton's binder, which, with the sizes unspecialised
-    and W's stride padded, gives one compile per variant for every shape."""
-    keys = {(r["capability"], r["kernel"], r["loss"], r["dtype"], r["col_term"], r["precision"]) for r in rows}
+    """Both targets, both kernels, the three loss families and the guide-masked softmax (GISTEmbed), three
+    dtypes, both backward term layouts (the sigmoid loss and the guided softmax have no column term), both fp32
+    dot precisions; each captured from the launcher at aligned and ragged batches (B = 1000 and 65536) and
+    bound by Triton's binder, which, with the sizes unspecialised and W's stride padded, gives one compile per
+    variant for every shape."""
+    keys = {(r["capability"], r["kernel"], r["loss"], r["dtype"], r["col_term"], r["precision"], r["guided"])
+            for r in rows}  # fmt: skip
     dtypes = 1 + 1 + 2  # fp32 (tf32 and IEEE dots), bf16, fp16
-    assert len(keys) == 2 * (3 * dtypes + (2 * 2 + 1) * dtypes)  # targets x (forward + backward variants)
+    forward, backward = 3 + 1, 2 * 2 + 1 + 1  # the families (+ guided); term layouts of each (+ guided)
+    assert len(keys) == 2 * (forward + backward) * dtypes  # targets x variants
     for r in rows:
         assert {"1000x130", "65536x130", "1000x1536", "65536x1536"} <= set(r["shapes"]), r
 

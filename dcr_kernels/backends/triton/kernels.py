@@ -19,7 +19,10 @@ The epilogues are written to an instruction budget (docs/design.md, "The Triton 
 log2(e) folded into the scale, masks on edge tiles only, no mask held per entry.
 
 The pair (i, i + diag_offset) is never a candidate: self mode passes 0, a rank's own block inside a
-gathered batch its first row, and a call without exclusion passes N (no row index reaches it).
+gathered batch its first row, and a call without exclusion passes N (no row index reaches it). With GUIDED
+(the softmax family only), a pair is a candidate only where a guide model's similarity, a second GEMM over
+the guide's dim in the same tile, is at most the row's threshold, or it is the row's protected pair
+(GISTEmbed's false-negative filter; the exclusion still wins).
 No atomics anywhere, so every result is deterministic.
 
 Interpreter rules (docs/design.md, "Kernel rules"): loaded tiles are upcast to fp32 when interpreting
@@ -99,6 +102,23 @@ def _candidates(m0, n0, M, n_end, diag_offset, BLOCK_M: tl.constexpr, BLOCK_N: t
     mask_m = tl.arange(0, BLOCK_M) < M - m0
     mask_n = tl.arange(0, BLOCK_N) < n_end - n0
     return mask_m[:, None] & mask_n[None, :] & _not_excluded(m0, n0, diag_offset, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _guide_kept(
+    x, fill, GUIDE_A, GUIDE_B, threshold, m0, n0, GD, stride_ga, stride_gb, protect_offset,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """x where a guide model keeps the pair, else `fill` (GISTEmbed's false-negative filter): the guide's
+    similarity G = A_g B_g^T, accumulated over its own dim GD beside S, is at most the row's threshold, or
+    the pair is the row's protected one (j = i + protect_offset: its positive)."""
+    g = _similarity_tile(
+        GUIDE_A + m0 * stride_ga, GUIDE_B + n0 * stride_gb, GD, stride_ga, stride_gb,
+        UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    protected = ~_not_excluded(m0, n0, protect_offset, BLOCK_M, BLOCK_N)
+    return tl.where((g <= threshold[:, None]) | protected, x, fill)
 
 
 @triton.jit
@@ -199,13 +219,15 @@ def _best_column(best, best_idx, sim, tile_best, n0):
     return best, best_idx
 
 
-@triton.jit(do_not_specialize=["M", "N", "diag_offset"])
+@triton.jit(do_not_specialize=["M", "N", "diag_offset", "protect_offset"])
 def similarity_stats_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # A (M, D), B (N, D); fp32 label codes (Circle); scale s = 1/temperature (fp32)
+    GUIDE_A, GUIDE_B, THRESHOLD,  # GUIDED: the guide's rows (M, GD), (N, GD) in fp32 and each row's threshold
     STAT1, STAT2, BEST, BEST_IDX,  # (splits, M): softmax lse | Circle lse over positives, over negatives; best
-    M, N, D, stride_a, stride_b,
-    margin, gamma, diag_offset,
-    LOSS: tl.constexpr, WANT_BEST: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    M, N, D, GD, stride_a, stride_b, stride_ga, stride_gb,
+    margin, gamma, diag_offset, protect_offset,
+    LOSS: tl.constexpr, WANT_BEST: tl.constexpr, GUIDED: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
@@ -213,6 +235,8 @@ def similarity_stats_kernel(
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
         log2_scale = scale * LOG2E  # z in base 2, s S log2(e): each entry costs one exp2
+        if GUIDED:
+            threshold = tl.load(THRESHOLD + m0 + tl.arange(0, BLOCK_M))  # padded: see launch.kernel_vector
     m1 = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # softmax: the best similarity so far
     if LOSS == SIGMOID:
         labels_a = tl.load(LABELS_A + m0 + tl.arange(0, BLOCK_M), mask=mask_m, other=-1.0)
@@ -238,6 +262,11 @@ def similarity_stats_kernel(
         )  # fmt: skip
         edge = _edge_tile(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N)
         if LOSS == SOFTMAX:
+            if GUIDED:
+                sim = _guide_kept(
+                    sim, float("-inf"), GUIDE_A, GUIDE_B, threshold, m0, n0, GD, stride_ga, stride_gb,
+                    protect_offset, UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
             if edge:
                 sim = tl.where(_candidates(m0, n0, M, n_end, diag_offset, BLOCK_M, BLOCK_N), sim, float("-inf"))
             tile_best = tl.max(sim, 1)  # s > 0, so the best similarity gives the largest logit
@@ -290,16 +319,18 @@ def similarity_stats_kernel(
         tl.store(BEST_IDX + out, best_idx, mask=mask_m)
 
 
-@triton.jit(do_not_specialize=["M", "N", "diag_offset", "col_scale"])
+@triton.jit(do_not_specialize=["M", "N", "diag_offset", "protect_offset", "col_scale"])
 def pair_weights_kernel(
     A, B, LABELS_A, LABELS_B, SCALE,  # as in the forward
+    GUIDE_A, GUIDE_B, THRESHOLD,  # as in the forward
     STAT1_A, STAT2_A, COEF_A,  # row term: final statistics and upstream coefficients of A's rows
     STAT1_B, STAT2_B, COEF_B,  # column term: the same for B's rows (read only when COL_TERM)
     W, DSCALE, DBIAS,  # outputs: W (M, N) in W's dtype; (splits, M) partial sums of d loss / d scale (and bias)
-    M, N, D, stride_a, stride_b, stride_w,
-    margin, gamma, diag_offset,
+    M, N, D, GD, stride_a, stride_b, stride_ga, stride_gb, stride_w,
+    margin, gamma, diag_offset, protect_offset,
     col_scale,  # 1 if the column term adds to d loss / d scale, 0 when A is B (its pairs are the row term's)
-    LOSS: tl.constexpr, COL_TERM: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    LOSS: tl.constexpr, COL_TERM: tl.constexpr, GUIDED: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0).to(tl.int64) * BLOCK_M
@@ -313,6 +344,8 @@ def pair_weights_kernel(
     if LOSS == SOFTMAX:
         scale = tl.load(SCALE)
         coef_a = coef_a * scale
+        if GUIDED:
+            threshold = tl.load(THRESHOLD + offs_m)  # padded: see launch.kernel_vector
     elif LOSS == SIGMOID:
         labels_a = tl.load(LABELS_A + offs_m, mask=mask_m, other=-1.0)
         scale = tl.load(SCALE)
@@ -348,6 +381,11 @@ def pair_weights_kernel(
             w = g * scale
         elif LOSS == SOFTMAX:
             z = sim * scale
+            if GUIDED:
+                z = _guide_kept(
+                    z, float("-inf"), GUIDE_A, GUIDE_B, threshold, m0, n0, GD, stride_ga, stride_gb,
+                    protect_offset, UPCAST, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
             stat_a = stat1_a
         else:
             labels_b = tl.load(LABELS_B + offs_n)  # the column vectors are padded: see launch.kernel_vector

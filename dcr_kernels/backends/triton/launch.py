@@ -69,6 +69,12 @@ _GPU_CONFIGS = {
     # exact fp32 dots (DCR_INPUT_PRECISION=ieee) run on FMA units, with operands held in registers
     ("similarity_stats_kernel", "fp32-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
     ("pair_weights_kernel", "fp32-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
+    # a guide model's mask (GISTEmbed): a second GEMM per tile over the guide's fp32 rows, so shorter K
+    # slices and fewer stages keep both loops' buffers within shared memory; any input dtype
+    ("similarity_stats_kernel", "guided"): [Tile(128, 64, 32, 8, 3), Tile(64, 64, 32, 4, 3)],
+    ("pair_weights_kernel", "guided"): [Tile(128, 64, 32, 8, 3), Tile(64, 64, 32, 4, 3)],
+    ("similarity_stats_kernel", "guided-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
+    ("pair_weights_kernel", "guided-ieee"): [Tile(64, 64, 16, 8, 2), Tile(64, 32, 16, 4, 2)],
 }
 _INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
 _MIN_SPLIT_COLS = 512  # a column split streams at least this many columns
@@ -83,12 +89,20 @@ def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 
 @functools.cache
 def gpu_configs(
-    kernel_name: str, dtype: torch.dtype, capability: int, precision: str = "tf32", loss: int = SOFTMAX
+    kernel_name: str,
+    dtype: torch.dtype,
+    capability: int,
+    precision: str = "tf32",
+    loss: int = SOFTMAX,
+    guided: bool = False,
 ) -> tuple[triton.Config, ...]:
     """The configs the tuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
     `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`, for
-    the loss family `loss` (built once per kind: every launch asks)."""
-    family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
+    the loss family `loss`, with or without a guide model's mask (built once per kind: every launch asks)."""
+    if guided:
+        family = "guided" if precision == "tf32" or dtype != torch.float32 else "guided-ieee"
+    else:
+        family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
     return tuple(
         triton.Config(
             {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k},
@@ -147,14 +161,15 @@ def _launch(kernel_name: str, rows: int, splits: int, x: Tensor, *args, cols: in
         kernel[(triton.cdiv(rows, meta["BLOCK_M"]), splits)](*args, **constexprs, **meta)
         return
     major, minor = torch.cuda.get_device_capability(x.device)
-    precision, loss = constexprs["INPUT_PRECISION"], constexprs["LOSS"]
-    configs = gpu_configs(kernel_name, x.dtype, 10 * major + minor, precision, loss)
+    precision, loss, guided = constexprs["INPUT_PRECISION"], constexprs["LOSS"], constexprs["GUIDED"]
+    configs = gpu_configs(kernel_name, x.dtype, 10 * major + minor, precision, loss, guided)
 
     def run(config: triton.Config) -> None:
         grid = (triton.cdiv(rows, config.kwargs["BLOCK_M"]), splits)
         kernel[grid](*args, **constexprs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
-    key = tuning_key(kernel_name, rows, cols, x.shape[1], x.dtype, precision, loss, constexprs.get("COL_TERM", False))
+    col_term = constexprs.get("COL_TERM", False)
+    key = tuning_key(kernel_name, rows, cols, x.shape[1], x.dtype, precision, loss, col_term, guided)
     with torch.cuda.device(x.device):
         seconds = lambda i: triton.testing.do_bench(lambda: run(configs[i])) / 1e3  # noqa: E731
         run(configs[choose(key, len(configs), torch.cuda.get_device_name(x.device), seconds)])
@@ -200,7 +215,29 @@ def kernel_labels(pairs: Pairs) -> tuple[Tensor | None, Tensor | None]:
 
 
 def _common(pairs: Pairs) -> dict:
-    return dict(UPCAST=interpreting(), INPUT_PRECISION=pairs.precision)
+    return dict(UPCAST=interpreting(), INPUT_PRECISION=pairs.precision, GUIDED=pairs.guide is not None)
+
+
+class _GuideArgs(NamedTuple):
+    """A guide model's mask as the kernels read it: its rows in fp32 (the thresholds compare fp32
+    similarities whatever the model's dtype), padded as `kernel_ready` pads, the thresholds padded as
+    `kernel_vector` pads, and the protected pair's offset over the whole call (n: none)."""
+
+    a: Tensor
+    b: Tensor
+    threshold: Tensor
+    dim: int
+    protect_offset: int
+
+
+def _guide_args(pairs: Pairs, a: Tensor, b: Tensor, n: int) -> _GuideArgs:
+    """The guide's kernel arguments, or stand-ins the kernel never reads (GUIDED is off)."""
+    guide = pairs.guide
+    if guide is None:
+        return _GuideArgs(a, b, a, a.shape[1], n)
+    ga, gb = kernel_ready(guide.a.float()), kernel_ready(guide.b.float())
+    threshold = kernel_vector(guide.threshold.float(), float("inf"))
+    return _GuideArgs(ga, gb, threshold, ga.shape[1], _diag(guide.protect_offset, n))
 
 
 def _decided(pairs: Pairs) -> Pairs:
@@ -211,6 +248,11 @@ def _decided(pairs: Pairs) -> Pairs:
 def _diag(exclude_offset: int | None, n: int) -> int:
     """The kernels' diag_offset: the excluded pair's offset, or n (never reached) when none is excluded."""
     return n if exclude_offset is None else exclude_offset
+
+
+def _block_diag(offset: int | None, n: int, r0: int, c0: int) -> int:
+    """`_diag` for the block of rows from r0 and columns from c0."""
+    return n if offset is None else offset + r0 - c0
 
 
 def rows_forward(
@@ -226,6 +268,7 @@ def rows_forward(
     b = a if same_rows else kernel_ready(b)
     labels_a, labels_b = kernel_labels(pairs)
     scale, exclude_offset = pairs.scale, pairs.exclude_offset
+    guide = _guide_args(pairs, a, b, n)
     d = a.shape[1]
     splits = column_splits(m, n, a.device)
     stat1 = new_output((splits, m), torch.float32, a.device)
@@ -242,6 +285,9 @@ def rows_forward(
         stat1 if labels_a is None else labels_a,  # any valid pointer stands for an argument the kernel skips
         stat1 if labels_b is None else labels_b,
         stat1 if scale is None else scale,
+        guide.a,
+        guide.b,
+        guide.threshold,
         stat1,
         stat2,
         best,
@@ -249,11 +295,15 @@ def rows_forward(
         m,
         n,
         d,
+        guide.dim,
         a.stride(0),
         b.stride(0),
+        guide.a.stride(0),
+        guide.b.stride(0),
         float(pairs.margin),
         float(pairs.gamma),
         _diag(exclude_offset, n),
+        guide.protect_offset,
         cols=n,
         LOSS=loss,
         WANT_BEST=want_best,
@@ -304,6 +354,9 @@ def pair_grads(
     b = a if same_rows else kernel_ready(b)
     labels_a, labels_b = kernel_labels(pairs)
     scale, exclude_offset = pairs.scale, pairs.exclude_offset
+    if pairs.guide is not None and (col_term is not None or same_rows):
+        raise ValueError("a guide's mask is not symmetric: pass the row term alone, with a and b apart")
+    guide = _guide_args(pairs, a, b, n)
     row_term = _term_vectors(row_term)
     col_term = None if col_term is None else _term_vectors(col_term)
     w_dtype = torch.float32 if a.dtype == torch.float32 else torch.bfloat16  # fp16's range cannot hold W
@@ -344,6 +397,9 @@ def pair_grads(
                     part(labels_a, rows),
                     part(labels_b, cols),
                     partial if scale is None else scale,
+                    guide.a[rows],
+                    guide.b[cols],
+                    part(None if pairs.guide is None else guide.threshold, rows),
                     r1[rows],
                     part(r1 if r2 is None else r2, rows),
                     rc[rows],
@@ -356,12 +412,16 @@ def pair_grads(
                     w.shape[0],
                     w.shape[1],
                     a.shape[1],
+                    guide.dim,
                     a.stride(0),
                     b.stride(0),
+                    guide.a.stride(0),
+                    guide.b.stride(0),
                     w.stride(0),
                     float(pairs.margin),
                     float(pairs.gamma),
-                    _diag(exclude_offset, n) + (0 if exclude_offset is None else r0 - c0),
+                    _block_diag(exclude_offset, n, r0, c0),
+                    _block_diag(None if pairs.guide is None else pairs.guide.protect_offset, n, r0, c0),
                     0 if same_rows else 1,
                     cols=w.shape[1],
                     LOSS=loss,

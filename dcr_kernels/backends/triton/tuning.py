@@ -43,11 +43,20 @@ def bucket(size: int, floor: int) -> int:
 
 
 def tuning_key(
-    kernel_name: str, rows: int, cols: int, dim: int, dtype: torch.dtype, precision: str, loss: int, col_term: bool
+    kernel_name: str,
+    rows: int,
+    cols: int,
+    dim: int,
+    dtype: torch.dtype,
+    precision: str,
+    loss: int,
+    col_term: bool,
+    guided: bool = False,
 ) -> str:
     """The cache key of a launch: what changes the best config, with sizes in buckets."""
     dims = f"M{bucket(rows, 128)}-N{bucket(cols, 128)}-D{-(-dim // 64) * 64}"
     kind = f"{str(dtype).removeprefix('torch.')}-{precision}-loss{loss}-col{int(col_term)}"
+    kind += "-guided" if guided else ""
     return f"{kernel_name}/{kind}/{dims}"
 
 
