@@ -3,8 +3,6 @@ for the gradient convention): validate on every rank, bring the keys to the rows
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -13,7 +11,7 @@ from torch import Tensor
 from .. import _validation as v
 from ..backends import blocks, resolve
 from ..backends.base import CIRCLE, SIGMOID, SOFTMAX, compute_dtype
-from ..functional import ContrastiveOutput, _check_labels, _no_rows_counted, _scale
+from ..functional import ContrastiveOutput, _as_scalar, _check_labels, _no_rows_counted, _scale
 from ..pair_terms import row_dots
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets, row_counts
 from .rows import BlockRows, RowSpec
@@ -218,6 +216,41 @@ def _nothing_counted(
     return ContrastiveOutput(loss, nan, 0, sum(call.q_sizes))
 
 
+def _agreed(fn: str, group, query: Tensor, key: Tensor | None, params, extra, **options) -> _Call:
+    """The call's layout, agreed by every rank after each ran `_describe` and its loss's own `extra` checks
+    (`params`: a function giving the loss's two parameters, which may raise too)."""
+
+    def check() -> dict[str, float]:
+        meta = _describe(fn, query, key, params=params(), **options)
+        extra(meta)
+        return meta
+
+    return _Call(fn, group, check)
+
+
+def _global_positive(call: _Call, positive: Tensor | None, self_mode: bool, fn: str, device) -> Tensor:
+    """Each local query's positive as a global key index: the default (cross mode: local key i; self mode:
+    local row (i + B/2) mod B), or the given one, whose range every rank has seen in the table."""
+    m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
+    rows = torch.arange(m, device=device)
+    if positive is None:
+        return call.k_start + ((rows + m // 2) % m if self_mode else rows)
+    for r, row in enumerate(call.table):
+        if row["positive_min"] < 0 or row["positive_max"] >= n_keys:
+            raise ValueError(f"{fn}: rank {r} has positive indices outside [0, {n_keys}) (the global key rows)")
+    if self_mode:
+        agree(call.world, fn, (), lambda: _no_self_positive(positive, call.q_start, fn))
+    return positive.long()
+
+
+def _default_positive_exists(meta: dict[str, float], fn: str) -> None:
+    if meta["n"] < meta["m"]:
+        raise ValueError(
+            f"{fn}: key has {int(meta['n'])} rows but query has {int(meta['m'])}; the default positive of query i "
+            "is key i"
+        )
+
+
 def info_nce(
     query: Tensor,
     key: Tensor | None = None,
@@ -243,20 +276,7 @@ def info_nce(
     "gather" or "ring"; `group`: the process group (default: all ranks)."""
     fn = _LOSSES[0]
 
-    def check() -> dict[str, float]:
-        meta = _describe(
-            fn,
-            query,
-            key,
-            weight=weight,
-            reduction=reduction,
-            strategy=strategy,
-            backend=backend,
-            normalize=normalize,
-            params=(_temperature_value(temperature), 0.0),
-            symmetric=symmetric,
-            positive=positive,
-        )
+    def extra(meta: dict[str, float]) -> None:
         v.check_temperature(temperature, fn)
         m, n = int(meta["m"]), int(meta["n"])
         if symmetric and (key is None or n != m or positive is not None):
@@ -269,37 +289,29 @@ def info_nce(
                 f"{fn}: in self mode the default positive of local row i is row (i + B/2) mod B (two stacked "
                 f"views per rank), which needs an even local batch; got B={m}. Pass positive= or key="
             )
-        if positive is None and key is not None and n < m:
-            raise ValueError(f"{fn}: key has {n} rows but query has {m}; the default positive of query i is key i")
-        return meta
+        if positive is None and key is not None:
+            _default_positive_exists(meta, fn)
 
-    call = _Call(fn, group, check)
+    options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
+    params = lambda: (_temperature_value(temperature), 0.0)  # noqa: E731
+    call = _agreed(fn, group, query, key, params, extra, symmetric=symmetric, positive=positive, **options)
     call.check_range(query.dtype, fn, temperature=temperature)
     self_mode = key is None
-    m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
-    rows_here = torch.arange(m, device=query.device)
-    if positive is None:
-        positive = call.k_start + ((rows_here + m // 2) % m if self_mode else rows_here)
-    else:
-        for r, row in enumerate(call.table):
-            if row["positive_min"] < 0 or row["positive_max"] >= n_keys:
-                raise ValueError(f"{fn}: rank {r} has positive indices outside [0, {n_keys}) (the global key rows)")
-        positive = positive.long()
-        if self_mode:
-            agree(call.world, fn, (), lambda: _no_self_positive(positive, call.q_start, fn))
+    positive = _global_positive(call, positive, self_mode, fn, query.device)
     q, k = _normalized(query, key, normalize)
     dtype = compute_dtype(q.dtype)
     s = _scale(temperature, dtype, q.device)
-    every_key = torch.arange(n_keys, device=q.device)
+    every_key = torch.arange(sum(call.k_sizes), device=q.device)
     spec = RowSpec(SOFTMAX, positive, every_key, targets=True, backend=backend)
     value, t, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, s, spec)
     rows = value - s * row_dots(q.to(dtype), t)
     if symmetric:
         own = call.k_start + torch.arange(k.shape[0], device=q.device)
-        spec = RowSpec(SOFTMAX, own, torch.arange(sum(call.q_sizes), device=q.device), targets=True, backend=backend)
+        every_query = torch.arange(sum(call.q_sizes), device=q.device)
+        spec = RowSpec(SOFTMAX, own, every_query, targets=True, backend=backend)
         col_value, col_t, _ = _rows_against(call.world, strategy, k, q, call.q_sizes, False, s, spec)
         rows = 0.5 * (rows + col_value - s * row_dots(k.to(dtype), col_t))
-    counted = torch.ones(m, dtype=torch.bool, device=q.device)
+    counted = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
     return _reduce(call, rows, counted, best == positive, weight, reduction, fn, return_metrics)
 
 
@@ -311,6 +323,28 @@ def _no_self_positive(positive: Tensor, start: int, fn: str) -> dict[str, float]
 
 def _label_hits(best: Tensor, q_codes: Tensor, key_codes: Tensor) -> Tensor:
     return (key_codes[best.clamp(min=0)] == q_codes) & (best >= 0)
+
+
+def _labelled(
+    fn: str, group, embeddings: Tensor, labels: Tensor, key: Tensor | None, key_labels: Tensor | None,
+    params, extra, **options,
+) -> tuple[_Call, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The agreed call of a labelled loss and the class codes of the global batch, the same on every rank:
+    (call, every query's code, every key's code, every query's count of other keys of its class)."""
+
+    def checks(meta: dict[str, float]) -> None:
+        extra()
+        _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
+
+    call = _agreed(fn, group, embeddings, key, params, checks, **options)
+    all_codes, key_codes = _global_codes(call, labels, key_labels)
+    others = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes] - int(key is None)
+    return call, all_codes, key_codes, others
+
+
+def _local(call: _Call, x: Tensor) -> Tensor:
+    """This rank's rows of a vector over the global batch's queries."""
+    return x[call.q_start : call.q_start + call.q_sizes[call.world.rank]]
 
 
 def supcon_loss(
@@ -331,41 +365,23 @@ def supcon_loss(
     """Supervised contrastive loss (L_out) over the global batch: positives are the keys of every rank with
     the row's label. Arguments as in `functional.supcon_loss`, plus `strategy` and `group` (see `info_nce`)."""
     fn = _LOSSES[1]
-
-    def check() -> dict[str, float]:
-        meta = _describe(
-            fn,
-            embeddings,
-            key,
-            weight=weight,
-            reduction=reduction,
-            strategy=strategy,
-            backend=backend,
-            normalize=normalize,
-            params=(_temperature_value(temperature), 0.0),
-        )
-        v.check_temperature(temperature, fn)
-        _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
-        return meta
-
-    call = _Call(fn, group, check)
+    options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
+    params = lambda: (_temperature_value(temperature), 0.0)  # noqa: E731
+    call, codes, key_codes, n_pos = _labelled(
+        fn, group, embeddings, labels, key, key_labels, params, lambda: v.check_temperature(temperature, fn), **options
+    )
     call.check_range(embeddings.dtype, fn, temperature=temperature)
-    self_mode = key is None
-    all_codes, key_codes = _global_codes(call, labels, key_labels)
-    n_pos_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes] - int(self_mode)
     q, k = _normalized(embeddings, key, normalize)
-    if not bool((n_pos_all > 0).any()):
+    if not bool((n_pos > 0).any()):
         why = "every class occurs once, so no row has a positive"
         return _nothing_counted(call, fn, why, reduction, [q, k], return_metrics)
     dtype = compute_dtype(q.dtype)
     s = _scale(temperature, dtype, q.device)
-    local = slice(call.q_start, call.q_start + q.shape[0])
-    q_codes, n_pos = all_codes[local], n_pos_all[local]
+    q_codes, n_pos = _local(call, codes), _local(call, n_pos)
     spec = RowSpec(SOFTMAX, q_codes, key_codes, targets=True, backend=backend)
-    value, t, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, s, spec)
+    value, t, best = _rows_against(call.world, strategy, q, k, call.k_sizes, key is None, s, spec)
     rows = value - s * row_dots(q.to(dtype), t) / n_pos.clamp(min=1)
-    counted = n_pos > 0
-    return _reduce(call, rows, counted, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
+    return _reduce(call, rows, n_pos > 0, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
 
 
 def circle_loss(
@@ -387,46 +403,23 @@ def circle_loss(
     """Circle loss over the global batch: positives and negatives are the keys of every rank with the row's
     label and with another label. Arguments as in `functional.circle_loss`, plus `strategy` and `group`."""
     fn = _LOSSES[2]
-
-    def check() -> dict[str, float]:
-        v.check_circle_params(margin, gamma, fn)
-        meta = _describe(
-            fn,
-            embeddings,
-            key,
-            weight=weight,
-            reduction=reduction,
-            strategy=strategy,
-            backend=backend,
-            normalize=normalize,
-            params=(float(margin), float(gamma)),
-        )
-        _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
-        return meta
-
-    call = _Call(fn, group, check)
+    options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
+    call, codes, key_codes, n_pos = _labelled(
+        fn, group, embeddings, labels, key, key_labels, lambda: (float(margin), float(gamma)),
+        lambda: v.check_circle_params(margin, gamma, fn), **options,
+    )  # fmt: skip
     call.check_range(embeddings.dtype, fn, gamma=gamma)
-    self_mode = key is None
-    all_codes, key_codes = _global_codes(call, labels, key_labels)
-    same_all = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes]
-    counted_all = (same_all - int(self_mode) > 0) & (key_codes.shape[0] - same_all > 0)
+    counted = (n_pos > 0) & (key_codes.shape[0] - n_pos - int(key is None) > 0)
     q, k = _normalized(embeddings, key, normalize)
-    if not bool(counted_all.any()):
+    if not bool(counted.any()):
         why = "no row has both a positive and a negative (a single class, or singletons only)"
         return _nothing_counted(call, fn, why, reduction, [q, k], return_metrics)
-    local = slice(call.q_start, call.q_start + q.shape[0])
-    q_codes = all_codes[local]
+    q_codes = _local(call, codes)
     one = torch.ones((), dtype=compute_dtype(q.dtype), device=q.device)
     spec = RowSpec(CIRCLE, q_codes, key_codes, targets=False, margin=float(margin), gamma=float(gamma), backend=backend)
-    value, _, best = _rows_against(call.world, strategy, q, k, call.k_sizes, self_mode, one, spec)
+    value, _, best = _rows_against(call.world, strategy, q, k, call.k_sizes, key is None, one, spec)
     hits = _label_hits(best, q_codes, key_codes)
-    return _reduce(call, value, counted_all[local], hits, weight, reduction, fn, return_metrics)
-
-
-def _scalar(x: float | Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.reshape(()).to(dtype=dtype, device=device)
-    return torch.full((), float(x), dtype=dtype, device=device)
+    return _reduce(call, value, _local(call, counted), hits, weight, reduction, fn, return_metrics)
 
 
 def sigmoid_rows(
@@ -446,26 +439,12 @@ def sigmoid_rows(
     keeps memory at O(local B x D). No checks: `sigmoid_loss` validates; OpenCLIP's `SigLipLoss` reduces this
     per rank (`integrations.open_clip`)."""
     world = World.of(group)
-    return _sigmoid_rows(world, row_counts(key, world), query, key, positive, scale, bias, strategy, backend)
-
-
-def _sigmoid_rows(
-    world: World,
-    sizes: list[int],
-    query: Tensor,
-    key: Tensor,
-    positive: Tensor,
-    scale,
-    bias,
-    strategy: str,
-    backend: str,
-) -> Tensor:
+    sizes = row_counts(key, world)
     dtype = compute_dtype(query.dtype)
-    tb = torch.stack([_scalar(scale, dtype, query.device), _scalar(bias, dtype, query.device)])
-    every_key = torch.arange(sum(sizes), device=query.device)
-    spec = RowSpec(SIGMOID, positive.long(), every_key, targets=False, backend=backend)
-    rows, _, _ = _rows_against(world, strategy, query, key, sizes, False, tb, spec)
-    return rows
+    tb = torch.stack([_as_scalar(x, name, dtype, query.device, "sigmoid_rows", False)
+                      for x, name in ((scale, "scale"), (bias, "bias"))])  # fmt: skip
+    spec = RowSpec(SIGMOID, positive.long(), torch.arange(sum(sizes), device=query.device), False, backend=backend)
+    return _rows_against(world, strategy, query, key, sizes, False, tb, spec)[0]
 
 
 def sigmoid_loss(
@@ -489,31 +468,20 @@ def sigmoid_loss(
     as in `functional.sigmoid_loss`; `strategy` and `group` as in `info_nce`."""
     fn = _LOSSES[3]
 
-    def check() -> dict[str, float]:
-        params = tuple(float(x.detach()) if isinstance(x, Tensor) else float(x) for x in (scale, bias))
-        for name, x in zip(("scale", "bias"), (scale, bias), strict=True):
-            if isinstance(x, Tensor) and x.numel() != 1:
-                raise ValueError(f"{fn}: {name} tensor must hold one value, got shape {tuple(x.shape)}")
-        if not all(math.isfinite(x) for x in params):
-            raise ValueError(f"{fn}: scale and bias must be finite, got {params}")
-        meta = _describe(
-            fn, query, key, weight=weight, reduction=reduction, strategy=strategy, backend=backend,
-            normalize=normalize, params=params, positive=positive,
-        )  # fmt: skip
-        if positive is None and meta["n"] < meta["m"]:
-            raise ValueError(f"{fn}: key has {int(meta['n'])} rows but query has {int(meta['m'])}; the default "
-                             "positive of query i is key i")  # fmt: skip
-        return meta
+    def extra(meta: dict[str, float]) -> None:
+        if positive is None:
+            _default_positive_exists(meta, fn)
 
-    call = _Call(fn, group, check)
-    m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
-    if positive is None:
-        positive = call.k_start + torch.arange(m, device=query.device)
-    else:
-        for r, row in enumerate(call.table):
-            if row["positive_min"] < 0 or row["positive_max"] >= n_keys:
-                raise ValueError(f"{fn}: rank {r} has positive indices outside [0, {n_keys}) (the global key rows)")
+    def params() -> tuple[float, float]:  # checked inside the agreement: a bad value on one rank raises on all
+        cpu = torch.device("cpu")
+        return float(_as_scalar(scale, "scale", torch.float64, cpu, fn, True)), float(
+            _as_scalar(bias, "bias", torch.float64, cpu, fn, True)
+        )
+
+    options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
+    call = _agreed(fn, group, query, key, params, extra, positive=positive, **options)
+    positive = _global_positive(call, positive, False, fn, query.device)
     q, k = _normalized(query, key, normalize)
-    rows = _sigmoid_rows(call.world, call.k_sizes, q, k, positive, scale, bias, strategy, backend)
-    counted = torch.ones(m, dtype=torch.bool, device=q.device)
+    rows = sigmoid_rows(q, k, positive, scale, bias, strategy=strategy, group=group, backend=backend)
+    counted = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
     return _reduce(call, rows, counted, torch.zeros_like(counted), weight, reduction, fn, False)
