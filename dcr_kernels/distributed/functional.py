@@ -9,132 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _validation as v
-from ..backends import blocks, resolve
 from ..backends.base import CIRCLE, SIGMOID, SOFTMAX, compute_dtype
 from ..functional import ContrastiveOutput, _as_scalar, _check_labels, _no_rows_counted, _scale
 from ..pair_terms import row_dots
+from .agreement import LOSSES, Call, agreed
 from .comm import OneBlock, Ring, gather_rows, gather_with_grad, offsets, row_counts
 from .rows import BlockRows, RowSpec
-from .world import World, agree, require_same
-
-STRATEGIES = ("gather", "ring")
-REDUCTIONS = ("mean", "sum")
-_LOSSES = ("distributed.info_nce", "distributed.supcon_loss", "distributed.circle_loss", "distributed.sigmoid_loss")
-_FIELDS = (
-    "m",
-    "n",
-    "dim",
-    "dtype",
-    "loss",
-    "strategy",
-    "self_mode",
-    "symmetric",
-    "reduction",
-    "weighted",
-    "normalize",
-    "positive",
-    "positive_min",
-    "positive_max",
-    "temperature, margin or scale",
-    "gamma or bias",
-    "query_norm",
-    "key_norm",
-)
-_SHARED = tuple(f for f in _FIELDS if f not in ("m", "n", "positive_min", "positive_max", "query_norm", "key_norm"))
-_NAMES = {"dtype": v.FLOAT_DTYPES, "loss": _LOSSES, "strategy": STRATEGIES, "reduction": REDUCTIONS}
-_FLAGS = ("self_mode", "symmetric", "weighted", "normalize", "positive")
-
-
-def _show(name: str, value: float) -> str:
-    if name in _NAMES:
-        return str(_NAMES[name][int(value)])
-    if name in _FLAGS:
-        return str(bool(value))
-    return repr(int(value)) if value.is_integer() else repr(value)
-
-
-class _Call:
-    """The agreed layout of one call: the world, every rank's query and key row counts, this rank's offsets,
-    and the bound on |S| over the global batch (the largest query and key row norms of all ranks)."""
-
-    def __init__(self, fn: str, group: dist.ProcessGroup | None, check) -> None:
-        self.world = World.of(group)
-        self.table = agree(self.world, fn, _FIELDS, check)
-        require_same(self.table, _SHARED, fn, _show)
-        self.q_sizes = [int(row["m"]) for row in self.table]
-        self.k_sizes = [int(row["n"]) for row in self.table]
-        self.q_start = offsets(self.q_sizes)[self.world.rank]
-        self.k_start = offsets(self.k_sizes)[self.world.rank]
-
-    def check_range(self, dtype: torch.dtype, fn: str, **params: float | Tensor) -> None:
-        """`check_similarity_bound` over the global batch: |S| is bounded by the largest query and key row
-        norms of all ranks; every rank raises the same error, naming the ranks that hold those rows."""
-        query_norms = [row["query_norm"] for row in self.table]
-        key_norms = [row["key_norm"] for row in self.table]
-        try:
-            v.check_similarity_bound(max(query_norms) * max(key_norms), dtype, fn, **params)
-        except ValueError as err:
-            q_rank, k_rank = query_norms.index(max(query_norms)), key_norms.index(max(key_norms))
-            raise ValueError(
-                f"{err} (the largest query rows are on rank {q_rank}, key rows on rank {k_rank})"
-            ) from None
-
-
-def _describe(
-    fn: str,
-    query: Tensor,
-    key: Tensor | None,
-    *,
-    weight: Tensor | None,
-    reduction: str,
-    strategy: str,
-    backend: str,
-    normalize: bool,
-    params: tuple[float, float],
-    symmetric: bool = False,
-    positive: Tensor | None = None,
-) -> dict[str, float]:
-    """This rank's checks, and its row of the table every rank compares."""
-    v.check_embeddings("query" if key is not None else "embeddings", query, fn)
-    if key is not None:
-        v.check_embeddings("key", key, fn)
-        v.check_pair(query, key, fn)
-    v.check_weight(weight, query.shape[0], query, fn)
-    if reduction not in REDUCTIONS:
-        raise ValueError(
-            f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}; per-row losses ('none') have no "
-            "single gradient convention across ranks: weight the rows and use 'sum' instead"
-        )
-    if strategy not in STRATEGIES:
-        raise ValueError(f"{fn}: strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if backend not in blocks.BACKENDS:
-        raise ValueError(f"{fn}: backend must be one of {blocks.BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        resolve(backend, query, fn)  # CUDA, or the interpreter
-    if positive is not None:
-        v.check_index("positive", positive, query.shape[0], query, fn, "global key row indices")
-    pos = positive if positive is not None and positive.numel() > 0 else torch.zeros(1)
-    query_norm = v.largest_row_norm(query) if not normalize else 1.0
-    key_norm = query_norm if key is None or normalize else v.largest_row_norm(key)
-    return dict(
-        m=query.shape[0],
-        n=(query if key is None else key).shape[0],
-        dim=query.shape[1],
-        dtype=v.FLOAT_DTYPES.index(query.dtype),
-        loss=_LOSSES.index(fn),
-        strategy=STRATEGIES.index(strategy),
-        self_mode=key is None,
-        symmetric=symmetric,
-        reduction=REDUCTIONS.index(reduction),
-        weighted=weight is not None,
-        normalize=normalize,
-        positive=positive is not None,
-        positive_min=int(pos.min()),
-        positive_max=int(pos.max()),
-        **{"temperature, margin or scale": params[0], "gamma or bias": params[1]},
-        query_norm=query_norm,
-        key_norm=key_norm,
-    )
+from .world import World, agree
 
 
 def _temperature_value(temperature: float | Tensor) -> float:
@@ -161,7 +42,7 @@ def _rows_against(
         return BlockRows.apply(a, keys, scale, spec, source)
 
 
-def _global_codes(call: _Call, labels: Tensor, key_labels: Tensor | None) -> tuple[Tensor, Tensor]:
+def _global_codes(call: Call, labels: Tensor, key_labels: Tensor | None) -> tuple[Tensor, Tensor]:
     """Class codes of every query and every key of the global batch, identical on every rank."""
     world = call.world
     all_labels = gather_rows(labels.long(), call.q_sizes, world)
@@ -174,7 +55,7 @@ def _global_codes(call: _Call, labels: Tensor, key_labels: Tensor | None) -> tup
 
 
 def _reduce(
-    call: _Call,
+    call: Call,
     rows: Tensor,
     counted: Tensor,
     hits: Tensor,
@@ -207,7 +88,7 @@ def _reduce(
 
 
 def _nothing_counted(
-    call: _Call, fn: str, why: str, reduction: str, inputs: list[Tensor], return_metrics: bool
+    call: Call, fn: str, why: str, reduction: str, inputs: list[Tensor], return_metrics: bool
 ) -> Tensor | ContrastiveOutput:
     loss = _no_rows_counted(fn, why, reduction, inputs, inputs[0].shape[0])
     if not return_metrics:
@@ -216,19 +97,7 @@ def _nothing_counted(
     return ContrastiveOutput(loss, nan, 0, sum(call.q_sizes))
 
 
-def _agreed(fn: str, group, query: Tensor, key: Tensor | None, params, extra, **options) -> _Call:
-    """The call's layout, agreed by every rank after each ran `_describe` and its loss's own `extra` checks
-    (`params`: a function giving the loss's two parameters, which may raise too)."""
-
-    def check() -> dict[str, float]:
-        meta = _describe(fn, query, key, params=params(), **options)
-        extra(meta)
-        return meta
-
-    return _Call(fn, group, check)
-
-
-def _global_positive(call: _Call, positive: Tensor | None, self_mode: bool, fn: str, device) -> Tensor:
+def _global_positive(call: Call, positive: Tensor | None, self_mode: bool, fn: str, device) -> Tensor:
     """Each local query's positive as a global key index: the default (cross mode: local key i; self mode:
     local row (i + B/2) mod B), or the given one, whose range every rank has seen in the table."""
     m, n_keys = call.q_sizes[call.world.rank], sum(call.k_sizes)
@@ -274,7 +143,7 @@ def info_nce(
     is local row (i + n) mod 2n. `symmetric=True` (cross mode, as many keys as queries on every rank) averages
     the row and column losses, as CLIP does. Other arguments as in `functional.info_nce`; `strategy`:
     "gather" or "ring"; `group`: the process group (default: all ranks)."""
-    fn = _LOSSES[0]
+    fn = LOSSES[0]
 
     def extra(meta: dict[str, float]) -> None:
         v.check_temperature(temperature, fn)
@@ -294,7 +163,7 @@ def info_nce(
 
     options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
     params = lambda: (_temperature_value(temperature), 0.0)  # noqa: E731
-    call = _agreed(fn, group, query, key, params, extra, symmetric=symmetric, positive=positive, **options)
+    call = agreed(fn, group, query, key, params, extra, symmetric=symmetric, positive=positive, **options)
     call.check_range(query.dtype, fn, temperature=temperature)
     self_mode = key is None
     positive = _global_positive(call, positive, self_mode, fn, query.device)
@@ -328,7 +197,7 @@ def _label_hits(best: Tensor, q_codes: Tensor, key_codes: Tensor) -> Tensor:
 def _labelled(
     fn: str, group, embeddings: Tensor, labels: Tensor, key: Tensor | None, key_labels: Tensor | None,
     params, extra, **options,
-) -> tuple[_Call, Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Call, Tensor, Tensor, Tensor]:  # fmt: skip
     """The agreed call of a labelled loss and the class codes of the global batch, the same on every rank:
     (call, every query's code, every key's code, every query's count of other keys of its class)."""
 
@@ -336,13 +205,13 @@ def _labelled(
         extra()
         _check_labels(labels, key_labels, embeddings, embeddings if key is None else key, key is None, fn)
 
-    call = _agreed(fn, group, embeddings, key, params, checks, **options)
+    call = agreed(fn, group, embeddings, key, params, checks, **options)
     all_codes, key_codes = _global_codes(call, labels, key_labels)
     others = torch.bincount(key_codes, minlength=int(all_codes.max()) + 1)[all_codes] - int(key is None)
     return call, all_codes, key_codes, others
 
 
-def _local(call: _Call, x: Tensor) -> Tensor:
+def _local(call: Call, x: Tensor) -> Tensor:
     """This rank's rows of a vector over the global batch's queries."""
     return x[call.q_start : call.q_start + call.q_sizes[call.world.rank]]
 
@@ -364,7 +233,7 @@ def supcon_loss(
 ) -> Tensor | ContrastiveOutput:
     """Supervised contrastive loss (L_out) over the global batch: positives are the keys of every rank with
     the row's label. Arguments as in `functional.supcon_loss`, plus `strategy` and `group` (see `info_nce`)."""
-    fn = _LOSSES[1]
+    fn = LOSSES[1]
     options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
     params = lambda: (_temperature_value(temperature), 0.0)  # noqa: E731
     call, codes, key_codes, n_pos = _labelled(
@@ -402,7 +271,7 @@ def circle_loss(
 ) -> Tensor | ContrastiveOutput:
     """Circle loss over the global batch: positives and negatives are the keys of every rank with the row's
     label and with another label. Arguments as in `functional.circle_loss`, plus `strategy` and `group`."""
-    fn = _LOSSES[2]
+    fn = LOSSES[2]
     options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
     call, codes, key_codes, n_pos = _labelled(
         fn, group, embeddings, labels, key, key_labels, lambda: (float(margin), float(gamma)),
@@ -466,7 +335,7 @@ def sigmoid_loss(
     sum for "sum". `positive` holds global key indices (default: local query i's positive is local key i).
     "ring" (default) keeps memory at O(local B x D) per rank; "gather" all-gathers the keys. Other arguments
     as in `functional.sigmoid_loss`; `strategy` and `group` as in `info_nce`."""
-    fn = _LOSSES[3]
+    fn = LOSSES[3]
 
     def extra(meta: dict[str, float]) -> None:
         if positive is None:
@@ -479,7 +348,7 @@ def sigmoid_loss(
         )
 
     options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
-    call = _agreed(fn, group, query, key, params, extra, positive=positive, **options)
+    call = agreed(fn, group, query, key, params, extra, positive=positive, **options)
     positive = _global_positive(call, positive, False, fn, query.device)
     q, k = _normalized(query, key, normalize)
     rows = sigmoid_rows(q, k, positive, scale, bias, strategy=strategy, group=group, backend=backend)
