@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from judge_probe import print_table, scores  # noqa: E402 (benchmarks/ is on the path when run as a script)
 
 from dcr.evaluation.encoder_judge import (
     DEVELOPMENT_FAMILY,
@@ -33,15 +34,6 @@ from dcr.evaluation.encoder_judge import (
 from dcr.evaluation.refusal import is_refusal
 
 RESULT = Path(__file__).resolve().parent / "results" / "judge_finetune.json"
-
-
-def scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    tp = float((predicted & truth).sum())
-    return {
-        "accuracy": float((predicted == truth).double().mean()),
-        "precision": tp / max(1.0, float(predicted.sum())),
-        "recall": tp / max(1.0, float(truth.sum())),
-    }
 
 
 def main() -> None:
@@ -82,15 +74,7 @@ def main() -> None:
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     result = {"settings": vars(settings), "rows": table, "encoder_wins_every_family": wins}
     RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    head = "fine-tuned encoder accuracy (precision / recall) | cues accuracy (precision / recall)"
-    print(f"| held-out family | rows (refusals) | {head} |")
-    print("|---|---:|---|---|")
-    for r in table:
-        e, c = r["encoder"], r["cues"]
-        print(
-            f"| {r['family']} | {r['rows']} ({r['refusals']}) | {e['accuracy']:.3f} ({e['precision']:.2f} / "
-            f"{e['recall']:.2f}) | {c['accuracy']:.3f} ({c['precision']:.2f} / {c['recall']:.2f}) |"
-        )
+    print_table(table, "encoder")
     print(f"the encoder wins on every held-out family: {wins}")
 
 

@@ -19,28 +19,10 @@ from pathlib import Path
 
 import torch
 
-from dcr import DATA_DIR
+from dcr.evaluation.encoder_judge import DEVELOPMENT_FAMILY, labelled_responses
 from dcr.evaluation.refusal import is_refusal
 
 RESULT = Path(__file__).resolve().parent / "results" / "judge_probe.json"
-FILES = ("labels", "other_families", "held_out_family", "project_models")
-DEV = "SmolLM2 development sample"
-
-
-def _family(row: dict, file: str) -> str:
-    if file == "labels":
-        return DEV
-    if file == "project_models":
-        return "the pipeline's aligned SmolLM2 models"
-    return row["model"]
-
-
-def labelled_rows() -> list[dict]:
-    rows = []
-    for file in FILES:
-        with (DATA_DIR / "refusal_labels" / f"{file}.jsonl").open(encoding="utf-8") as f:
-            rows += [dict(r, family=_family(r, file)) for r in map(json.loads, f)]
-    return rows
 
 
 def embed(texts: list[str]) -> torch.Tensor:
@@ -78,13 +60,25 @@ def scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     }
 
 
+def print_table(table: list[dict], judge: str) -> None:
+    """The markdown table of a judge's scores beside the cues', one held-out family per row."""
+    print(f"| held-out family | rows | {judge} accuracy (precision / recall) | cues accuracy (precision / recall) |")
+    print("|---|---:|---|---|")
+    for r in table:
+        p, c = r[judge], r["cues"]
+        print(
+            f"| {r['family']} | {r['rows']} | {p['accuracy']:.3f} ({p['precision']:.2f} / {p['recall']:.2f}) | "
+            f"{c['accuracy']:.3f} ({c['precision']:.2f} / {c['recall']:.2f}) |"
+        )
+
+
 def main() -> None:
     torch.manual_seed(0)
-    rows = labelled_rows()
+    rows = labelled_responses()
     x = embed([r["response"] for r in rows])
     y = torch.tensor([r["label"] == "refusal" for r in rows])
     cues = torch.tensor([is_refusal(r["response"]) for r in rows])
-    families = sorted({r["family"] for r in rows} - {DEV})
+    families = sorted({r["family"] for r in rows} - {DEVELOPMENT_FAMILY})
     table = []
     for held in families:
         test = torch.tensor([r["family"] == held for r in rows])
@@ -103,14 +97,7 @@ def main() -> None:
     wins = all(r["probe"]["accuracy"] > r["cues"]["accuracy"] for r in table)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps({"rows": table, "probe_wins_every_family": wins}, indent=1) + "\n")
-    print("| held-out family | rows | probe accuracy (precision / recall) | cues accuracy (precision / recall) |")
-    print("|---|---:|---|---|")
-    for r in table:
-        p, c = r["probe"], r["cues"]
-        print(
-            f"| {r['family']} | {r['rows']} | {p['accuracy']:.3f} ({p['precision']:.2f} / {p['recall']:.2f}) | "
-            f"{c['accuracy']:.3f} ({c['precision']:.2f} / {c['recall']:.2f}) |"
-        )
+    print_table(table, "probe")
     print(f"probe wins on every held-out family: {wins}")
 
 

@@ -181,5 +181,5 @@ def test_judge_probe_fits_a_separable_judge_and_scores_it():
         "precision": 1.0,
         "recall": 0.5,
     }
-    families = {r["family"] for r in judge_probe.labelled_rows()}
-    assert judge_probe.DEV in families and len(families) >= 5
+    families = {r["family"] for r in judge_probe.labelled_responses()}
+    assert judge_probe.DEVELOPMENT_FAMILY in families and len(families) >= 5
