@@ -49,8 +49,8 @@ def variants() -> list[dict]:
     for cap in TARGETS:
         for v in captured_variants(cap):
             dtype = v.signature["A"].lstrip("*")
-            precision = v.constexprs["INPUT_PRECISION"] if dtype == "fp32" else ""
             loss, guided = v.constexprs["LOSS"], v.constexprs["GUIDED"]
+            precision = v.constexprs["INPUT_PRECISION"] if dtype == "fp32" or guided else ""  # of the fp32 dots
             for c in launch.gpu_configs(v.kernel, torch_dtypes[dtype], cap, precision or "tf32", loss, guided):
                 out.append(
                     dict(
@@ -123,7 +123,10 @@ def inspect(row: dict) -> dict:
     out["blocks_per_sm"] = min(
         REGISTER_FILE // (out["registers"] * threads), TARGETS[row["capability"]][1] // max(1, out["shared"])
     )
-    if row["capability"] == 90 and mma == "wgmma":  # the instruction counts the cost model reads
+    # the instruction counts the cost model reads; not for a guided call with IEEE dots, whose guide K loop runs
+    # on FMA units beside the model's warp-group MMA loop: the counter reads one kind of K loop per kernel
+    mixed_loops = row["guided"] and row["precision"] == "ieee" and row["dtype"] != "fp32"
+    if row["capability"] == 90 and mma == "wgmma" and not mixed_loops:
         found = sass.counts(sass.disassemble(compiled.asm["cubin"], tool("nvdisasm")), *row["block"][:2], row["warps"])
         out["sass"] = {k: v for k, v in found.items() if k != "hot_opcodes"}
     return out

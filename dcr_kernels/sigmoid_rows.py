@@ -45,4 +45,6 @@ def sigmoid_rows(
 ) -> Tensor:
     """sum_j softplus(-l_ij (t q_i . k_j + b)) per row, fp32 (fp64 for fp64 inputs), l_ij = +1 for
     j = positive[i]; differentiable in q, k, the scale t and the bias b (0-dim tensors)."""
+    if q is k:
+        k = q.view_as(q)  # one tensor on both sides: its key gradient is taken apart, not as self mode's
     return _SigmoidRows.apply(q, k, positive, scale, bias, backend)

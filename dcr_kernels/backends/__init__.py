@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
+# benchmarks/kernel_launches.py sets this while it traces, on meta tensors (shapes only), the launches a GPU
+# call makes; otherwise a meta tensor gets the error of any non-CUDA tensor
+TRACING_LAUNCHES = False
 
 
 def triton_available() -> bool:
@@ -42,8 +45,8 @@ def select(name: str, x: Tensor, fn: str) -> str:
     if name == "auto":
         name = "triton" if x.device.type == "cuda" and triton_available() else "chunked"
     if name == "triton":
-        # meta tensors (shapes only) trace the launches a GPU call makes (benchmarks/kernel_launches.py)
-        if x.device.type not in ("cuda", "meta") and not interpreting():
+        traced = TRACING_LAUNCHES and x.device.type == "meta"
+        if x.device.type != "cuda" and not traced and not interpreting():
             raise ValueError(
                 f"{fn}: the triton backend needs CUDA tensors (got {x.device}); use backend='chunked' on CPU, "
                 "or set TRITON_INTERPRET=1 before importing dcr_kernels to run the kernels in the interpreter"

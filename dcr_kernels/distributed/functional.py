@@ -253,6 +253,11 @@ def supcon_loss(
     return _reduce(call, rows, n_pos > 0, _label_hits(best, q_codes, key_codes), weight, reduction, fn, return_metrics)
 
 
+def _circle_params(margin: float, gamma: float, fn: str) -> tuple[float, float]:
+    v.check_circle_params(margin, gamma, fn)
+    return float(margin), float(gamma)
+
+
 def circle_loss(
     embeddings: Tensor,
     labels: Tensor,
@@ -274,8 +279,8 @@ def circle_loss(
     fn = LOSSES[2]
     options = dict(weight=weight, reduction=reduction, strategy=strategy, backend=backend, normalize=normalize)
     call, codes, key_codes, n_pos = _labelled(
-        fn, group, embeddings, labels, key, key_labels, lambda: (float(margin), float(gamma)),
-        lambda: v.check_circle_params(margin, gamma, fn), **options,
+        fn, group, embeddings, labels, key, key_labels, lambda: _circle_params(margin, gamma, fn),
+        lambda: None, **options,
     )  # fmt: skip
     call.check_range(embeddings.dtype, fn, gamma=gamma)
     counted = (n_pos > 0) & (key_codes.shape[0] - n_pos - int(key is None) > 0)
@@ -309,6 +314,8 @@ def sigmoid_rows(
     per rank (`integrations.open_clip`)."""
     world = World.of(group)
     sizes = row_counts(key, world)
+    if key is query:
+        key = query.view_as(query)  # take the two sides' gradients apart (the block rows' self mode is not this)
     dtype = compute_dtype(query.dtype)
     tb = torch.stack([_as_scalar(x, name, dtype, query.device, "sigmoid_rows", False)
                       for x, name in ((scale, "scale"), (bias, "bias"))])  # fmt: skip

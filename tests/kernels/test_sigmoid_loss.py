@@ -59,3 +59,18 @@ def test_bad_input_is_refused():
         dk.sigmoid_loss(x, torch.full_like(x, float("nan")))
     with pytest.raises(ValueError, match="positive indices must lie"):
         dk.sigmoid_loss(x, x, positive=torch.tensor([0, 1, 2, 9]))
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_one_tensor_as_queries_and_keys_gets_both_sides_gradient(backend):
+    """sigmoid_loss(x, x): x's gradient is its query side's plus its key side's, as with a copy for the keys
+    (the block primitives' self mode, which shares one W between both sides, does not apply)."""
+    if backend == "triton" and not dk.backends.triton_available():
+        pytest.skip("Triton is not installed")
+    dtype = torch.float64 if backend == "chunked" else torch.float32
+    x = torch.randn(9, 5, dtype=dtype, requires_grad=True)
+    dk.sigmoid_loss(x, x, normalize=False, backend=backend).backward()
+    reference = x.detach().clone().requires_grad_()
+    keys = x.detach().clone().requires_grad_()
+    dk.sigmoid_loss(reference, keys, normalize=False, backend=backend).backward()
+    torch.testing.assert_close(x.grad, reference.grad + keys.grad)

@@ -34,8 +34,9 @@ def test_every_variant_is_compiled_from_real_launches(rows):
     keys = {(r["capability"], r["kernel"], r["loss"], r["dtype"], r["col_term"], r["precision"], r["guided"])
             for r in rows}  # fmt: skip
     dtypes = 1 + 1 + 2  # fp32 (tf32 and IEEE dots), bf16, fp16
-    forward, backward = 3 + 1, 2 * 2 + 1 + 1  # the families (+ guided); term layouts of each (+ guided)
-    assert len(keys) == 2 * (forward + backward) * dtypes  # targets x variants
+    guided_dtypes = 3 * 2  # the guide's dots are fp32 (tf32 or IEEE) whatever the model's dtype
+    forward, backward = 3 * dtypes, (2 * 2 + 1) * dtypes  # the families; the term layouts of each
+    assert len(keys) == 2 * (forward + backward + 2 * guided_dtypes)  # targets x variants
     for r in rows:
         assert {"1000x130", "65536x130", "1000x1536", "65536x1536"} <= set(r["shapes"]), r
 

@@ -99,8 +99,8 @@ def gpu_configs(
     """The configs the tuner may pick for `kernel_name` on `dtype` inputs on a GPU of compute
     `capability` (major * 10 + minor: 80 for A100, 90 for H100/H200), with fp32 dots in `precision`, for
     the loss family `loss`, with or without a guide model's mask (built once per kind: every launch asks)."""
-    if guided:
-        family = "guided" if precision == "tf32" or dtype != torch.float32 else "guided-ieee"
+    if guided:  # the guide's dot is fp32 whatever the model's dtype
+        family = "guided" if precision == "tf32" else "guided-ieee"
     else:
         family = "16-bit" if dtype != torch.float32 else ("fp32" if precision == "tf32" else "fp32-ieee")
     return tuple(
