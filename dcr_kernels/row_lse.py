@@ -27,7 +27,7 @@ class _RowLSE(torch.autograd.Function):
         a = a.contiguous()
         b = a if same else b.contiguous()
         pairs = Pairs(SOFTMAX, exclude_offset, scale.detach().reshape(1), precision=fp32_precision())
-        lse = blocks.rows_forward(a, b, pairs, backend=backend).stat1
+        lse = blocks.rows_forward(a, b, pairs, want_best=False, backend=backend).stat1
         ctx.save_for_backward(a, b, scale, lse)
         ctx.same, ctx.pairs, ctx.backend = same, pairs, backend
         return lse

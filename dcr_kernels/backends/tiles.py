@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..pair_terms import circle_logits, sigmoid_terms
+from ..pair_terms import circle_logits, row_dots, sigmoid_terms
+from . import chunked
 from .base import CIRCLE, SIGMOID, SOFTMAX, Pairs, compute_dtype
 from .chunked import chunk_rows
 
@@ -98,9 +99,59 @@ def _sigmoid_scalars(pairs: Pairs, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return t, b
 
 
+def _fused_softmax(a: Tensor, b: Tensor, pairs: Pairs) -> bool:
+    """Whether the chunked backend's fused softmax passes (`chunked._softmax_pass`: in-place exponentials, the
+    row factors on chunk x D operands, a fast argmax) compute this call: the softmax family without a guide,
+    with every pair a candidate or, for one tensor against itself, all but the diagonal."""
+    self_diagonal = pairs.exclude_offset == 0 and a is b
+    return pairs.loss == SOFTMAX and pairs.guide is None and (pairs.exclude_offset is None or self_diagonal)
+
+
+def _softmax_scale(pairs: Pairs, dtype: torch.dtype) -> Tensor:
+    return pairs.scale.detach().to(dtype).reshape(())
+
+
+def _fused_forward(a: Tensor, b: Tensor, pairs: Pairs, want_best: bool) -> BlockStats:
+    dtype = compute_dtype(a.dtype)
+    q = a.to(dtype)
+    k = q if a is b else b.to(dtype)
+    chunk = chunk_rows(k.shape[0], chunked._SOFTMAX_TEMPORARIES, torch.finfo(dtype).bits // 8)
+    diagonal = pairs.exclude_offset == 0  # chunked's self mode: one tensor, its diagonal excluded
+    lse, argmax, _ = chunked._softmax_pass(q, k, _softmax_scale(pairs, dtype), diagonal, chunk, g=None)
+    if not want_best:
+        return BlockStats(lse, None, None, None)
+    best = torch.where(argmax >= 0, row_dots(q, k[argmax.clamp(min=0)]), float("-inf"))
+    return BlockStats(lse, None, argmax, best)
+
+
+def _fused_backward(
+    a: Tensor, b: Tensor, pairs: Pairs, row: Term, col: Term | None, want_db: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The softmax backward by `chunked._softmax_pass` from the given statistics. For one tensor against itself
+    the column term, when given, is the row term read by columns: the pass takes the row term alone and the one
+    gradient gets both W X and W^T X (chunked's self mode adds both to it)."""
+    dtype = compute_dtype(a.dtype)
+    same = a is b
+    q = a.to(dtype)
+    k = q if same else b.to(dtype)
+    (s1, _, coef), cols = _cast_term(row, dtype), None if same else _cast_term(col, dtype)
+    chunk = chunk_rows(k.shape[0], chunked._SOFTMAX_TEMPORARIES, torch.finfo(dtype).bits // 8)
+    diagonal = pairs.exclude_offset == 0
+    _, _, grads = chunked._softmax_pass(
+        q, k, _softmax_scale(pairs, dtype), diagonal, chunk, g=coef, lse=s1,
+        col_lse=None if cols is None else cols[0], col_g=None if cols is None else cols[2],
+    )  # fmt: skip
+    if not same:
+        return grads.dq.to(a.dtype), grads.dk.to(b.dtype) if want_db else None, grads.ds
+    da = grads.dq if diagonal or col is None else grads.dq + grads.dk
+    return da.to(a.dtype), None, grads.ds
+
+
 def rows_forward(a: Tensor, b: Tensor, pairs: Pairs, *, want_best: bool = True) -> BlockStats:
     """Row statistics of S = a b^T over b's candidate columns (see the module docstring); argmax and best are
     None unless `want_best`."""
+    if _fused_softmax(a, b, pairs):
+        return _fused_forward(a, b, pairs, want_best)
     dtype = compute_dtype(a.dtype)
     a, b = a.to(dtype), b.to(dtype)
     m, n = a.shape[0], b.shape[0]
@@ -148,6 +199,9 @@ def rows_backward(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(dA, dB or None, d loss / d scale) for W built from the row and column terms (`backends.blocks`).
     d loss / d scale is 0-dim for softmax (s) and Circle (none: 0), a 2-vector (t, b) for sigmoid."""
+    one_pass = a is not b or col_term is row_term or (col_term is None and pairs.exclude_offset is None)
+    if _fused_softmax(a, b, pairs) and one_pass:
+        return _fused_backward(a, b, pairs, row_term, col_term, want_db)
     same_rows = a is b
     dtype = compute_dtype(a.dtype)
     out_dtype = a.dtype
