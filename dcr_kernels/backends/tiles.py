@@ -147,11 +147,63 @@ def _fused_backward(
     return da.to(a.dtype), None, grads.ds
 
 
+def _plain_sigmoid(a: Tensor, b: Tensor, pairs: Pairs, want_best: bool = False) -> bool:
+    """Whether the sigmoid loss's pass without masks computes this call: every pair a candidate, two tensors."""
+    unmasked = pairs.exclude_offset is None and pairs.guide is None
+    return pairs.loss == SIGMOID and unmasked and a is not b and not want_best
+
+
+def _sigmoid_chunks(a: Tensor, b: Tensor, pairs: Pairs):
+    """(rows, z, pos) per row chunk, z = t S + b in one buffer reused across chunks, pos the positive pairs."""
+    dtype = compute_dtype(a.dtype)
+    q, k = a.to(dtype), b.to(dtype)
+    t, bias = _sigmoid_scalars(pairs, dtype)
+    chunk = chunk_rows(k.shape[0], 3, torch.finfo(dtype).bits // 8)
+    buffer = torch.empty(min(chunk, q.shape[0]), k.shape[0], dtype=dtype, device=q.device)
+    for r0 in range(0, q.shape[0], chunk):
+        rows = slice(r0, min(r0 + chunk, q.shape[0]))
+        z = torch.mm(q[rows] * t, k.T, out=buffer[: rows.stop - r0]).add_(bias)
+        yield rows, z, _same(pairs, rows)
+
+
+def _sigmoid_forward(a: Tensor, b: Tensor, pairs: Pairs) -> BlockStats:
+    """Row sums of softplus(-l z) as sum_j softplus(z_ij) - sum_(j positive) z_ij, since softplus(-x) =
+    softplus(x) - x: one softplus per pair and no sign flips."""
+    out = torch.empty(a.shape[0], dtype=compute_dtype(a.dtype), device=a.device)
+    for rows, z, pos in _sigmoid_chunks(a, b, pairs):
+        positives = torch.where(pos, z, 0.0).sum(dim=1)
+        out[rows] = -torch.nn.functional.logsigmoid(z.neg_()).sum(dim=1) - positives  # softplus(z) = -logsigmoid(-z)
+    return BlockStats(out, None, None, None)
+
+
+def _sigmoid_backward(a: Tensor, b: Tensor, pairs: Pairs, coef: Tensor, want_db: bool):
+    """W = t g (sigmoid(z) - [j positive]) from the chunk's own buffer; d loss / d t = sum_i g_i q_i . (P K)_i
+    and d loss / d b = sum_i g_i sum_j P_ij with P the slopes, so S is never kept beside them."""
+    dtype = compute_dtype(a.dtype)
+    q, k = a.to(dtype), b.to(dtype)
+    t, _ = _sigmoid_scalars(pairs, dtype)
+    g = coef.to(dtype)
+    da = torch.empty_like(q)
+    db = torch.zeros_like(k) if want_db else None
+    dt, dbias = torch.zeros((), dtype=dtype, device=a.device), torch.zeros((), dtype=dtype, device=a.device)
+    for rows, z, pos in _sigmoid_chunks(a, b, pairs):
+        slope = z.sigmoid_().sub_(pos.to(dtype))  # d softplus(-l z) / dz
+        pk = slope @ k
+        dt += (g[rows] * row_dots(q[rows], pk)).sum()
+        dbias += (g[rows] * slope.sum(dim=1)).sum()
+        da[rows] = (t * g[rows])[:, None] * pk
+        if db is not None:
+            db.addmm_(slope.T, q[rows] * (t * g[rows])[:, None])
+    return da.to(a.dtype), None if db is None else db.to(b.dtype), torch.stack([dt, dbias])
+
+
 def rows_forward(a: Tensor, b: Tensor, pairs: Pairs, *, want_best: bool = True) -> BlockStats:
     """Row statistics of S = a b^T over b's candidate columns (see the module docstring); argmax and best are
     None unless `want_best`."""
     if _fused_softmax(a, b, pairs):
         return _fused_forward(a, b, pairs, want_best)
+    if _plain_sigmoid(a, b, pairs, want_best):
+        return _sigmoid_forward(a, b, pairs)
     dtype = compute_dtype(a.dtype)
     a, b = a.to(dtype), b.to(dtype)
     m, n = a.shape[0], b.shape[0]
@@ -202,6 +254,8 @@ def rows_backward(
     one_pass = a is not b or col_term is row_term or (col_term is None and pairs.exclude_offset is None)
     if _fused_softmax(a, b, pairs) and one_pass:
         return _fused_backward(a, b, pairs, row_term, col_term, want_db)
+    if _plain_sigmoid(a, b, pairs) and col_term is None:
+        return _sigmoid_backward(a, b, pairs, row_term[2], want_db)
     same_rows = a is b
     dtype = compute_dtype(a.dtype)
     out_dtype = a.dtype
