@@ -51,6 +51,7 @@ import gpu_dcr_step  # noqa: E402
 import gpu_runtime_check  # noqa: E402
 
 import dcr_kernels as dk  # noqa: E402
+from dcr_kernels.guided_lse import guided_row_logsumexp  # noqa: E402
 
 SIZES = (4096, 16384, 65536)
 DIMS = (256, 1024)
@@ -72,6 +73,8 @@ PLAN = [
     # SigLIP's sigmoid loss: the kernels' sigmoid epilogues against the row-chunked PyTorch path and dense
     ("siglip", 65536, 1024, "bfloat16", ("ours", "chunked")),
     ("siglip", 16384, 768, "float32", ("ours", "chunked", "dense")),
+    ("gist", 65536, 1024, "bfloat16", ("ours", "chunked")),
+    ("gist", 16384, 768, "float32", ("ours", "chunked", "dense")),
     ("clip", 65000, 1000, "bfloat16", ("ours",)),
     ("circle", 1000, 130, "bfloat16", ("ours",)),
     ("supcon", 65000, 130, "float32", ("ours",)),
@@ -217,6 +220,28 @@ def _providers(loss: str, backend: str):
             "chunked": lambda q, k, y: dk.sigmoid_loss(q, k, **siglip, backend="chunked"),
             "dense": dense_siglip,
         }
+    if loss == "gist":  # GISTEmbed's guided row log-sum-exp: the guide is the keys themselves, perturbed
+
+        def guided(backend_name: str):
+            def run(q, k, y):
+                qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+                gq, gk = (F.normalize(x.detach().float() + 0.5, dim=-1) for x in (q, k))
+                threshold = (gq * gk).sum(dim=1)  # the positive's guide similarity: absolute margin 0
+                lse = guided_row_logsumexp(qn, kn, gq, gk, 1 / TEMPERATURE, threshold, protect_offset=0,
+                                           backend=backend_name)  # fmt: skip
+                return (lse - (qn * kn).sum(dim=1) / TEMPERATURE).mean()
+
+            return run
+
+        def dense_gist(q, k, y):
+            qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            gq, gk = (F.normalize(x.detach().float() + 0.5, dim=-1) for x in (q, k))
+            own = torch.eye(q.shape[0], dtype=torch.bool, device=q.device)
+            keep = (gq @ gk.T <= (gq * gk).sum(dim=1)[:, None]) | own
+            logits = (qn @ kn.T / TEMPERATURE).float().masked_fill(~keep, float("-inf"))
+            return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+        return {"ours": guided(backend), "chunked": guided("chunked"), "dense": dense_gist}
     if loss == "info_nce":  # self mode: two stacked views, row i's positive is row (i + B/2) mod B
         return {"ours": lambda q, k, y: dk.info_nce(q, temperature=TEMPERATURE, backend=backend)}
     if loss == "supcon":
