@@ -152,12 +152,11 @@ def test_integrations_benchmark_runs_end_to_end(tmp_path):
         pytest.skip("open-clip-torch is not installed")
     out = tmp_path / "integrations.json"
     cmd = [sys.executable, str(BENCH / "integrations.py"), "--scale", "128", "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["case"], r["provider"]) for r in rows} == {
-        (case, provider) for case in ("cached_mnrl", "clip") for provider in ("ours", "library")
-    }
-    assert all(r["median_s"] > 0 for r in rows)
+    cases = ("cached_mnrl", "mnrl_joint_hardness", "cached_gist", "clip", "siglip")
+    assert {(r["case"], r["provider"]) for r in rows} == {(c, p) for c in cases for p in ("ours", "library")}
+    assert all(r.get("median_s", 0) > 0 for r in rows), [r for r in rows if "failed" in r]
 
 
 def test_gpu_dcr_step_script_runs_on_a_tiny_model(tmp_path):
