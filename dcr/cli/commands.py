@@ -66,7 +66,7 @@ def _rejudge(config: RejudgeConfig) -> str:
 def _train_judge(config: TrainJudgeConfig) -> str:
     from dcr.evaluation.encoder_judge import TrainSettings, read_labels, train_encoder_judge
 
-    rows = read_labels(config.labels, exclude_families=config.exclude_families)
+    rows = read_labels(config.labels or (), exclude_families=config.exclude_families or ())
     settings = TrainSettings(
         epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, max_length=config.max_length, seed=config.seed
     )

@@ -129,14 +129,14 @@ class RejudgeConfig(Settings):
 class TrainJudgeConfig(Settings):
     """Everything `dcr train-judge` needs."""
 
-    labels: list[str] = option(
-        [],
+    labels: list[str] | None = option(
+        None,
         "JSONL files of labelled responses, one {prompt, response, label} per line, label refusal or compliance "
-        "(the labelling rule of dcr/data/refusal_labels/README.md). Empty: the shipped labelled responses.",
+        "(the labelling rule of dcr/data/refusal_labels/README.md). Unset: the shipped labelled responses.",
         topic="data",
     )
-    exclude_families: list[str] = option(
-        [],
+    exclude_families: list[str] | None = option(
+        None,
         "Model families of the shipped labels to leave out (their 'family' names, e.g. \"Claude (Anthropic)\"), "
         "to score the judge on them afterwards.",
         topic="data",
@@ -163,7 +163,7 @@ class TrainJudgeConfig(Settings):
 
     def validate(self) -> TrainJudgeConfig:
         super().validate()
-        missing = [p for p in self.labels if not Path(p).is_file()]
+        missing = [p for p in self.labels or () if not Path(p).is_file()]
         if missing:
             raise ConfigError(f"labels file(s) not found: {', '.join(missing)}")
         if self.encoder is not None and not Path(self.encoder).is_dir():

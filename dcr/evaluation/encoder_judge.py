@@ -28,6 +28,9 @@ from tqdm.auto import tqdm
 from dcr import DATA_DIR
 from dcr.config import ConfigError
 
+# deferred imports: transformers (and the export helper that needs it) load only when a judge trains or judges,
+# so that `dcr --help` and the cue judge start without them.
+
 KIND = "encoder-classifier"
 LABEL_FILES = ("labels", "other_families", "held_out_family", "project_models")
 DEVELOPMENT_FAMILY = "SmolLM2 development sample"
