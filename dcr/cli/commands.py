@@ -9,7 +9,7 @@ from typing import Any
 
 from dcr.ablation.config import AblateConfig
 from dcr.evaluation.config import EvaluateConfig, RejudgeConfig, TrainJudgeConfig
-from dcr.pipeline.config import PipelineConfig
+from dcr.pipeline.config import PipelineConfig, SweepConfig
 from dcr.planning.config import PlanConfig
 from dcr.training.align_config import AlignConfig
 from dcr.training.refine_config import RefineConfig
@@ -89,6 +89,24 @@ def _pipeline(config: PipelineConfig) -> str:
         progress=config.progress,
         fsdp=config.fsdp,
         second_judge=config.second_judge,
+    )
+    report = result["paths"]["report"]
+    return f"{report.read_text()}\nreport written to {report}"
+
+
+def _sweep(config: SweepConfig) -> str:
+    from dcr.pipeline.sweep import run_sweep
+
+    result = run_sweep(
+        config.model,
+        config.output_dir,
+        config.profile,
+        vary=config.vary,
+        seeds=config.seeds,
+        overrides=config.overrides(),
+        device=config.device,
+        progress=config.progress,
+        fsdp=config.fsdp,
     )
     report = result["paths"]["report"]
     return f"{report.read_text()}\nreport written to {report}"
@@ -175,5 +193,16 @@ COMMANDS = {
         "dcr pipeline --profile quick --output-dir runs/pipeline",
         PipelineConfig,
         _pipeline,
+    ),
+    "sweep": Command(
+        "the DCR stage's layer, loss and data varied one at a time, with intervals",
+        "Vary the DCR stage's settings one at a time around the profile's (by default the layer at a quarter, half "
+        "and three quarters of the depth, the loss Circle / SupCon / InfoNCE, the data twins / public sets); run "
+        "each as arm (b) with the profile's alignment, evaluation and seeds, beside arm (a); write sweep.md and "
+        "sweep.json with each variant's XSTest discernment and its paired 95% intervals against (a) and (b). In a "
+        "finished pipeline's folder it reuses that pipeline's arms (a) and (b).",
+        "dcr sweep --profile quick --output-dir runs/pipeline",
+        SweepConfig,
+        _sweep,
     ),
 }

@@ -68,3 +68,24 @@ class PipelineConfig(Settings):
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         return {section: getattr(self, section) for section in SECTIONS if getattr(self, section)}
+
+
+@dataclass
+class SweepConfig(PipelineConfig):
+    """Everything `dcr sweep` needs: a pipeline's settings (so one config file serves both, and a sweep in a
+    pipeline's folder reuses its arms (a) and (b); the sweep runs no data-side arm, ablation or second judge)
+    and the DCR-stage settings to vary."""
+
+    output_dir: str = option("runs/sweep", "Run folder; a rerun skips finished steps.", topic="output")
+    vary: dict[str, Any] | None = option(
+        None,
+        "DCR-stage settings to vary one at a time (config file only), each a list of values, e.g. {layer: [0.25, "
+        "0.75], loss: [supcon]}. Unset: layer 0.25/0.5/0.75, loss circle/supcon/infonce, sources twins/public sets.",
+        topic="sections",
+    )
+
+    def validate(self) -> SweepConfig:
+        super().validate()
+        if self.second_judge is not None or self.data_side or self.ablate:
+            raise ConfigError("dcr sweep runs arms (a) and (b) only: remove second_judge, data_side and ablate")
+        return self

@@ -48,20 +48,23 @@ QUICK_ALIGN = {
 PROFILES: dict[str, dict[str, Any]] = {
     # Sized by measurement on 2 idle CPU cores with SmolLM2-135M-Instruct; see docs/pipeline.md.
     "quick": {
-        "seeds": [0],
+        # Three seeds and every prompt of the three sets within about an hour: half the alignment steps of
+        # `paper` and 16 new tokens (the cue verdicts of 32-token answers agree 99.5% on their first 16 tokens:
+        # benchmarks/results/verdict_length.json); prompts are not cut.
+        "seeds": [0, 1, 2],
         # The matched twins with a centred Circle loss: the DCR-stage setting that improves XSTest separation
         # at layer 15 (docs/dcr_stage.md); the public sets' contrast does not carry over to XSTest.
         "refine": QUICK_REFINE,
-        # 40 steps of 8 pairs see 320 pairs: at the paper's 5% that is 16 refusals, too few to teach refusing,
-        # so the quick profile raises the share and the learning rate (see docs/pipeline.md).
-        "align": QUICK_ALIGN,
+        # 20 steps of 8 pairs see 160 pairs: at the paper's 5% that is 8 refusals, too few to teach refusing,
+        # so the small profiles raise the share and the learning rate (see docs/pipeline.md).
+        "align": {**QUICK_ALIGN, "steps": 20, "warmup_steps": 2},
         "data_side": DATA_SIDE,
         "ablate": QUICK_ABLATE,
         "evaluate": {
             "sets": ["xstest_safe", "xstest_unsafe", "coconot_eval"],
-            "limit": 40,
-            "max_new_tokens": 32,
-            "batch_size": 40,
+            "limit": None,
+            "max_new_tokens": 16,
+            "batch_size": 80,
             "perplexity": True,
             "perplexity_limit": 20,
         },

@@ -177,12 +177,12 @@ def plot(summaries: Mapping[str, Mapping[str, float]], path: Path) -> Path | Non
 INTERVAL_METRICS = ("XSTest discernment", "xstest_safe", "xstest_unsafe", "coconot_eval", "JBB discernment")
 
 
-def _fmt_interval(i: Mapping[str, float], signed: bool = False) -> str:
+def fmt_interval(i: Mapping[str, float], signed: bool = False) -> str:
     sign = "+" if signed else ""
     return f"{i['value']:{sign}.3f} [{i['low']:{sign}.3f}, {i['high']:{sign}.3f}]"
 
 
-def _intervals_section(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+def intervals_section(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
     """Each arm's rates and discernment and each contrast with its 95% interval, which contrasts exclude
     zero, in words, and the smallest difference the run can detect."""
     if not tables:
@@ -200,7 +200,7 @@ def _intervals_section(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) 
         "|---|" + "---|" * len(names),
     ]
     for key, table in tables.items():
-        cells = [_fmt_interval(table[n], signed=" - " in key) if n in table else "-" for n in names]
+        cells = [fmt_interval(table[n], signed=" - " in key) if n in table else "-" for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append("")
     for key, table in tables.items():
@@ -208,7 +208,7 @@ def _intervals_section(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) 
             continue
         i = table["XSTest discernment"]
         verdict = "excludes zero" if excludes_zero(i) else "includes zero: no difference shown"
-        lines.append(f"- {key}, XSTest discernment: {_fmt_interval(i, True)}, the interval {verdict}.")
+        lines.append(f"- {key}, XSTest discernment: {fmt_interval(i, True)}, the interval {verdict}.")
     smallest = detectable(tables, names)
     if smallest:
         lines += ["", "Smallest difference this run detects 4 times in 5 (1.43 times the median half-width of the "
@@ -237,7 +237,7 @@ def render(
         "",
         comparison_table({k: {"summary": v} for k, v in rows.items()}),
         *_differences_section(summaries),
-        *_intervals_section(intervals or {}),
+        *intervals_section(intervals or {}),
         *(judges_section(judges[2], judges[0], judges[1]) if judges else []),
         f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).",
         "",

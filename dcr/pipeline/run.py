@@ -149,6 +149,36 @@ def _evaluate(
     return {"summary": evaluate_model(config.validate())["summary"]}
 
 
+def evaluation_step(
+    folder: Path,
+    model_path: str,
+    name: str,
+    options: Mapping[str, Any],
+    layer: int | float,
+    ranks: Any,
+    device: str,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Evaluate ``model_path`` into ``folder`` as a step (skipped when finished; judged again from its
+    completions when only the refusal judge changed); return the marker's record."""
+    step = {"model": model_path, "layer": layer, **options}
+    finished = _finished_with_another_judge(folder, step)
+    if finished is not None:
+        if ranks.main:
+            log(f"[rejudge] {folder}")
+            results = rejudge(folder, step.get("judge", CUES), device=pick_device(device))
+            _write_marker(folder, {**finished, "settings": _plain(step), "summary": results["summary"]})
+        ranks.barrier()  # every rank reads the new marker
+    return run_step(
+        folder,
+        step,
+        lambda: _evaluate(model_path, folder, name, options, layer, device, progress),
+        log,
+        main=ranks.main,
+    )
+
+
 def resolve(
     profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None, seeds: list[int] | None = None
 ) -> dict[str, Any]:
@@ -184,7 +214,7 @@ def run_pipeline(
     out = Path(output_dir)
     settings = resolve(profile_name, overrides, seeds)
     layer = settings["refine"].get("layer", 0.5)
-    _check_evaluate(settings["evaluate"])
+    check_evaluate(settings["evaluate"])
     common = {"model": model, "device": device, "progress": progress, **({"fsdp": True} if fsdp else {})}
     evaluated: dict[str, dict[str, Any]] = {}
     tic = time.perf_counter()
@@ -193,31 +223,17 @@ def run_pipeline(
 
     def evaluation(folder: Path, model_path: str, name: str) -> dict[str, Any]:
         folders[name] = folder
-        step = {"model": model_path, "layer": layer, **settings["evaluate"]}
-        finished = _finished_with_another_judge(folder, step)
-        if finished is not None:
-            if ranks.main:
-                log(f"[rejudge] {folder}")
-                results = rejudge(folder, step.get("judge", CUES), device=pick_device(device))
-                _write_marker(folder, {**finished, "settings": _plain(step), "summary": results["summary"]})
-            ranks.barrier()  # every rank reads the new marker
-        return run_step(
-            folder,
-            step,
-            lambda: _evaluate(model_path, folder, name, settings["evaluate"], layer, device, progress),
-            log,
-            main=ranks.main,
-        )
+        return evaluation_step(folder, model_path, name, settings["evaluate"], layer, ranks, device, progress, log)
 
     with claim(out, ranks):  # the pipeline folder is this run's until it ends (dcr.run_lock)
-        plan = {seed: _stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
+        plan = {seed: stage_configs(settings, common, out / f"seed-{seed}", seed, layer) for seed in settings["seeds"]}
         evaluated[BASE_LABEL] = evaluation(out / "base" / "eval", model, BASE_LABEL)
         for seed, (refine_cfg, align_cfgs) in plan.items():
             root = out / f"seed-{seed}"
             refined = run_step(
                 root / "dcr",
                 trajectory_settings(refine_cfg),
-                lambda c=refine_cfg: {"model": str(refine(_resumable(c)))},
+                lambda c=refine_cfg: {"model": str(refine(resumable(c)))},
                 log,
                 main=ranks.main,
             )
@@ -227,7 +243,7 @@ def run_pipeline(
                 aligned = run_step(
                     root / arm,
                     trajectory_settings(cfg),
-                    lambda c=cfg: {"model": str(align(_resumable(c)))},
+                    lambda c=cfg: {"model": str(align(resumable(c)))},
                     log,
                     main=ranks.main,
                 )
@@ -265,7 +281,7 @@ def run_pipeline(
         return {"summaries": {k: v["summary"] for k, v in evaluated.items()}, "paths": paths}
 
 
-def _stage_configs(
+def stage_configs(
     settings: Mapping[str, Any], common: Mapping[str, Any], root: Path, seed: int, layer: int | float
 ) -> tuple[RefineConfig, dict[str, AlignConfig]]:
     """Validated configs of one seed's DCR stage and the four alignment arms (the DCR arms' model is set later).
@@ -324,7 +340,7 @@ def dcr_overlap(refine_cfg: RefineConfig, evaluate: Mapping[str, Any]) -> dict[s
     }
 
 
-def _check_evaluate(options: Mapping[str, Any]) -> None:
+def check_evaluate(options: Mapping[str, Any]) -> None:
     fixed = {"model", "output_dir", "name", "layer", "device", "progress"}  # set by the pipeline
     allowed = {f.name for f in dataclasses.fields(EvaluateConfig)} - fixed
     unknown = sorted(set(options) - allowed)
@@ -332,6 +348,6 @@ def _check_evaluate(options: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown evaluate setting(s) {unknown}; valid settings: {sorted(allowed)}")
 
 
-def _resumable(config: Any) -> Any:
+def resumable(config: Any) -> Any:
     """The config with resume on: an unfinished step continues from its newest checkpoint."""
     return dataclasses.replace(config, resume=True)

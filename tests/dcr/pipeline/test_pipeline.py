@@ -10,7 +10,7 @@ from dcr_helpers import tiny_model_dir
 from dcr.config import ConfigError
 from dcr.evaluation.rejudge import rescore
 from dcr.pipeline.report import differences
-from dcr.pipeline.run import ABLATION, ARMS, MARKER, _stage_configs, dcr_overlap, resolve, run_pipeline, run_step
+from dcr.pipeline.run import ABLATION, ARMS, MARKER, dcr_overlap, resolve, run_pipeline, run_step, stage_configs
 
 pytest.importorskip("transformers")
 
@@ -42,7 +42,9 @@ TINY = {
 def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     model = str(tiny_model_dir("llama"))
     messages: list[str] = []
-    result = run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=messages.append)
+    result = run_pipeline(
+        model, tmp_path, "quick", seeds=[0], overrides=TINY, device="cpu", progress=False, log=messages.append
+    )
     steps = [
         "base/eval",
         "seed-0/dcr",
@@ -86,13 +88,17 @@ def test_pipeline_runs_every_step_then_skips_them(tmp_path):
     assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
 
     messages.clear()
-    again = run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=messages.append)
+    again = run_pipeline(
+        model, tmp_path, "quick", seeds=[0], overrides=TINY, device="cpu", progress=False, log=messages.append
+    )
     assert all(m.startswith("[skip]") for m in messages) and len(messages) == len(steps)
     assert again["summaries"] == result["summaries"]
 
     changed = {**TINY, "align": {**TINY["align"], "steps": 3}}
     with pytest.raises(ConfigError, match="other settings"):
-        run_pipeline(model, tmp_path, "quick", overrides=changed, device="cpu", progress=False, log=messages.append)
+        run_pipeline(
+            model, tmp_path, "quick", seeds=[0], overrides=changed, device="cpu", progress=False, log=messages.append
+        )
 
 
 def test_unfinished_step_runs_again_and_marker_is_written_last(tmp_path):
@@ -205,7 +211,7 @@ def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_pat
 
     settings = resolve("paper")
     common = {"model": "default", "device": "cpu", "progress": False}
-    refine_cfg, align_cfgs = _stage_configs(settings, common, tmp_path, 0, 0.5)
+    refine_cfg, align_cfgs = stage_configs(settings, common, tmp_path, 0, 0.5)
     assert refine_cfg.loss == "circle" and refine_cfg.center is False
     assert all(cfg.reserved_sources == [DCR_HH_SOURCE] for cfg in align_cfgs.values())
     seen = dcr_overlap(refine_cfg, settings["evaluate"])
@@ -216,18 +222,18 @@ def test_paper_profile_trains_on_xstest_safe_and_reserves_its_hh_prompts(tmp_pat
     assert len(reserved) == 500
     mix = build_mix(0.25, seed=0, reserved_sources=[DCR_HH_SOURCE])
     assert not reserved & {normalise(p) for p in mix["prompt"]}
-    quick_refine, quick_align = _stage_configs(resolve("quick"), common, tmp_path, 0, 0.5)
+    quick_refine, quick_align = stage_configs(resolve("quick"), common, tmp_path, 0, 0.5)
     assert dcr_overlap(quick_refine, {"sets": ["xstest_safe"]}) == {"xstest_safe": 0.0}
     assert all(cfg.reserved_sources is None for cfg in quick_align.values())
 
 
 def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generating(tmp_path):
     model, judge = str(tiny_model_dir("llama")), str(tiny_model_dir(extra_words=("1", "2", "3")))
-    run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, log=lambda m: None)
+    run_pipeline(model, tmp_path, "quick", seeds=[0], overrides=TINY, device="cpu", progress=False, log=lambda m: None)
     messages: list[str] = []
     # a second judge reads the same completions for the report and changes no evaluation
     before = {p: p.read_text() for p in tmp_path.rglob("results.json")}
-    run_pipeline(model, tmp_path, "quick", overrides=TINY, device="cpu", progress=False, second_judge=judge,
+    run_pipeline(model, tmp_path, "quick", seeds=[0], overrides=TINY, device="cpu", progress=False, second_judge=judge,
                  log=messages.append)  # fmt: skip
     assert {p: p.read_text() for p in tmp_path.rglob("results.json")} == before
     assert [m for m in messages if not m.startswith("[skip]")] == [f"[judge] every evaluation's completions by {judge}"]
@@ -244,7 +250,9 @@ def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generatin
     assert "## Refusal rates by two judges" in (tmp_path / "report.md").read_text()
     messages.clear()
     judged = {**TINY, "evaluate": {**TINY["evaluate"], "judge": judge}}
-    result = run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
+    result = run_pipeline(
+        model, tmp_path, "quick", seeds=[0], overrides=judged, device="cpu", progress=False, log=messages.append
+    )
     evals = sorted(str(p.parent) for p in tmp_path.rglob("results.json"))
     assert sorted(m.split()[1] for m in messages if m.startswith("[rejudge]")) == evals and len(evals) == 6
     assert not [m for m in messages if m.startswith("[run]")]
@@ -255,8 +263,12 @@ def test_a_new_judge_rejudges_finished_evaluations_without_training_or_generatin
         assert marker["summary"] == results["summary"]
     assert json.loads((tmp_path / "comparison.json").read_text())["summaries"] == result["summaries"]
     messages.clear()
-    run_pipeline(model, tmp_path, "quick", overrides=judged, device="cpu", progress=False, log=messages.append)
+    run_pipeline(
+        model, tmp_path, "quick", seeds=[0], overrides=judged, device="cpu", progress=False, log=messages.append
+    )
     assert all(m.startswith("[skip]") for m in messages)
     changed = {**judged, "evaluate": {**judged["evaluate"], "judge": "cues", "limit": 3}}
     with pytest.raises(ConfigError, match="other settings"):
-        run_pipeline(model, tmp_path, "quick", overrides=changed, device="cpu", progress=False, log=lambda m: None)
+        run_pipeline(
+            model, tmp_path, "quick", seeds=[0], overrides=changed, device="cpu", progress=False, log=lambda m: None
+        )

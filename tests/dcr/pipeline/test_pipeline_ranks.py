@@ -25,7 +25,15 @@ def _worker(rank: int, world: int, port: int, model: str, out: str, fsdp: bool) 
         for _ in range(2):  # the second run finds every step finished
             messages: list[str] = []
             result = run_pipeline(
-                model, out, "quick", overrides=TINY, device="cpu", progress=False, fsdp=fsdp, log=messages.append
+                model,
+                out,
+                "quick",
+                seeds=[0],
+                overrides=TINY,
+                device="cpu",
+                progress=False,
+                fsdp=fsdp,
+                log=messages.append,
             )
             runs.append(
                 {"messages": messages, "summaries": result["summaries"], "report": str(result["paths"]["report"])}
@@ -41,7 +49,9 @@ def _worker(rank: int, world: int, port: int, model: str, out: str, fsdp: bool) 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["data-parallel", "fsdp"])
 def test_two_ranks_run_the_steps_of_one_process(tmp_path, fsdp):
     one, two, model = tmp_path / "one", tmp_path / "two", str(tiny_model_dir("llama"))
-    single = run_pipeline(model, one, "quick", overrides=TINY, device="cpu", progress=False, log=lambda m: None)
+    single = run_pipeline(
+        model, one, "quick", seeds=[0], overrides=TINY, device="cpu", progress=False, log=lambda m: None
+    )
     two.mkdir()
     done = lambda: all((two / f"rank-{r}.json").exists() for r in range(2))  # noqa: E731
     spawn_ranks(_worker, 2, (free_port(), model, str(two), fsdp), done=done)
