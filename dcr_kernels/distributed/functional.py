@@ -306,14 +306,16 @@ def sigmoid_rows(
     strategy: str = "ring",
     group: dist.ProcessGroup | None = None,
     backend: str = "auto",
+    key_sizes: list[int] | None = None,
 ) -> Tensor:
     """This rank's rows of the sigmoid loss, sum_j softplus(-l_ij (t q_i . k_j + b)) over the keys of every rank
     (`positive`: each local query's global key index), with no B x B buffer. The gradient reaching a rank's
     keys is the sum over ranks of their rows' gradients (what an all-gather with gradients gives); "ring"
     keeps memory at O(local B x D). No checks: `sigmoid_loss` validates; OpenCLIP's `SigLipLoss` reduces this
-    per rank (`integrations.open_clip`)."""
+    per rank (`integrations.open_clip`). `key_sizes`, every rank's key count if the caller has it, saves the
+    collective that counts them."""
     world = World.of(group)
-    sizes = row_counts(key, world)
+    sizes = row_counts(key, world) if key_sizes is None else key_sizes
     if key is query:
         key = query.view_as(query)  # take the two sides' gradients apart (the block rows' self mode is not this)
     dtype = compute_dtype(query.dtype)
@@ -358,6 +360,7 @@ def sigmoid_loss(
     call = agreed(fn, group, query, key, params, extra, positive=positive, **options)
     positive = _global_positive(call, positive, False, fn, query.device)
     q, k = _normalized(query, key, normalize)
-    rows = sigmoid_rows(q, k, positive, scale, bias, strategy=strategy, group=group, backend=backend)
+    rows = sigmoid_rows(q, k, positive, scale, bias, strategy=strategy, group=group, backend=backend,
+                        key_sizes=call.k_sizes)  # fmt: skip
     counted = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
     return _reduce(call, rows, counted, torch.zeros_like(counted), weight, reduction, fn, False)
