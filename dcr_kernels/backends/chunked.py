@@ -120,9 +120,11 @@ def _softmax_pass(
     lse: Tensor | None = None,
     col_lse: Tensor | None = None,
     col_g: Tensor | None = None,
+    exclude_offset: int | None = None,
 ) -> tuple[Tensor, Tensor, _Grads | None]:
     """One pass over row chunks. Computes row lse and argmax (unless `lse` is given) and, when `g` is
-    given, accumulates the gradients of sum_i g_i lse_i + sum_j col_g_j col_lse_j.
+    given, accumulates the gradients of sum_i g_i lse_i + sum_j col_g_j col_lse_j. Self mode leaves out
+    the pairs (i, i); in cross mode `exclude_offset` leaves out the pairs (i, i + exclude_offset).
 
     Each chunk x N matrix is one buffer, touched as few times as possible while it is hot: the scale is
     folded into the query rows, exp(z - max) is taken in place, and the row factors of the gradient
@@ -133,13 +135,14 @@ def _softmax_pass(
     grads = _Grads(q, k, self_mode) if g is not None else None
     col_base = safe_lse(col_lse)[None, :] if col_g is not None else None
     shift = lse is None and m > 0 and _exp_needs_shift(q, k, s)
+    excluded = 0 if self_mode else exclude_offset
     (scores,) = _workspace(1, min(chunk, m), q, k.shape[0])
     for r0 in range(0, m, chunk):
         rows = slice(r0, r0 + chunk)
         qb = q[rows]
         z = torch.mm(qb * s, k.T, out=scores[: qb.shape[0]])
-        if self_mode:
-            z.diagonal(r0).fill_(float("-inf"))
+        if excluded is not None:
+            z.diagonal(r0 + excluded).fill_(float("-inf"))
         col_w = None
         if grads is not None and col_base is not None:
             col_w = (z - col_base).clamp_(min=_EXP_FLOOR).exp_().mul_(col_g[None, :])

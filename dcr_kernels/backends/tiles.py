@@ -102,9 +102,15 @@ def _sigmoid_scalars(pairs: Pairs, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 def _fused_softmax(a: Tensor, b: Tensor, pairs: Pairs) -> bool:
     """Whether the chunked backend's fused softmax passes (`chunked._softmax_pass`: in-place exponentials, the
     row factors on chunk x D operands, a fast argmax) compute this call: the softmax family without a guide,
-    with every pair a candidate or, for one tensor against itself, all but the diagonal."""
-    self_diagonal = pairs.exclude_offset == 0 and a is b
-    return pairs.loss == SOFTMAX and pairs.guide is None and (pairs.exclude_offset is None or self_diagonal)
+    with every pair a candidate, all but one per row for two tensors or, for one tensor against itself, all but
+    the diagonal."""
+    return pairs.loss == SOFTMAX and pairs.guide is None and (pairs.exclude_offset in (None, 0) or a is not b)
+
+
+def _pass_modes(a: Tensor, b: Tensor, pairs: Pairs) -> tuple[bool, int | None]:
+    """`chunked._softmax_pass`'s self mode (one tensor, its diagonal excluded) and cross-mode excluded pair."""
+    diagonal = a is b and pairs.exclude_offset == 0
+    return diagonal, None if a is b else pairs.exclude_offset
 
 
 def _softmax_scale(pairs: Pairs, dtype: torch.dtype) -> Tensor:
@@ -116,8 +122,10 @@ def _fused_forward(a: Tensor, b: Tensor, pairs: Pairs, want_best: bool) -> Block
     q = a.to(dtype)
     k = q if a is b else b.to(dtype)
     chunk = chunk_rows(k.shape[0], chunked._SOFTMAX_TEMPORARIES, torch.finfo(dtype).bits // 8)
-    diagonal = pairs.exclude_offset == 0  # chunked's self mode: one tensor, its diagonal excluded
-    lse, argmax, _ = chunked._softmax_pass(q, k, _softmax_scale(pairs, dtype), diagonal, chunk, g=None)
+    diagonal, exclude = _pass_modes(a, b, pairs)
+    lse, argmax, _ = chunked._softmax_pass(
+        q, k, _softmax_scale(pairs, dtype), diagonal, chunk, g=None, exclude_offset=exclude
+    )
     if not want_best:
         return BlockStats(lse, None, None, None)
     best = torch.where(argmax >= 0, row_dots(q, k[argmax.clamp(min=0)]), float("-inf"))
@@ -136,10 +144,10 @@ def _fused_backward(
     k = q if same else b.to(dtype)
     (s1, _, coef), cols = _cast_term(row, dtype), None if same else _cast_term(col, dtype)
     chunk = chunk_rows(k.shape[0], chunked._SOFTMAX_TEMPORARIES, torch.finfo(dtype).bits // 8)
-    diagonal = pairs.exclude_offset == 0
+    diagonal, exclude = _pass_modes(a, b, pairs)
     _, _, grads = chunked._softmax_pass(
         q, k, _softmax_scale(pairs, dtype), diagonal, chunk, g=coef, lse=s1,
-        col_lse=None if cols is None else cols[0], col_g=None if cols is None else cols[2],
+        col_lse=None if cols is None else cols[0], col_g=None if cols is None else cols[2], exclude_offset=exclude,
     )  # fmt: skip
     if not same:
         return grads.dq.to(a.dtype), grads.dk.to(b.dtype) if want_db else None, grads.ds
