@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,12 @@ def _name(key: str, value: Any) -> str:
     if key == "sources":
         return "sources=" + ("public sets" if value is None else "+".join(value))
     return f"{key}={value}"
+
+
+def _folder(name: str) -> str:
+    """A variant's folder name: its name with every run of characters other than letters, digits, _ . +
+    turned into one '-'."""
+    return re.sub(r"[^A-Za-z0-9_.+]+", "-", name).strip("-")
 
 
 def variants(refine: Mapping[str, Any], vary: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
@@ -113,8 +120,7 @@ def run_sweep(
             arm(root, settings, seed, ARMS["dcr-align"], dcr=True)
             for name, change in changes.items():
                 varied = {**settings, "refine": {**settings["refine"], **change}}
-                arm(out / "sweep" / name.replace("=", "-").replace(" ", "-") / f"seed-{seed}", varied, seed, name,
-                    dcr=True)  # fmt: skip
+                arm(out / "sweep" / _folder(name) / f"seed-{seed}", varied, seed, name, dcr=True)
         if ranks.main:
             paths = write_sweep(out, evaluated, folders, settings, changes, time.perf_counter() - tic)
         ranks.barrier()
