@@ -166,12 +166,13 @@ def _first_mini_batches(count: int) -> None:
     """Make the library's cached GISTEmbed loop over its first ``count`` mini-batches only."""
     import types
 
+    import tqdm
     from sentence_transformers.sentence_transformer.losses import cached_gist_embed
 
     def trange(start: int, stop: int, step: int, **_) -> range:
         return range(start, min(stop, start + count * step), step)
 
-    cached_gist_embed.tqdm = types.SimpleNamespace(trange=trange)
+    cached_gist_embed.tqdm = types.SimpleNamespace(trange=trange, tqdm=tqdm.tqdm)
 
 
 def measure(case: str, provider: str, b: int, d: int) -> dict:

@@ -72,9 +72,9 @@ class PipelineConfig(Settings):
 
 @dataclass
 class SweepConfig(PipelineConfig):
-    """Everything `dcr sweep` needs: a pipeline's settings (so one config file serves both, and a sweep in a
-    pipeline's folder reuses its arms (a) and (b); the sweep runs no data-side arm, ablation or second judge)
-    and the DCR-stage settings to vary."""
+    """Everything `dcr sweep` needs: a pipeline's settings, so that one config file serves both and a sweep in
+    a pipeline's folder reuses its arms (a) and (b) (the sweep runs no data-side arm or ablation, so it does
+    not use those sections), and the DCR-stage settings to vary."""
 
     output_dir: str = option("runs/sweep", "Run folder; a rerun skips finished steps.", topic="output")
     vary: dict[str, Any] | None = option(
@@ -85,7 +85,7 @@ class SweepConfig(PipelineConfig):
     )
 
     def validate(self) -> SweepConfig:
+        if self.second_judge is not None:
+            raise ConfigError("dcr sweep has no second judge: judge the finished folders with scripts/compare_judges.py")
         super().validate()
-        if self.second_judge is not None or self.data_side or self.ablate:
-            raise ConfigError("dcr sweep runs arms (a) and (b) only: remove second_judge, data_side and ablate")
         return self

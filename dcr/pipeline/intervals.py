@@ -104,6 +104,14 @@ def _seed_of(label: str) -> int | None:
     return int(label.rsplit(", seed ", 1)[1]) if ", seed " in label else None
 
 
+def of_arm(label: str, prefix: str) -> bool:
+    """Whether the evaluation ``label`` ("<arm> ..., seed N") is of the arm named by ``prefix``: the prefix
+    is the whole arm name or its first words ("(a)" of "(a) alignment only"), never part of a longer name
+    ("layer=1" is not "layer=10")."""
+    arm = label.rsplit(", seed ", 1)[0]
+    return arm == prefix or arm.startswith(prefix + " ")
+
+
 def interval_tables(
     outcomes: Mapping[str, Outcomes],
     arms: Sequence[tuple[str, str]],
@@ -116,9 +124,7 @@ def interval_tables(
 
     def by_seed(prefix: str) -> dict[int, Outcomes]:
         return {
-            seed: o
-            for label, o in outcomes.items()
-            if label.startswith(prefix) and (seed := _seed_of(label)) is not None
+            seed: o for label, o in outcomes.items() if of_arm(label, prefix) and (seed := _seed_of(label)) is not None
         }
 
     tables: dict[str, dict[str, dict[str, float]]] = {}

@@ -24,13 +24,24 @@ from typing import Any
 from dcr.config import ConfigError
 from dcr.evaluation.report import discernment
 from dcr.modeling.ranks import start
-from dcr.pipeline.intervals import interval_tables, load_outcomes
+from dcr.pipeline.intervals import interval_tables, load_outcomes, of_arm
 from dcr.pipeline.report import fmt_interval, intervals_section
-from dcr.pipeline.run import ARMS, check_evaluate, evaluation_step, resolve, resumable, run_step, stage_configs
+from dcr.pipeline.run import (
+    ARMS,
+    check_evaluate,
+    dcr_overlap,
+    evaluation_step,
+    resolve,
+    resumable,
+    run_step,
+    stage_configs,
+)
 from dcr.run_lock import claim
 from dcr.training.align import align
+from dcr.training.align_config import AlignConfig
 from dcr.training.loop import trajectory_settings
 from dcr.training.refine import refine
+from dcr.training.refine_config import RefineConfig
 
 # setting of the DCR stage -> the values the sweep tries (None for sources: the shipped public sets)
 DEFAULT_VARY: dict[str, list[Any]] = {
@@ -54,7 +65,7 @@ def _folder(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+]+", "-", name).strip("-")
 
 
-def variants(refine: Mapping[str, Any], vary: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
+def variants(profile_refine: Mapping[str, Any], vary: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
     """Name -> the DCR-stage settings changed, one setting at a time; values equal to the profile's are left
     out (that is arm (b))."""
     out = {}
@@ -62,9 +73,40 @@ def variants(refine: Mapping[str, Any], vary: Mapping[str, Sequence[Any]]) -> di
         if isinstance(values, str) or not isinstance(values, Sequence):
             raise ConfigError(f"vary: {key} must map to a list of values, got {values!r}")
         for value in values:
-            if refine.get(key) != value:
+            if key == "sources" and isinstance(value, str):
+                raise ConfigError(f"vary: each value of sources is a list of sources (or null), got {value!r}")
+            if profile_refine.get(key) != value:
                 out[_name(key, value)] = {key: value}
     return out
+
+
+def _plan(
+    settings: Mapping[str, Any], changes: Mapping[str, Mapping[str, Any]], common: Mapping[str, Any], out: Path
+) -> dict[int, dict[str, tuple[Path, RefineConfig | None, AlignConfig]]]:
+    """Per seed, every arm's folder and validated stage configs (None: no DCR stage), before anything runs.
+
+    A variant's alignment leaves out the HH-RLHF prompts that its own or the profile's DCR stage trains on, so
+    it sees the data of (b) unless the variant itself trains on prompts (b)'s alignment holds."""
+    plan = {}
+    for seed in settings["seeds"]:
+        root = out / f"seed-{seed}"
+        refine_cfg, align_cfgs = stage_configs(settings, common, root, seed, settings["refine"].get("layer", 0.5))
+        arms = {
+            BASELINE: (root, None, align_cfgs["align-only"]),
+            PROFILE_SETTING: (root, refine_cfg, align_cfgs["dcr-align"]),
+        }
+        for name, change in changes.items():
+            varied = {**settings, "refine": {**settings["refine"], **change}}
+            folder = out / "sweep" / _folder(name) / f"seed-{seed}"
+            cfg, aligns = stage_configs(varied, common, folder, seed, varied["refine"].get("layer", 0.5))
+            reserved = {
+                *(align_cfgs["dcr-align"].reserved_sources or ()),
+                *(aligns["dcr-align"].reserved_sources or ()),
+            }
+            aligned = dataclasses.replace(aligns["dcr-align"], reserved_sources=sorted(reserved) or None)
+            arms[name] = (folder, cfg, aligned)
+        plan[seed] = arms
+    return plan
 
 
 def run_sweep(
@@ -88,41 +130,36 @@ def run_sweep(
     check_evaluate(settings["evaluate"])
     changes = variants(settings["refine"], DEFAULT_VARY if vary is None else vary)
     common = {"model": model, "device": device, "progress": progress, **({"fsdp": True} if fsdp else {})}
+    plan = _plan(settings, changes, common, out)
+    labels = {BASELINE: ARMS["align-only"], PROFILE_SETTING: ARMS["dcr-align"], **{n: n for n in changes}}
     evaluated: dict[str, dict[str, Any]] = {}
     folders: dict[str, Path] = {}
     tic = time.perf_counter()
-
-    def arm(root: Path, arm_settings: Mapping[str, Any], seed: int, label: str, dcr: bool) -> None:
-        """One seed of one arm: the DCR stage (if ``dcr``), the alignment and the evaluation, in ``root``."""
-        arm_layer = arm_settings["refine"].get("layer", 0.5)
-        refine_cfg, align_cfgs = stage_configs(arm_settings, common, root, seed, arm_layer)
-        cfg = align_cfgs["dcr-align" if dcr else "align-only"]
-        if dcr:
-            refined = run_step(
-                root / "dcr", trajectory_settings(refine_cfg), lambda: {"model": str(refine(resumable(refine_cfg)))},
-                log, main=ranks.main,
-            )  # fmt: skip
-            cfg = dataclasses.replace(cfg, model=refined["model"])
-        name = "dcr-align" if dcr else "align-only"
-        aligned = run_step(
-            root / name, trajectory_settings(cfg), lambda: {"model": str(align(resumable(cfg)))}, log, main=ranks.main
-        )
-        folder = root / f"eval-{name}"
-        folders[f"{label}, seed {seed}"] = folder
-        evaluated[f"{label}, seed {seed}"] = evaluation_step(
-            folder, aligned["model"], f"{label}, seed {seed}", settings["evaluate"], layer, ranks, device, progress, log
-        )
-
     with claim(out, ranks):
-        for seed in settings["seeds"]:
-            root = out / f"seed-{seed}"
-            arm(root, settings, seed, ARMS["align-only"], dcr=False)
-            arm(root, settings, seed, ARMS["dcr-align"], dcr=True)
-            for name, change in changes.items():
-                varied = {**settings, "refine": {**settings["refine"], **change}}
-                arm(out / "sweep" / _folder(name) / f"seed-{seed}", varied, seed, name, dcr=True)
+        for seed, arms in plan.items():
+            for arm, (root, refine_cfg, align_cfg) in arms.items():
+                if refine_cfg is not None:
+                    refined = run_step(
+                        root / "dcr", trajectory_settings(refine_cfg),
+                        lambda c=refine_cfg: {"model": str(refine(resumable(c)))}, log, main=ranks.main,
+                    )  # fmt: skip
+                    align_cfg = dataclasses.replace(align_cfg, model=refined["model"])
+                step = "align-only" if refine_cfg is None else "dcr-align"
+                aligned = run_step(
+                    root / step, trajectory_settings(align_cfg),
+                    lambda c=align_cfg: {"model": str(align(resumable(c)))}, log, main=ranks.main,
+                )  # fmt: skip
+                label = f"{labels[arm]}, seed {seed}"
+                folders[label] = root / f"eval-{step}"
+                evaluated[label] = evaluation_step(
+                    folders[label], aligned["model"], label, settings["evaluate"], layer, ranks, device, progress, log
+                )
         if ranks.main:
-            paths = write_sweep(out, evaluated, folders, settings, changes, time.perf_counter() - tic)
+            first = plan[settings["seeds"][0]]
+            seen = {
+                arm: dcr_overlap(cfg, settings["evaluate"]) for arm, (_, cfg, _) in first.items() if cfg is not None
+            }
+            paths = write_sweep(out, evaluated, folders, settings, changes, seen, time.perf_counter() - tic)
         ranks.barrier()
         if not ranks.main:
             paths = {k: out / v for k, v in FILES.items()}
@@ -135,10 +172,11 @@ def write_sweep(
     folders: Mapping[str, Path],
     settings: Mapping[str, Any],
     changes: Mapping[str, Mapping[str, Any]],
+    seen: Mapping[str, Mapping[str, float]],
     seconds: float,
 ) -> dict[str, Path]:
     """Write sweep.md and sweep.json: per variant, XSTest discernment per seed and its contrasts with (a) and
-    (b) with 95% intervals, then every rate's intervals."""
+    (b) with 95% intervals, what its DCR stage trained on, then every rate's intervals."""
     arms = [(BASELINE, ARMS["align-only"]), (PROFILE_SETTING, ARMS["dcr-align"])] + [(n, n) for n in changes]
     contrasts = [(PROFILE_SETTING, BASELINE, "DCR vs none")]
     for name in changes:
@@ -148,15 +186,22 @@ def write_sweep(
         prefix: {
             label.rsplit(", seed ", 1)[1]: discernment(record["summary"]).get("XSTest", (None,))[0]
             for label, record in evaluated.items()
-            if label.startswith(prefix)
+            if of_arm(label, prefix)
         }
         for prefix, _ in arms
     }
-    record = {"settings": settings, "variants": changes, "per_seed": per_seed, "intervals": tables, "seconds": seconds}
+    record = {
+        "settings": settings,
+        "variants": changes,
+        "per_seed": per_seed,
+        "intervals": tables,
+        "dcr_stage_trained_on": seen,
+        "seconds": seconds,
+    }
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in FILES.items()}
     paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    paths["report"].write_text(render(arms, per_seed, tables, settings, seconds))
+    paths["report"].write_text(render(arms, per_seed, tables, seen, settings, seconds))
     return paths
 
 
@@ -164,29 +209,35 @@ def render(
     arms: Sequence[tuple[str, str]],
     per_seed: Mapping[str, Mapping[str, float | None]],
     tables: Mapping[str, Mapping[str, Mapping[str, float]]],
+    seen: Mapping[str, Mapping[str, float]],
     settings: Mapping[str, Any],
     seconds: float,
 ) -> str:
     """Markdown: one discernment row per arm or variant, then every rate's intervals, the settings, the time."""
-    refine = settings["refine"]
+    profile_refine = settings["refine"]
     metric = "XSTest discernment"
+    sets = sorted({name for shares in seen.values() for name in shares})
     lines = [
         "# DCR sweep: the DCR stage's settings one at a time, each followed by the same alignment",
         "",
-        f"Arm (b) is the profile's setting (layer {refine.get('layer')}, loss {refine.get('loss')}, sources "
-        f"{refine.get('sources') or 'public sets'}); every other row changes one of them. Discernment is XSTest "
-        "safe compliance + XSTest unsafe refusal (0 to 2); intervals are 95%, from a paired bootstrap over prompts "
-        "and seeds.",
+        f"Arm (b) is the profile's setting (layer {profile_refine.get('layer')}, loss {profile_refine.get('loss')}, "
+        f"sources {profile_refine.get('sources') or 'public sets'}); every other row changes one of them. "
+        "Discernment is XSTest safe compliance + XSTest unsafe refusal (0 to 2); intervals are 95%, from a paired "
+        "bootstrap over prompts and seeds. The last columns give the share of each evaluated set that the row's DCR "
+        "stage trained on (0: held out).",
         "",
-        f"| arm | {metric}, per seed | mean [95%] | minus (a) [95%] | minus (b) [95%] |",
-        "|---|---|---|---|---|",
+        f"| arm | {metric}, per seed | mean [95%] | minus (a) [95%] | minus (b) [95%] | "
+        + " | ".join(f"{n}: trained on" for n in sets)
+        + " |",
+        "|---|---|---|---|---|" + "---:|" * len(sets),
     ]
     for prefix, label in arms:
-        seeds = ", ".join(f"{v:.3f}" for _, v in sorted(per_seed.get(prefix, {}).items()) if v is not None)
-        cells = [seeds or "-"]
+        values = sorted(per_seed.get(prefix, {}).items(), key=lambda kv: int(kv[0]))
+        cells = [", ".join(f"{v:.3f}" for _, v in values if v is not None) or "-"]
         for key in (prefix, f"{prefix} - {BASELINE}", f"{prefix} - {PROFILE_SETTING}"):
             interval = tables.get(key, {}).get(metric)
             cells.append(fmt_interval(interval, signed=" - " in key) if interval else "-")
+        cells += [f"{seen[prefix][n]:.2f}" if prefix in seen else "-" for n in sets]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", *intervals_section(tables)]
     lines += [f"Wall-clock time of this run: {seconds / 60:.1f} min (finished steps that were skipped count 0).", ""]

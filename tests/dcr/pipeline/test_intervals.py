@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from dcr.pipeline.intervals import aligned, bootstrap, detectable, excludes_zero, load_outcomes
+from dcr.pipeline.intervals import aligned, bootstrap, detectable, excludes_zero, interval_tables, load_outcomes, of_arm
 
 
 def _outcomes(matrix: np.ndarray, name: str = "xstest_safe") -> list[dict]:
@@ -88,3 +88,13 @@ def test_detectable_difference_is_the_80_percent_power_width_of_the_contrasts():
         "(d) - (c)": {"m": {"low": 0.0, "high": 0.0}},  # saturated rates: left out
     }
     assert math.isclose(detectable(tables, ["m"])["m"], 1.43 * 0.15)
+
+
+def test_an_arm_name_never_takes_a_longer_names_evaluations():
+    ones, zeros = ({"xstest_safe": {str(i): v for i in range(50)}} for v in (1, 0))
+    outcomes = {"(a) alignment only, seed 0": zeros, "layer=1, seed 0": ones, "layer=10, seed 0": zeros}
+    tables = interval_tables(outcomes, [("(a)", "(a)"), ("layer=1", "layer=1"), ("layer=10", "layer=10")],
+                             [("layer=1", "(a)", ""), ("layer=10", "(a)", "")], draws=100)  # fmt: skip
+    assert tables["layer=1"]["xstest_safe"]["value"] == 1.0 and tables["layer=10"]["xstest_safe"]["value"] == 0.0
+    assert tables["layer=1 - (a)"]["xstest_safe"]["value"] == 1.0
+    assert of_arm("(a) alignment only, seed 3", "(a)") and not of_arm("layer=10, seed 0", "layer=1")

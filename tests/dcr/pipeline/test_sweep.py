@@ -28,8 +28,11 @@ def test_variants_change_one_setting_and_leave_out_the_profiles():
     }
     with pytest.raises(ConfigError, match="list of values"):
         variants(refine, {"loss": "supcon"})
-    with pytest.raises(ConfigError, match="arms \\(a\\) and \\(b\\) only"):
-        SweepConfig(ablate={"coefficient": 0.5}).validate()
+    with pytest.raises(ConfigError, match="list of sources"):
+        variants(refine, {"sources": ["twins"]})
+    with pytest.raises(ConfigError, match="no second judge"):
+        SweepConfig(second_judge="judges/encoder").validate()
+    SweepConfig(ablate={"coefficient": 0.5}, data_side={"contrast_share": 0.4}).validate()  # a pipeline's file
 
 
 def test_sweep_reuses_the_pipelines_arms_and_runs_each_variant(tmp_path):
@@ -55,6 +58,8 @@ def test_sweep_reuses_the_pipelines_arms_and_runs_each_variant(tmp_path):
 
     record = json.loads(result["paths"]["json"].read_text())
     assert set(record["per_seed"]) == {"(a)", "(b)", "loss=supcon", "layer=1"}
+    assert set(record["dcr_stage_trained_on"]) == {"(b)", "loss=supcon", "layer=1"}  # (a) has no DCR stage
+    assert record["dcr_stage_trained_on"]["(b)"] == {"xstest_safe": 0.0, "xstest_unsafe": 0.0}
     for key in ("(b) - (a)", "loss=supcon - (a)", "loss=supcon - (b)", "layer=1 - (b)"):
         interval = record["intervals"][key]["XSTest discernment"]
         assert interval["low"] <= interval["value"] <= interval["high"]
