@@ -79,34 +79,27 @@ def _train_judge(config: TrainJudgeConfig) -> str:
 def _pipeline(config: PipelineConfig) -> str:
     from dcr.pipeline.run import run_pipeline
 
-    result = run_pipeline(
-        config.model,
-        config.output_dir,
-        config.profile,
-        seeds=config.seeds,
-        overrides=config.overrides(),
-        device=config.device,
-        progress=config.progress,
-        fsdp=config.fsdp,
-        second_judge=config.second_judge,
-    )
-    report = result["paths"]["report"]
-    return f"{report.read_text()}\nreport written to {report}"
+    return _run_and_report(run_pipeline, config, second_judge=config.second_judge)
 
 
 def _sweep(config: SweepConfig) -> str:
     from dcr.pipeline.sweep import run_sweep
 
-    result = run_sweep(
+    return _run_and_report(run_sweep, config, vary=config.vary)
+
+
+def _run_and_report(run: Callable[..., dict], config: PipelineConfig, **extra: Any) -> str:
+    """Run the pipeline or the sweep with the resolved settings; its report, and where it was written."""
+    result = run(
         config.model,
         config.output_dir,
         config.profile,
-        vary=config.vary,
         seeds=config.seeds,
         overrides=config.overrides(),
         device=config.device,
         progress=config.progress,
         fsdp=config.fsdp,
+        **extra,
     )
     report = result["paths"]["report"]
     return f"{report.read_text()}\nreport written to {report}"
