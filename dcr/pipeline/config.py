@@ -86,6 +86,8 @@ class SweepConfig(PipelineConfig):
 
     def validate(self) -> SweepConfig:
         if self.second_judge is not None:
-            raise ConfigError("dcr sweep has no second judge: judge the finished folders with scripts/compare_judges.py")
+            raise ConfigError(
+                "dcr sweep has no second judge: judge the finished folders with scripts/compare_judges.py"
+            )
         super().validate()
         return self
