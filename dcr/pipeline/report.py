@@ -19,7 +19,7 @@ from statistics import mean
 from typing import Any
 
 from dcr.evaluation.report import comparison_table, discernment
-from dcr.pipeline.intervals import detectable, excludes_zero, interval_tables
+from dcr.pipeline.intervals import detectable, excludes_zero, interval_tables, of_arm
 from dcr.pipeline.judges import judges_section
 
 HEADLINE = (
@@ -79,11 +79,12 @@ def arm_rows(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> list[
     return [s for label, s in summaries.items() if label.startswith(prefix)]
 
 
-def _by_seed(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, Mapping[str, float]]:
+def by_seed(summaries: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, Mapping[str, float]]:
+    """Seed -> summary of the arm named by ``prefix`` (`intervals.of_arm`)."""
     return {
         label.rsplit(", seed ", 1)[1]: s
         for label, s in summaries.items()
-        if label.startswith(prefix) and ", seed " in label
+        if ", seed " in label and of_arm(label, prefix)
     }
 
 
@@ -95,7 +96,7 @@ def differences(
     summaries: Mapping[str, Mapping[str, float]], minuend: str = "(b)", subtrahend: str = "(a)"
 ) -> dict[str, list[float]]:
     """Per metric (the discernments first, then the headline rates), the seed-paired differences of two arms."""
-    first, second = _by_seed(summaries, subtrahend), _by_seed(summaries, minuend)
+    first, second = by_seed(summaries, subtrahend), by_seed(summaries, minuend)
     pairs = [(_with_discernment(first[seed]), _with_discernment(second[seed])) for seed in first if seed in second]
     keys = [f"{n.lower()}_discernment" for n in ("XSTest", "JailbreakBench")] + [k for k, _ in HEADLINE]
     out = {}

@@ -24,8 +24,8 @@ from typing import Any
 from dcr.config import ConfigError
 from dcr.evaluation.report import discernment
 from dcr.modeling.ranks import start
-from dcr.pipeline.intervals import interval_tables, load_outcomes, of_arm
-from dcr.pipeline.report import fmt_interval, intervals_section
+from dcr.pipeline.intervals import interval_tables, load_outcomes
+from dcr.pipeline.report import by_seed, fmt_interval, intervals_section
 from dcr.pipeline.run import (
     ARMS,
     check_evaluate,
@@ -182,12 +182,9 @@ def write_sweep(
     for name in changes:
         contrasts += [(name, BASELINE, "DCR vs none"), (name, PROFILE_SETTING, "vs the profile's setting")]
     tables = interval_tables({label: load_outcomes(f) for label, f in folders.items()}, arms, contrasts)
+    summaries = {label: record["summary"] for label, record in evaluated.items()}
     per_seed = {
-        prefix: {
-            label.rsplit(", seed ", 1)[1]: discernment(record["summary"]).get("XSTest", (None,))[0]
-            for label, record in evaluated.items()
-            if of_arm(label, prefix)
-        }
+        prefix: {seed: discernment(s).get("XSTest", (None,))[0] for seed, s in by_seed(summaries, prefix).items()}
         for prefix, _ in arms
     }
     record = {
