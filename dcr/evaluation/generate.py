@@ -1,8 +1,9 @@
 """Batched greedy generation of chat responses, cheap enough for evaluation on a CPU.
 
-Prompts go through the chat template with the generation prompt, are sorted by length so each batch pads
-little, padded on the left (so every row's next token follows its own prompt), and decoded greedily; only
-the new tokens are returned, in the caller's order.
+Prompts go through the chat template with the generation prompt, are sorted by length and batched with a cap
+on padded tokens so each batch pads little (`dcr.modeling.chat.length_batches`), padded on the left (so every
+row's next token follows its own prompt), and decoded greedily; only the new tokens are returned, in the
+caller's order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from dcr.modeling.chat import collate, encode_prompts, pad_id
+from dcr.modeling.chat import MAX_BATCH_TOKENS, collate, encode_prompts, length_batches, pad_id
 
 
 def eos_ids(model: nn.Module, tokenizer) -> list[int]:
@@ -36,16 +37,17 @@ def generate(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     max_length: int = 512,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
     progress: bool = True,
     desc: str = "generate",
     on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
     """Greedy responses (new tokens only, special tokens dropped) to user prompts, in the order given;
-    ``on_batch`` receives each batch's positions in ``prompts`` and responses as soon as they exist."""
+    ``on_batch`` receives each batch's positions in ``prompts`` and responses as soon as they exist; a batch
+    holds at most ``batch_size`` prompts and ``max_batch_tokens`` padded prompt tokens."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     ids = encode_prompts(tokenizer, prompts, max_length=max_length)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad, device = pad_id(tokenizer), next(model.parameters()).device
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos_ids(model, tokenizer)
@@ -55,8 +57,7 @@ def generate(
     out: list[str] = [""] * len(ids)
     try:
         with tqdm(total=len(ids), desc=desc, unit="prompt", disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in length_batches([len(x) for x in ids], batch_size, max_batch_tokens):
                 input_ids, mask = collate([ids[i] for i in rows], pad, side="left")
                 new = model.generate(
                     input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config

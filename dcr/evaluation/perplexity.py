@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dcr.modeling.chat import collate, pad_id
+from dcr.modeling.chat import MAX_BATCH_TOKENS, collate, length_batches, pad_id
 from dcr.modeling.layer_states import position_ids
 
 
@@ -43,18 +43,20 @@ def perplexity(
     *,
     batch_size: int = 8,
     max_length: int = 1024,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Token-weighted perplexity of the answers given their prompts: exp(total NLL / response tokens)."""
+    """Token-weighted perplexity of the answers given their prompts: exp(total NLL / response tokens); a batch
+    holds at most ``batch_size`` pairs and ``max_batch_tokens`` padded tokens."""
     encoded = [pair_ids(tokenizer, p, a, max_length) for p, a in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    batches = length_batches([len(ids) for ids, _ in encoded], batch_size, max_batch_tokens)
     device, pad = next(model.parameters()).device, pad_id(tokenizer)
     total, tokens = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress):
-            rows = [encoded[i] for i in order[start : start + batch_size]]
+        for batch in tqdm(batches, desc="perplexity", disable=not progress):
+            rows = [encoded[i] for i in batch]
             input_ids, mask = collate([ids for ids, _ in rows], pad, side="left")
             lengths = torch.tensor([len(ids) - n_context for ids, n_context in rows])
             keep = int(lengths.max())

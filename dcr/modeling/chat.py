@@ -35,6 +35,27 @@ def pad_id(tokenizer) -> int:
     return int(tid) if tid is not None else 0
 
 
+# Padded tokens per batch: well above a batch of ordinary prompts (80 XSTest prompts pad to under 4,000 tokens),
+# so the cap binds only where a few long sequences would pad a whole batch to their length.
+MAX_BATCH_TOKENS = 8192
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Positions of sequences grouped into batches for padding: sorted by length (stable), cut at ``batch_size``
+    sequences or sooner where the padded batch (sequences x the longest) would pass ``max_tokens``.
+
+    Sorting keeps the padding of each batch small; the token cap stops a few long sequences from padding a whole
+    batch to their length (a sequence longer than the cap goes alone). Where the cap never binds, the batches are
+    those of fixed ``batch_size``.
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * lengths[i] > max_tokens:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
 def collate(ids: Sequence[Sequence[int]], pad: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists into (input_ids, attention_mask) of shape (B, T) on the given side."""
     width = max(len(x) for x in ids)

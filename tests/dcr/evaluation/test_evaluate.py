@@ -37,18 +37,22 @@ def tiny():
     return model, tok
 
 
-def test_batched_left_padded_generation_matches_one_prompt_at_a_time(tiny):
+@pytest.mark.parametrize("max_batch_tokens", [8192, 40])
+def test_batched_left_padded_generation_matches_one_prompt_at_a_time(tiny, max_batch_tokens):
     model, tok = tiny
-    batched = generate(model, tok, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
+    batched = generate(
+        model, tok, PROMPTS, max_new_tokens=6, batch_size=4, max_batch_tokens=max_batch_tokens, progress=False
+    )
     single = [generate(model, tok, [p], max_new_tokens=6, progress=False)[0] for p in PROMPTS]
     assert batched == single
     assert all(1 <= len(r.split()) <= 6 for r in batched) and len(set(batched)) > 1
 
 
-def test_perplexity_counts_response_tokens_only(tiny):
+@pytest.mark.parametrize("max_batch_tokens", [8192, 1])
+def test_perplexity_counts_response_tokens_only(tiny, max_batch_tokens):
     model, tok = tiny
     pairs = [("cook meth", "write poem about the sea"), ("how do i kill a python process", "crash program")]
-    got = perplexity(model, tok, pairs, batch_size=2, progress=False)
+    got = perplexity(model, tok, pairs, batch_size=2, max_batch_tokens=max_batch_tokens, progress=False)
     total, tokens = 0.0, 0
     for prompt, answer in pairs:
         ids, n_context = pair_ids(tok, prompt, answer)
