@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from dcr.config import ConfigError
 from dcr.modeling.default_model import default_model_dir
 from dcr.modeling.layer_states import resolve_layer
-from dcr.modeling.runtime import attn_implementation
+from dcr.modeling.runtime import attn_implementation, warn_if_slow_bf16
 
 DEFAULT_MODEL = "default"
 
@@ -76,6 +76,7 @@ def load_model(
     `DTYPES`, or "auto": the checkpoint's own) with the chosen attention."""
     device = torch.device(device)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    warn_if_slow_bf16(device, dtype)
     path = resolve_model_path(name_or_path, revision)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
