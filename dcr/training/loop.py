@@ -117,7 +117,10 @@ def train(config: TrainingConfig, model, tokenizer, stage: Stage, run: Run) -> P
     sharded = _shard(config, model, stage, run)
     params = list(trainable_parameters(model).values())
     trained_dtype = str(params[0].dtype).removeprefix("torch.") if params else None
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # One fused kernel for the whole update (a third of the foreach one's time on CPU); sharded DTensors keep
+    # the foreach implementation.
+    fused = True if not sharded and all(p.device.type in ("cpu", "cuda") for p in params) else None
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     scheduler = get_scheduler(
         _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
     )
