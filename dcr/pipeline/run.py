@@ -34,11 +34,12 @@ from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.evaluate import evaluate_model
 from dcr.evaluation.judge import CUES
 from dcr.evaluation.rejudge import rejudge
+from dcr.modeling import runtime
 from dcr.modeling.ranks import start
 from dcr.modeling.runtime import pick_device
 from dcr.pipeline.intervals import load_outcomes
 from dcr.pipeline.judges import compare_judges
-from dcr.pipeline.profiles import SECTIONS, profile
+from dcr.pipeline.profiles import SECTIONS, fp32_where_bf16_is_slow, profile
 from dcr.pipeline.report import FILES, write_comparison
 from dcr.prompts.eval_sets import resolve_sets
 from dcr.prompts.sets import load_labelled
@@ -180,9 +181,15 @@ def evaluation_step(
 
 
 def resolve(
-    profile_name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None, seeds: list[int] | None = None
+    profile_name: str,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: list[int] | None = None,
+    *,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """The profile with per-stage ``overrides`` applied (and ``seeds`` if given)."""
+    """The profile with per-stage ``overrides`` applied (and ``seeds`` if given). On a CPU without bf16
+    instructions the profile's own bf16 settings become fp32 ones (said in the log)."""
     settings = profile(profile_name)
     for section, values in (overrides or {}).items():
         if section not in SECTIONS:
@@ -190,6 +197,11 @@ def resolve(
         settings[section].update(values)
     if seeds:
         settings["seeds"] = list(seeds)
+    if pick_device(device).type == "cpu" and not runtime.cpu_has_bf16():
+        changed = fp32_where_bf16_is_slow(settings, overrides or {})
+        if changed:
+            slow = "this CPU has no bf16 instructions, so bf16 would be slower than fp32"
+            log(f"[profile] {slow}: fp32 for {', '.join(changed)}")
     return settings
 
 
@@ -212,7 +224,7 @@ def run_pipeline(
     model's refusal rates by that judge to the report (`dcr.pipeline.judges`)."""
     ranks, _ = start(device)  # joins the launcher's process group, if there is one
     out = Path(output_dir)
-    settings = resolve(profile_name, overrides, seeds)
+    settings = resolve(profile_name, overrides, seeds, device=device, log=log)
     layer = settings["refine"].get("layer", 0.5)
     check_evaluate(settings["evaluate"])
     common = {"model": model, "device": device, "progress": progress, **({"fsdp": True} if fsdp else {})}

@@ -125,7 +125,7 @@ def run_sweep(
     """Run (or finish) the sweep; return ``{label: summary}`` of every evaluation and the report paths."""
     ranks, _ = start(device)
     out = Path(output_dir)
-    settings = resolve(profile_name, overrides, seeds)
+    settings = resolve(profile_name, overrides, seeds, device=device, log=log)
     layer = settings["refine"].get("layer", 0.5)
     check_evaluate(settings["evaluate"])
     changes = variants(settings["refine"], DEFAULT_VARY if vary is None else vary)
