@@ -34,9 +34,8 @@ from dcr.evaluation.config import EvaluateConfig
 from dcr.evaluation.evaluate import evaluate_model
 from dcr.evaluation.judge import CUES
 from dcr.evaluation.rejudge import rejudge
-from dcr.modeling import runtime
 from dcr.modeling.ranks import start
-from dcr.modeling.runtime import pick_device
+from dcr.modeling.runtime import bf16_is_slow, pick_device
 from dcr.pipeline.intervals import load_outcomes
 from dcr.pipeline.judges import compare_judges
 from dcr.pipeline.profiles import SECTIONS, fp32_where_bf16_is_slow, profile
@@ -197,7 +196,7 @@ def resolve(
         settings[section].update(values)
     if seeds:
         settings["seeds"] = list(seeds)
-    if pick_device(device).type == "cpu" and not runtime.cpu_has_bf16():
+    if bf16_is_slow(pick_device(device)):
         changed = fp32_where_bf16_is_slow(settings, overrides or {})
         if changed:
             slow = "this CPU has no bf16 instructions, so bf16 would be slower than fp32"
